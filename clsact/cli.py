@@ -1,0 +1,131 @@
+"""The ``clsact`` command line: ``compress``, ``eval``, ``demo``.
+
+User mistakes (:class:`~clsact.errors.ClsactError`) end with one ``clsact: error: ...`` line
+on stderr and exit code 2; Ctrl-C exits 130; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from clsact import __version__, compat, logs
+from clsact.errors import EXIT_USER_ERROR, ClsactError
+
+
+def _add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="run QAT + distillation (PaddleSlim ACT) on a model",
+                       description="Compress an inference model as the config says; results "
+                       "(model/, metrics.json, config.yaml, clsact.log) go to the save dir.")
+    p.add_argument("--config", required=True, help="ACT-format YAML (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="S.KEY=VALUE",
+                   help="override a config value, e.g. TrainConfig.epochs=1 (repeatable)")
+    p.add_argument("--save-dir", help="where results go (default: Global.output_dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in the save dir")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5 of an inference model on a list file")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--val-list", default="val_list.txt")
+    p.add_argument("--model-filename", default="inference.pdmodel")
+    p.add_argument("--params-filename", default="inference.pdiparams")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--resize-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--output", help="also write the JSON result to this file")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole job on a real small dataset (sklearn digits)")
+    p.add_argument("--workdir", default="demo-output", help="where data, models, results go")
+    p.add_argument("--config", default=None, help="compression config (default: "
+                   "configs/demo_digits.yaml)")
+    p.add_argument("--epochs", type=int, default=5, help="baseline training epochs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``clsact`` command."""
+    parser = argparse.ArgumentParser(prog="clsact", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"clsact {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_compress(sub)
+    _add_eval(sub)
+    _add_demo(sub)
+    return parser
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """``clsact compress``."""
+    from clsact import config
+    from clsact.compress import compress
+
+    cfg = config.load(args.config, args.overrides)
+    metrics = compress(cfg, save_dir=args.save_dir, overwrite=args.overwrite)
+    b, c = metrics["baseline"], metrics["compressed"]
+    print(f"baseline   top1 {b['top1']:.4f}  top5 {b['top5']:.4f}  ({b['samples']} images)")
+    print(f"compressed top1 {c['top1']:.4f}  top5 {c['top5']:.4f}  ({c['quant_ops']} quantize ops)")
+    print(f"results in {args.save_dir or cfg.globals['output_dir']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``clsact eval``."""
+    from clsact import config
+    from clsact.data.build import make_loader, read_samples
+    from clsact.evaluate import evaluate_model_dir
+    from clsact.runtime import select_device
+    from clsact.storage import local_input_dir
+
+    g = config.complete_global(
+        {"model_dir": args.model_dir, "data_dir": args.data_dir, "val_list": args.val_list,
+         "img_size": args.img_size, "resize_size": args.resize_size,
+         "batch_size": args.batch_size, "num_workers": args.num_workers, "device": args.device,
+         "model_filename": args.model_filename, "params_filename": args.params_filename},
+        "clsact eval")
+    model_dir = local_input_dir(g["model_dir"], "--model-dir")
+    samples = read_samples(g, "val")
+    select_device(g["device"])
+    loader = make_loader(g, samples, train=False, batch_size=g["batch_size"])
+    try:
+        result = evaluate_model_dir(model_dir, loader, model_filename=g["model_filename"],
+                                    params_filename=g["params_filename"])
+    finally:
+        loader.close()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``clsact demo``."""
+    from clsact.demo import run_demo
+
+    return run_demo(Path(args.workdir), config_path=args.config, epochs=args.epochs)
+
+
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    compat.quiet_native_output()
+    logs.setup(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except ClsactError as exc:
+        print(f"clsact: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("clsact: interrupted; nothing was published", file=sys.stderr)
+        return 130

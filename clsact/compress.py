@@ -1,0 +1,278 @@
+"""The ACT driver: ``clsact compress``.
+
+One run, in order (every check that can fail cheaply comes before any heavy work):
+
+1. validate inputs: list files parse, model files exist, labels fit the model, the model's
+   input size matches ``Global.img_size``; refuse to overwrite a finished run;
+2. evaluate the baseline model as given (exact top-1/top-5) and check
+   ``TrainConfig.origin_metric`` against it;
+3. copy the model (ACT rewrites its input in place), apply :mod:`clsact.compat` fixes to
+   the copy, run paddleslim ``AutoCompression`` with our loaders and eval callback;
+4. evaluate the compressed model, check it holds quantize ops when ``QuantAware`` is set;
+5. stage ``model/``, ``config.yaml``, ``clsact.log`` and ``metrics.json`` and publish them
+   into the save dir, ``metrics.json`` last: it exists only for a run that succeeded.
+
+Only rank 0 publishes (the rank logic is here so multi-process runs slot in).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from clsact import __version__, compat, logs, storage
+from clsact import config as config_mod
+from clsact.config import Config
+from clsact.data.build import make_loader, read_samples
+from clsact.data.listfile import Sample
+from clsact.errors import ClsactError, ConfigError, ModelError
+from clsact.runtime import rank_info, select_device
+
+log = logging.getLogger(__name__)
+METRICS = "metrics.json"
+MODEL_SUBDIR = "model"
+
+
+@dataclass
+class Timer:
+    """Wall time of named phases."""
+
+    start: float = field(default_factory=time.perf_counter)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def phase(self, name: str, since: float) -> float:
+        """Record ``name`` as lasting from ``since`` until now; returns now."""
+        now = time.perf_counter()
+        self.phases[name] = round(now - since, 3)
+        return now
+
+
+def versions() -> dict[str, str]:
+    """Versions of clsact, paddle, paddleslim and Python."""
+    from importlib.metadata import version
+
+    return {"clsact": __version__, "paddle": version("paddlepaddle" if not _is_gpu_build()
+                                                     else "paddlepaddle-gpu"),
+            "paddleslim": version("paddleslim"), "python": platform.python_version()}
+
+
+def _is_gpu_build() -> bool:
+    import paddle
+
+    return bool(paddle.device.is_compiled_with_cuda())
+
+
+def check_labels(samples: list[Sample], num_classes: int | None, which: str) -> None:
+    """Raises ModelError when a label is not a class of the model."""
+    if num_classes is None:
+        return
+    worst = max(s.label for s in samples)
+    if worst >= num_classes:
+        bad = next(s for s in samples if s.label == worst)
+        raise ModelError(f"{which} label {worst} ({bad.path}) is not a class of the model, "
+                         f"which has {num_classes} outputs")
+
+
+def check_input_size(shape: tuple[int, ...], img_size: int, model_dir: str) -> None:
+    """Raises ModelError when the model's fixed input size differs from Global.img_size."""
+    h, w = shape[2], shape[3]
+    if (h > 0 and h != img_size) or (w > 0 and w != img_size):
+        raise ModelError(f"model {model_dir} takes {h}x{w} inputs but Global.img_size is "
+                         f"{img_size}; set --set Global.img_size={h}")
+
+
+def check_origin_metric(cfg: Config, baseline_top1: float) -> None:
+    """Fail before training when ``TrainConfig.origin_metric`` disagrees with the baseline.
+
+    paddleslim would raise the same deep inside ACT (tolerance 0.05) after building graphs.
+    """
+    origin = cfg.train.get("origin_metric")
+    if origin is not None and abs(baseline_top1 - origin) > 0.05:
+        raise ConfigError(
+            f"{cfg.source}: TrainConfig.origin_metric is {origin} but the baseline model scores "
+            f"top-1 {baseline_top1:.4f} on {cfg.globals['val_list']}: check the dataset and "
+            "preprocessing, or set TrainConfig.origin_metric to the measured value (or null)")
+
+
+def prepare_save_dir(save_dir: str, overwrite: bool) -> Path:
+    """The local save dir, refusing one that already holds a finished run.
+
+    Raises:
+        StorageError: the location is unusable.
+        ClsactError: a finished run is there and ``overwrite`` is False.
+    """
+    dest = storage.local_output_dir(save_dir, "--save-dir")
+    if (dest / METRICS).exists() and not overwrite:
+        raise ClsactError(f"{dest} already holds a finished run ({METRICS}); choose another "
+                          "--save-dir or pass --overwrite")
+    return dest
+
+
+def _act_eval_callback(val_loader, input_name: str, history: list[dict[str, Any]]):
+    from clsact.evaluate import evaluate_program
+
+    def callback(exe, program, feed_names, fetch_targets) -> float:
+        result = evaluate_program(exe, program, input_name, fetch_targets[0], val_loader)
+        history.append(result)
+        log.info("ACT evaluation %d: top1=%.4f top5=%.4f (%d images)", len(history),
+                 result["top1"], result["top5"], result["samples"])
+        return result["top1"]
+
+    return callback
+
+
+def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, val_loader,
+            input_name: str) -> dict[str, Any]:
+    """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
+
+    The compressed model lands in ``act_dir``.
+    """
+    from paddleslim.auto_compression import AutoCompression
+
+    logs.adopt_paddleslim_loggers()
+    history: list[dict[str, Any]] = []
+    fed = {"batches": 0, "images": 0}
+
+    def train_data():
+        for batch in train_loader:
+            fed["batches"] += 1
+            fed["images"] += len(batch.labels)
+            yield {input_name: batch.images}
+
+    def eval_images():
+        for batch in val_loader.epoch(0):
+            yield {input_name: batch.images}
+
+    g = cfg.globals
+    act = AutoCompression(
+        model_dir=str(model_dir), model_filename=g["model_filename"],
+        params_filename=g["params_filename"], save_dir=str(act_dir), config=cfg.act_config(),
+        train_dataloader=train_data, eval_dataloader=eval_images,
+        eval_callback=_act_eval_callback(val_loader, input_name, history),
+        deploy_hardware=None)
+    fed.update(batches=0, images=0)  # ACT's constructor peeks at one batch; not a step
+    act.compress()
+    return {"strategies": list(act._strategy), "train_steps": fed["batches"],
+            "train_images": fed["images"], "evaluations": [h["top1"] for h in history],
+            "best_top1": max((h["top1"] for h in history), default=None)}
+
+
+def _assemble_metrics(cfg: Config, baseline: dict, compressed: dict, act_info: dict,
+                      extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": "succeeded",
+        "baseline": baseline,
+        "compressed": compressed,
+        "delta_top1": round(compressed["top1"] - baseline["top1"], 6),
+        "act": act_info,
+        **extra,
+        "config": "config.yaml",
+        "config_source": cfg.source,
+    }
+
+
+def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run one compression job; returns the metrics written to ``metrics.json``.
+
+    Raises:
+        ClsactError: any user-fixable problem (config, data, model, storage, device); nothing
+            is published then.
+    """
+    timer = Timer()
+    started = datetime.now(timezone.utc)
+    g = cfg.globals
+    ranks = rank_info()
+    if ranks.world > 1:
+        raise ClsactError(compat.act_device_for_fleet_note())
+    dest = prepare_save_dir(save_dir or g["output_dir"], overwrite)
+    train_samples = read_samples(g, "train")
+    val_samples = read_samples(g, "val")
+    src_model = storage.local_input_dir(g["model_dir"], "Global.model_dir")
+    work = Path(tempfile.mkdtemp(prefix=".clsact-work-", dir=dest))
+    staging = work / "publish"
+    staging.mkdir()
+    try:
+        with logs.log_file(staging / "clsact.log"):
+            log.info("clsact %s: config %s, save dir %s", __version__, cfg.source, dest)
+            for warning in cfg.warnings:
+                log.warning("%s", warning)
+            metrics = _run(cfg, src_model, work, staging, train_samples, val_samples, timer)
+            metrics["started_at"] = started.isoformat(timespec="seconds")
+            metrics["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            metrics["wall_seconds"] = round(time.perf_counter() - timer.start, 3)
+            metrics["phase_seconds"] = timer.phases
+            log.info("compressed top1 %.4f (baseline %.4f), %d quantize ops; publishing to %s",
+                     metrics["compressed"]["top1"], metrics["baseline"]["top1"],
+                     metrics["compressed"]["quant_ops"], dest)
+        if ranks.is_publisher:
+            config_mod.save(cfg, staging / "config.yaml")
+            (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+            storage.publish_dir(staging, dest, last=METRICS)
+        return metrics
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(cfg: Config, src_model: Path, work: Path, staging: Path, train_samples, val_samples,
+         timer: Timer) -> dict[str, Any]:
+    from clsact.evaluate import evaluate_model_dir
+    from clsact.modelio import copy_model, count_ops, inspect_model, model_paths
+
+    g = cfg.globals
+    model_file, _ = model_paths(src_model, g["model_filename"], g["params_filename"])
+    info = inspect_model(model_file, g["input_name"])
+    check_input_size(info.input_shape, g["img_size"], g["model_dir"])
+    check_labels(train_samples, info.num_classes, "train")
+    check_labels(val_samples, info.num_classes, "validation")
+    device = select_device(g["device"])
+    log.info("device %s; model input %r %s, %s classes; %d train / %d val images", device,
+             info.input_name, list(info.input_shape), info.num_classes, len(train_samples),
+             len(val_samples))
+    t = time.perf_counter()
+
+    train_loader = make_loader(g, train_samples, train=True, batch_size=g["batch_size"])
+    val_loader = make_loader(g, val_samples, train=False, batch_size=cfg.eval_batch_size)
+    try:
+        baseline = evaluate_model_dir(src_model, val_loader, model_filename=g["model_filename"],
+                                      params_filename=g["params_filename"],
+                                      input_name=info.input_name)
+        log.info("baseline top1 %.4f top5 %.4f", baseline["top1"], baseline["top5"])
+        check_origin_metric(cfg, baseline["top1"])
+        t = timer.phase("baseline_eval", t)
+
+        student = copy_model(src_model, work / "input", g["model_filename"], g["params_filename"])
+        fixed = compat.fix_dropout_mask(student / g["model_filename"])
+        act_dir = work / "act"
+        act_info = run_act(cfg, student, act_dir, train_loader, val_loader, info.input_name)
+        t = timer.phase("compress", t)
+
+        out_model = staging / MODEL_SUBDIR
+        copy_model(act_dir, out_model, g["model_filename"], g["params_filename"])
+        compressed = evaluate_model_dir(out_model, val_loader, model_filename=g["model_filename"],
+                                        params_filename=g["params_filename"],
+                                        input_name=info.input_name)
+        compressed["quant_ops"] = count_ops(out_model / g["model_filename"])
+        timer.phase("compressed_eval", t)
+    finally:
+        train_loader.close()
+        val_loader.close()
+    if "QuantAware" in cfg.data and compressed["quant_ops"] == 0:
+        raise ModelError("QuantAware is configured but the compressed model has no quantize "
+                         "ops; nothing was published")
+    extra = {
+        "device": device, "input_name": info.input_name, "num_classes": info.num_classes,
+        "data": {"train_samples": len(train_samples), "val_samples": len(val_samples),
+                 "train_bad_images": train_loader.bad_total,
+                 "val_bad_images_per_pass": baseline["bad_images"]},
+        "compat": {"dropout_masks_fixed": fixed},
+        "model_dir": MODEL_SUBDIR, "versions": versions(),
+    }
+    return _assemble_metrics(cfg, baseline, compressed, act_info, extra)

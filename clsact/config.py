@@ -1,0 +1,431 @@
+"""Load, normalise, override, validate and save compression configs.
+
+The file format is upstream ACT's (``Global``, ``Distillation``, ``QuantAware``,
+``TrainConfig`` and the other strategy sections of paddleslim 2.6.0). Two upstream dialects are
+accepted unchanged and normalised, each with a warning:
+
+* ``Quantization`` (the pre-2.4 name, still used by PaddleClas' ``mbv3_qat_dis.yaml``) is
+  renamed to ``QuantAware``. paddleslim 2.6.0 silently ignores it, which would turn the run
+  into distillation only; clsact never lets that happen.
+* ``DataLoader`` (PaddleClas' data section) is translated into ``Global`` keys (batch sizes,
+  workers, data root, list files, crop/resize sizes, mean/std). Transform ops clsact does not
+  implement are refused, except ``AutoAugment``, which is reported as not applied.
+
+Nothing here imports paddle: validation runs before any heavy work.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clsact import schema
+from clsact.errors import ConfigError
+from clsact.storage import is_uri
+
+
+@dataclass
+class Config:
+    """A validated config: ``data`` holds every section, ``Global`` with defaults filled in."""
+
+    data: dict[str, Any]
+    source: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def globals(self) -> dict[str, Any]:
+        """The ``Global`` section (all keys present)."""
+        return self.data["Global"]
+
+    @property
+    def train(self) -> dict[str, Any]:
+        """The ``TrainConfig`` section as written (ACT fills its own defaults)."""
+        return self.data.get("TrainConfig") or {}
+
+    def strategies(self) -> dict[str, dict[str, Any]]:
+        """The strategy sections (``QuantAware``, ``Distillation``, ...) present in the config."""
+        return {k: v for k, v in self.data.items() if k in schema.STRATEGIES}
+
+    def act_config(self) -> dict[str, Any]:
+        """A deep copy of what paddleslim's ``AutoCompression(config=...)`` takes.
+
+        ACT mutates the dict it is given (it pops ``TrainConfig``), hence the copy.
+        """
+        out = copy.deepcopy(self.strategies())
+        out["TrainConfig"] = copy.deepcopy(self.train)
+        return out
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Evaluation batch size (``Global.eval_batch_size``, else ``Global.batch_size``)."""
+        return self.globals["eval_batch_size"] or self.globals["batch_size"]
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML text (what every run saves next to its outputs)."""
+        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """A ``" (did you mean 'X'?)"`` hint for a misspelt name, or ``""`` when nothing is close."""
+    lowered = {c.lower(): c for c in choices}
+    if word.lower() in lowered:
+        return f" (did you mean '{lowered[word.lower()]}'?)"
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML config file into a dict.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, or not a mapping.
+    """
+    p = Path(path)
+    if is_uri(str(path)):
+        raise ConfigError(f"config {path}: give a local file path for --config")
+    if not p.is_file():
+        raise ConfigError(f"config file {path} does not exist (pass --config PATH to a YAML file)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config {path}:{where} is not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path} cannot be read: {exc}") from None
+    if data is None:
+        raise ConfigError(f"config {path} is empty; see configs/ for complete examples")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``Section.key[.sub]=value`` into a key path and a YAML-parsed value.
+
+    Raises:
+        ConfigError: the text has no ``=`` or no ``Section.key`` path.
+    """
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected Section.key=value, e.g. TrainConfig.epochs=1")
+    path_text, _, value_text = text.partition("=")
+    parts = [p.strip() for p in path_text.strip().split(".")]
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: expected Section.key=value, e.g. Global.batch_size=64")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """Apply ``--set`` overrides to the raw config dict in place.
+
+    Raises:
+        ConfigError: an override is malformed or walks into a non-mapping value.
+    """
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {text!r}: {where} is not a section or mapping")
+            node = child
+        node[parts[-1]] = value
+
+
+def _type_ok(value: Any, types: str) -> bool:
+    for t in types.split("|"):
+        if t == "any":
+            return True
+        if t == "null" and value is None:
+            return True
+        if t == "bool" and isinstance(value, bool):
+            return True
+        if t == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if t == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if t == "str" and isinstance(value, str):
+            return True
+        if t == "list" and isinstance(value, list):
+            return True
+        if t == "dict" and isinstance(value, dict):
+            return True
+    return False
+
+
+def _coerce_float_string(value: Any, types: str) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string; accept it where a float is expected."""
+    if isinstance(value, str) and "float" in types.split("|"):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _check_section(name: str, section: Any, keys: dict[str, tuple[str, Any]], src: str) -> dict:
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{src}: section {name} must be a mapping, got {type(section).__name__}")
+    out = {}
+    for key, value in section.items():
+        if key not in keys:
+            raise ConfigError(
+                f"{src}: unknown key {name}.{key}{suggest(str(key), list(keys))}; "
+                f"valid keys: {', '.join(keys)}"
+            )
+        types, _default = keys[key]
+        value = _coerce_float_string(value, types)
+        if not _type_ok(value, types):
+            raise ConfigError(
+                f"{src}: {name}.{key} must be {types.replace('|', ' or ')}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        choices = schema.CHOICES.get((name, key))
+        if choices and value not in choices:
+            raise ConfigError(
+                f"{src}: {name}.{key} is {value!r}; choose one of {', '.join(choices)}"
+                f"{suggest(str(value), choices)}"
+            )
+        out[key] = value
+    for key, (_types, default) in keys.items():
+        if default is schema.REQUIRED and key not in out:
+            raise ConfigError(f"{src}: {name}.{key} is required")
+    return out
+
+
+def _rename_quantization(data: dict[str, Any], src: str, warnings: list[str]) -> None:
+    if schema.OLD_QUANT not in data:
+        return
+    if "QuantAware" in data:
+        raise ConfigError(
+            f"{src}: both 'Quantization' and 'QuantAware' are set; 'Quantization' is the old "
+            "name of 'QuantAware' (paddleslim 2.6 ignores it): delete the 'Quantization' section"
+        )
+    data["QuantAware"] = data.pop(schema.OLD_QUANT)
+    warnings.append(
+        f"{src}: section 'Quantization' renamed to 'QuantAware' (paddleslim 2.6 silently "
+        "ignores 'Quantization' and would run distillation only); rename it in the file"
+    )
+
+
+def _translate_transforms(ops: Any, where: str, src: str, warnings: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if not isinstance(ops, list):
+        raise ConfigError(f"{src}: {where}.transform_ops must be a list of ops")
+    for item in ops:
+        name, args = (next(iter(item.items())) if isinstance(item, dict) and len(item) == 1
+                      else (item, None))
+        args = args or {}
+        if name == "DecodeImage":
+            if args.get("to_rgb", True) is not True or args.get("channel_first", False):
+                raise ConfigError(f"{src}: {where} DecodeImage must use to_rgb: True, "
+                                  "channel_first: False (clsact decodes to RGB HWC)")
+        elif name in ("RandCropImage", "CropImage"):
+            out["img_size"] = int(args.get("size", 224))
+        elif name == "ResizeImage":
+            if "resize_short" not in args:
+                raise ConfigError(f"{src}: {where} ResizeImage: only resize_short is supported")
+            out["resize_size"] = int(args["resize_short"])
+        elif name == "RandFlipImage":
+            if args.get("flip_code", 1) != 1:
+                raise ConfigError(f"{src}: {where} RandFlipImage: only flip_code 1 is supported")
+        elif name == "NormalizeImage":
+            scale = args.get("scale", "1.0/255.0")
+            if str(scale).replace(" ", "") not in ("1.0/255.0", "1/255", "0.00392156862745098"):
+                raise ConfigError(f"{src}: {where} NormalizeImage.scale must be 1.0/255.0")
+            for k in ("mean", "std"):
+                if k in args:
+                    out[k] = list(args[k])
+        elif name == "AutoAugment":
+            warnings.append(f"{src}: {where} AutoAugment is not applied by clsact "
+                            "(random resized crop + flip only)")
+        else:
+            raise ConfigError(f"{src}: {where} transform {name!r} is not supported; supported: "
+                              "DecodeImage, RandCropImage, RandFlipImage, AutoAugment (ignored), "
+                              "ResizeImage, CropImage, NormalizeImage")
+    return out
+
+
+def _translate_dataloader(data: dict[str, Any], src: str, warnings: list[str]) -> None:
+    """Fold a PaddleClas ``DataLoader`` section into ``Global`` (explicit Global keys win)."""
+    section = data.pop(schema.DATALOADER, None)
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise ConfigError(f"{src}: DataLoader must be a mapping with Train and Eval")
+    derived: dict[str, Any] = {}
+    roots = []
+    for phase, list_key, bs_key in (("Train", "train_list", "batch_size"),
+                                    ("Eval", "val_list", "eval_batch_size")):
+        part = section.get(phase) or {}
+        dataset = part.get("dataset") or {}
+        sampler = part.get("sampler") or {}
+        loader = part.get("loader") or {}
+        if dataset.get("name", "ImageNetDataset") != "ImageNetDataset":
+            raise ConfigError(f"{src}: DataLoader.{phase}.dataset.name must be ImageNetDataset")
+        if "batch_size" in sampler:
+            derived[bs_key] = sampler["batch_size"]
+        if phase == "Train" and "num_workers" in loader:
+            derived["num_workers"] = loader["num_workers"]
+        root = dataset.get("image_root")
+        if root:
+            roots.append(root)
+            label = dataset.get("cls_label_path")
+            if label:
+                rel = os.path.relpath(label, root)
+                derived[list_key] = rel if not rel.startswith("..") else os.path.abspath(label)
+        derived.update(_translate_transforms(dataset.get("transform_ops", []),
+                                             f"DataLoader.{phase}", src, warnings))
+    if len({os.path.normpath(r) for r in roots}) > 1:
+        raise ConfigError(f"{src}: DataLoader Train and Eval image_root differ; clsact reads "
+                          "one data_dir holding both list files")
+    if roots:
+        derived["data_dir"] = roots[0]
+    glob = data.setdefault("Global", {}) or {}
+    data["Global"] = glob
+    for key, value in derived.items():
+        glob.setdefault(key, value)
+    warnings.append(f"{src}: PaddleClas DataLoader section translated into Global "
+                    f"({', '.join(sorted(derived))})")
+
+
+def _check_global_values(g: dict[str, Any], src: str) -> None:
+    for key in ("batch_size", "img_size", "resize_size"):
+        if g[key] < 1:
+            raise ConfigError(f"{src}: Global.{key} must be >= 1, got {g[key]}")
+    if g["eval_batch_size"] is not None and g["eval_batch_size"] < 1:
+        raise ConfigError(f"{src}: Global.eval_batch_size must be >= 1")
+    if g["resize_size"] < g["img_size"]:
+        raise ConfigError(f"{src}: Global.resize_size ({g['resize_size']}) must be >= "
+                          f"Global.img_size ({g['img_size']})")
+    if g["num_workers"] is not None and g["num_workers"] < 0:
+        raise ConfigError(f"{src}: Global.num_workers must be >= 0 (0 decodes in-process)")
+    if not 0.0 <= g["max_bad_fraction"] <= 1.0:
+        raise ConfigError(f"{src}: Global.max_bad_fraction must be within [0, 1]")
+    for key, lo, hi in (("crop_scale", 0.0, 1.0), ("crop_ratio", 0.0, 100.0)):
+        v = g[key]
+        if (len(v) != 2 or not all(_type_ok(x, "float") for x in v)
+                or not lo < v[0] <= v[1] <= hi):
+            raise ConfigError(f"{src}: Global.{key} must be two numbers [min, max] with "
+                              f"{lo} < min <= max <= {hi}, got {v}")
+    for key in ("mean", "std"):
+        v = g[key]
+        if len(v) != 3 or not all(_type_ok(x, "float") for x in v):
+            raise ConfigError(f"{src}: Global.{key} must be three numbers (R, G, B), got {v}")
+    if any(x <= 0 for x in g["std"]):
+        raise ConfigError(f"{src}: Global.std values must be > 0")
+
+
+def _check_train(t: dict[str, Any], src: str) -> None:
+    if t.get("epochs") is None and t.get("train_iter") is None:
+        raise ConfigError(f"{src}: TrainConfig needs epochs or train_iter (paddleslim would "
+                          "otherwise train for 100 epochs)")
+    for key in ("epochs", "train_iter", "eval_iter", "logging_iter"):
+        if t.get(key) is not None and t[key] < 1:
+            raise ConfigError(f"{src}: TrainConfig.{key} must be >= 1, got {t[key]}")
+    lr = t.get("learning_rate")
+    if isinstance(lr, dict) and "type" not in lr:
+        raise ConfigError(f"{src}: TrainConfig.learning_rate as a mapping needs a 'type' "
+                          "(a paddle.optimizer.lr class, e.g. CosineAnnealingDecay)")
+    for key in ("origin_metric", "target_metric"):
+        if t.get(key) is not None and not 0.0 <= t[key] <= 1.0:
+            raise ConfigError(f"{src}: TrainConfig.{key} is a top-1 fraction in [0, 1], "
+                              f"got {t[key]}")
+
+
+def _check_strategies(data: dict[str, Any], src: str) -> None:
+    present = [s for s in schema.STRATEGIES if s in data]
+    for name, why in schema.REFUSED_STRATEGIES.items():
+        if name in present:
+            raise ConfigError(f"{src}: strategy {name} is not supported: {why}")
+    if not present:
+        raise ConfigError(f"{src}: no compression strategy; add QuantAware and Distillation "
+                          "sections (see configs/mbv3_qat_dis.yaml)")
+    distill = [s for s in ("Distillation", "MultiTeacherDistillation") if s in present]
+    if len(distill) > 1:
+        raise ConfigError(f"{src}: set Distillation or MultiTeacherDistillation, not both")
+    needs_distill = [s for s in ("QuantAware", "ChannelPrune", "ASPPrune", "TransformerPrune",
+                                 "UnstructurePrune") if s in present]
+    if needs_distill and not distill:
+        raise ConfigError(f"{src}: {needs_distill[0]} needs a Distillation section (ACT trains "
+                          "the compressed model by distillation from the original); add "
+                          "'Distillation: {alpha: 1.0, loss: soft_label}'")
+
+
+def _resolve_local_paths(g: dict[str, Any]) -> None:
+    for key in ("model_dir", "data_dir", "output_dir"):
+        if not is_uri(g[key]):
+            g[key] = os.path.abspath(os.path.expanduser(g[key]))
+
+
+def complete_global(section: Any, source: str) -> dict[str, Any]:
+    """Validate a ``Global`` section and fill in its defaults (local paths made absolute).
+
+    Raises:
+        ConfigError: unknown key, wrong type or value, or a required key is missing.
+    """
+    g = _check_section("Global", section, schema.GLOBAL, source)
+    for key, (_types, default) in schema.GLOBAL.items():
+        g.setdefault(key, copy.deepcopy(default))
+    _check_global_values(g, source)
+    _resolve_local_paths(g)
+    return g
+
+
+def validate(raw: dict[str, Any], source: str = "<config>") -> Config:
+    """Normalise and validate a raw config dict (see the module docstring).
+
+    Raises:
+        ConfigError: unknown section or key (with a did-you-mean), wrong type or value,
+            missing required key, or an unsupported strategy combination.
+    """
+    data = copy.deepcopy(raw)
+    warnings: list[str] = []
+    _rename_quantization(data, source, warnings)
+    _translate_dataloader(data, source, warnings)
+    sections = schema.all_sections()
+    for name in data:
+        if name not in sections:
+            hint = suggest(str(name), list(sections))
+            raise ConfigError(f"{source}: unknown section {name!r}{hint}; valid sections: "
+                              f"{', '.join(sections)}")
+    out: dict[str, Any] = {"Global": complete_global(data.get("Global"), source)}
+    for name in sections:
+        if name in data and name != "Global":
+            out[name] = _check_section(name, data.get(name), sections[name], source)
+    _check_strategies(out, source)
+    out.setdefault("TrainConfig", {})
+    _check_train(out["TrainConfig"], source)
+    return Config(data=out, source=source, warnings=warnings)
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override (``--set``) and validate a config file.
+
+    Raises:
+        ConfigError: see :func:`read_yaml`, :func:`apply_overrides` and :func:`validate`.
+    """
+    raw = read_yaml(path)
+    apply_overrides(raw, overrides or [])
+    return validate(raw, source=str(path))
+
+
+def save(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (re-loadable with :func:`load`)."""
+    Path(path).write_text(config.to_yaml(), encoding="utf-8")

@@ -1,0 +1,53 @@
+"""Build train/eval loaders from a validated config's ``Global`` section."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from clsact.data.listfile import Sample, read_list
+from clsact.data.loader import BatchLoader
+from clsact.data.transforms import TransformSpec
+from clsact.storage import LocalReader, local_input_dir
+
+
+def default_workers() -> int:
+    """Decode workers when ``Global.num_workers`` is unset: the CPUs this process may use, <= 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def transform_spec(g: dict[str, Any], train: bool) -> TransformSpec:
+    """The preprocessing of ``Global`` for training or evaluation."""
+    return TransformSpec(
+        train=train, img_size=g["img_size"], resize_size=g["resize_size"],
+        crop_scale=tuple(g["crop_scale"]), crop_ratio=tuple(g["crop_ratio"]),
+        random_flip=g["random_flip"],
+        mean=tuple(g["mean"]), std=tuple(g["std"]),
+    )
+
+
+def read_samples(g: dict[str, Any], which: str) -> list[Sample]:
+    """The samples of ``Global.train_list`` or ``Global.val_list`` (``which``: train|val).
+
+    Raises:
+        StorageError: ``Global.data_dir`` is not a readable directory.
+        DataError: the list file is missing or malformed.
+    """
+    root = local_input_dir(g["data_dir"], "Global.data_dir")
+    return read_list(root, g["train_list" if which == "train" else "val_list"])
+
+
+def make_loader(g: dict[str, Any], samples: list[Sample], *, train: bool, batch_size: int,
+                rank: int = 0, world: int = 1) -> BatchLoader:
+    """A loader over ``samples`` with ``Global``'s preprocessing, workers and bad-image policy."""
+    workers = g["num_workers"] if g["num_workers"] is not None else default_workers()
+    return BatchLoader(
+        LocalReader(g["data_dir"]), samples, transform_spec(g, train),
+        batch_size=batch_size, num_workers=workers, shuffle=train, seed=g["seed"],
+        max_bad_fraction=g["max_bad_fraction"], rank=rank, world=world,
+        name="train" if train else "validation",
+    )

@@ -1,0 +1,45 @@
+"""Logging: one format for clsact and paddleslim, to stderr and to the run's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup(verbose: bool = False) -> None:
+    """Send INFO (DEBUG with ``verbose``) records of every logger to stderr, once."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(h, "_clsact", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))
+        handler._clsact = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
+def adopt_paddleslim_loggers() -> None:
+    """paddleslim gives each module logger its own stdout handler and no propagation; route
+    them through ours instead (one format, and into the run's log file)."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("paddleslim") and isinstance(logger, logging.Logger):
+            logger.handlers.clear()
+            logger.propagate = True
+
+
+@contextmanager
+def log_file(path: Path) -> Iterator[None]:
+    """Also write every log record to ``path`` while the block runs."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,169 @@
+"""The config schema: every section and key clsact accepts, with its type and default.
+
+The strategy sections mirror the constructors of ``paddleslim.auto_compression`` 2.6.0
+(``tests/test_config.py`` checks them against the installed paddleslim, so drift is caught);
+keeping them here lets a config be validated without importing paddle.
+
+A type is a ``|``-separated string of ``int``, ``float``, ``bool``, ``str``, ``list``,
+``dict``, ``null`` or ``any``. ``REQUIRED`` marks keys without a default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REQUIRED = object()
+
+# Global: where the model and data are, and how the data is read. Keys named like upstream
+# (model_dir, model_filename, params_filename, batch_size, data_dir, input_name, output_dir,
+# device) mean what they mean upstream.
+GLOBAL: dict[str, tuple[str, Any]] = {
+    "model_dir": ("str", REQUIRED),
+    "model_filename": ("str", "inference.pdmodel"),
+    "params_filename": ("str", "inference.pdiparams"),
+    "input_name": ("str|null", None),
+    "data_dir": ("str", REQUIRED),
+    "train_list": ("str", "train_list.txt"),
+    "val_list": ("str", "val_list.txt"),
+    "batch_size": ("int", 32),
+    "eval_batch_size": ("int|null", None),
+    "img_size": ("int", 224),
+    "resize_size": ("int", 256),
+    "crop_scale": ("list", [0.08, 1.0]),
+    "crop_ratio": ("list", [0.75, 1.3333333333333333]),
+    "random_flip": ("bool", True),
+    "mean": ("list", [0.485, 0.456, 0.406]),
+    "std": ("list", [0.229, 0.224, 0.225]),
+    "num_workers": ("int|null", None),
+    "max_bad_fraction": ("float", 0.001),
+    "seed": ("int", 0),
+    "device": ("str", "auto"),
+    "output_dir": ("str", "./output"),
+}
+
+STRATEGIES: dict[str, dict[str, tuple[str, Any]]] = {
+    "QuantAware": {
+        "quantize_op_types": (
+            "list",
+            ["conv2d", "depthwise_conv2d", "conv2d_transpose", "mul", "matmul", "matmul_v2"],
+        ),
+        "weight_bits": ("int", 8),
+        "activation_bits": ("int", 8),
+        "not_quant_pattern": ("list", ["skip_quant"]),
+        "use_pact": ("bool", False),
+        "activation_quantize_type": ("str", "moving_average_abs_max"),
+        "weight_quantize_type": ("str", "channel_wise_abs_max"),
+        "dtype": ("str", "int8"),
+        "window_size": ("int", 10000),
+        "moving_rate": ("float", 0.9),
+        "for_tensorrt": ("bool", False),
+        "onnx_format": ("bool", True),
+        "is_full_quantize": ("bool", False),
+    },
+    "Distillation": {
+        "loss": ("str", "l2"),
+        "node": ("list", []),
+        "alpha": ("float", 1.0),
+        "teacher_model_dir": ("str|null", None),
+        "teacher_model_filename": ("str|null", None),
+        "teacher_params_filename": ("str|null", None),
+    },
+    "MultiTeacherDistillation": {
+        "loss": ("list", []),
+        "node": ("list", []),
+        "alpha": ("list", []),
+        "teacher_model_dir": ("list", []),
+        "teacher_model_filename": ("list", []),
+        "teacher_params_filename": ("list", []),
+    },
+    "HyperParameterOptimization": {
+        "ptq_algo": ("list", ["KL", "hist", "avg", "mse"]),
+        "bias_correct": ("list", [True, False]),
+        "weight_quantize_type": ("list", ["channel_wise_abs_max"]),
+        "hist_percent": ("list", [0.98, 0.999]),
+        "batch_num": ("list", [10, 30]),
+        "max_quant_count": ("int", 20),
+    },
+    "QuantPost": {
+        "batch_size": ("int", 32),
+        "batch_nums": ("int|null", None),
+        "epochs": ("int", 20),
+        "lr": ("float", 0.1),
+        "algo": ("str", "hist"),
+        "hist_percent": ("float", 0.999),
+        "regions": ("list|null", None),
+        "region_weights_names": ("list|null", None),
+        "recon_level": ("str|null", None),
+        "is_full_quantize": ("bool", False),
+        "bias_correction": ("bool", False),
+        "weight_quantize_type": ("str", "channel_wise_abs_max"),
+        "activation_quantize_type": ("str", "range_abs_max"),
+        "simulate_activation_quant": ("bool", False),
+        "skip_tensor_list": ("list|null", None),
+        "onnx_format": ("bool", True),
+        "quantize_op_types": ("list", ["conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2"]),
+        "weight_bits": ("int", 8),
+        "activation_bits": ("int", 8),
+    },
+    "ChannelPrune": {
+        "pruned_ratio": ("float", REQUIRED),
+        "prune_params_name": ("list|null", None),
+        "criterion": ("str", "l1_norm"),
+    },
+    "ASPPrune": {"prune_params_name": ("list|null", None)},
+    "TransformerPrune": {"pruned_ratio": ("float", REQUIRED)},
+    "UnstructurePrune": {
+        "prune_strategy": ("str|null", None),
+        "prune_mode": ("str", "ratio"),
+        "threshold": ("float", 0.01),
+        "ratio": ("float", 0.55),
+        "gmp_config": ("dict|null", None),
+        "prune_params_type": ("str", "conv1x1_only"),
+        "local_sparsity": ("bool", False),
+    },
+}
+
+TRAIN_CONFIG: dict[str, tuple[str, Any]] = {
+    "epochs": ("int|null", None),
+    "train_iter": ("int|null", None),
+    "learning_rate": ("float|dict", 0.02),
+    "optimizer_builder": ("dict|str", {"optimizer": {"type": "SGD"}}),
+    "eval_iter": ("int", 1000),
+    "logging_iter": ("int", 10),
+    "origin_metric": ("float|null", None),
+    "target_metric": ("float|null", None),
+    "amp_config": ("dict|null", None),
+    "recompute_config": ("dict|null", None),
+    "sharding_config": ("dict|null", None),
+    "sparse_model": ("bool", False),
+}
+
+# Values ACT accepts for a few string keys; anything else fails deep inside paddle.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("QuantAware", "activation_quantize_type"): (
+        "moving_average_abs_max",
+        "range_abs_max",
+        "abs_max",
+    ),
+    ("QuantAware", "weight_quantize_type"): ("channel_wise_abs_max", "abs_max"),
+    ("QuantAware", "dtype"): ("int8",),
+    ("Global", "device"): ("auto", "cpu", "gpu"),
+}
+
+# Strategies that make paddleslim pip-install packages at run time (smac for HPO), which fails
+# on a cluster without internet: refused with a clear message.
+REFUSED_STRATEGIES: dict[str, str] = {
+    "HyperParameterOptimization": "it pip-installs 'smac' at run time; use QuantAware + "
+    "Distillation (quantization-aware training) instead",
+}
+
+# The PaddleClas-format data section (paddleclas mbv3_qat_dis.yaml) is translated into Global.
+DATALOADER = "DataLoader"
+# The pre-2.4 name of QuantAware, silently ignored by paddleslim 2.6.0 (the run would become
+# distillation only); clsact renames it with a warning.
+OLD_QUANT = "Quantization"
+
+
+def all_sections() -> dict[str, dict[str, tuple[str, Any]]]:
+    """Every section name clsact accepts in a config file, with its key schema."""
+    return {"Global": GLOBAL, **STRATEGIES, "TrainConfig": TRAIN_CONFIG}
