@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,13 +168,18 @@ def _type_ok(value: Any, types: str) -> bool:
     return False
 
 
-def _coerce_float_string(value: Any, types: str) -> Any:
-    """YAML 1.1 reads ``1e-4`` as a string; accept it where a float is expected."""
-    if isinstance(value, str) and "float" in types.split("|"):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+_YAML11_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def fix_yaml11_floats(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads ``1e-4`` (an exponent without a dot) as a string; turn such
+    strings into floats everywhere in the config, nested mappings included."""
+    if isinstance(value, dict):
+        return {k: fix_yaml11_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fix_yaml11_floats(v) for v in value]
+    if isinstance(value, str) and _YAML11_EXP_FLOAT.match(value.strip()):
+        return float(value)
     return value
 
 
@@ -190,7 +196,6 @@ def _check_section(name: str, section: Any, keys: dict[str, tuple[str, Any]], sr
                 f"valid keys: {', '.join(keys)}"
             )
         types, _default = keys[key]
-        value = _coerce_float_string(value, types)
         if not _type_ok(value, types):
             raise ConfigError(
                 f"{src}: {name}.{key} must be {types.replace('|', ' or ')}, "
@@ -395,7 +400,7 @@ def validate(raw: dict[str, Any], source: str = "<config>") -> Config:
         ConfigError: unknown section or key (with a did-you-mean), wrong type or value,
             missing required key, or an unsupported strategy combination.
     """
-    data = copy.deepcopy(raw)
+    data = fix_yaml11_floats(copy.deepcopy(raw))
     warnings: list[str] = []
     _rename_quantization(data, source, warnings)
     _translate_dataloader(data, source, warnings)

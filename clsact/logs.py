@@ -14,7 +14,10 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup(verbose: bool = False) -> None:
     """Send INFO (DEBUG with ``verbose``) records of every logger to stderr, once."""
     root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.INFO
+    root.setLevel(level)
+    # importing paddle resets the root level; clsact's own level survives that
+    logging.getLogger("clsact").setLevel(level)
     if not any(getattr(h, "_clsact", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))

@@ -1,0 +1,107 @@
+"""Every user mistake: one clear line on stderr, exit code 2, no traceback, nothing written."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+
+def config_file(tmp_path: Path, model_dir, data_dir, **glob) -> Path:
+    cfg = {"Global": {"model_dir": str(model_dir), "data_dir": str(data_dir),
+                      "train_list": "small_train.txt", "val_list": "small_val.txt",
+                      "img_size": 32, "resize_size": 36, "num_workers": 0, **glob},
+           "Distillation": {"loss": "soft_label"}, "QuantAware": {},
+           "TrainConfig": {"train_iter": 1}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("clsact: error: ")
+    for f in fragments:
+        assert f in last, last
+
+
+def test_help_and_version():
+    assert run_cli("--help").returncode == 0
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("clsact ")
+
+
+def test_missing_config(tmp_path):
+    assert_one_line_error(run_cli("compress", "--config", str(tmp_path / "x.yaml")),
+                          "x.yaml does not exist")
+
+
+def test_unknown_key_via_set(tmp_path, small_digits_dir, mbv3_model):
+    cfg = config_file(tmp_path, mbv3_model, small_digits_dir)
+    assert_one_line_error(run_cli("compress", "--config", str(cfg), "--set", "Global.batchsize=2"),
+                          "unknown key Global.batchsize", "did you mean 'batch_size'")
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("no_model_dir", ["Global.model_dir", "is not an existing directory"]),
+    ("no_params", ["inference.pdiparams does not exist (Global.params_filename)"]),
+    ("s3_uri", ["s3:// locations are not supported"]),
+    ("no_list", ["list file", "nope.txt does not exist"]),
+    ("traversal", ["leaves the data directory"]),
+    ("gpu", ["Global.device is gpu but", "--set Global.device=cpu"]),
+    ("size", ["takes 32x32 inputs but Global.img_size is 48", "Global.img_size=32"]),
+    ("labels", ["label 12", "is not a class of the model, which has 10 outputs"]),
+    ("input_name", ["Global.input_name 'image' is not an input", "inputs"]),
+])
+def test_bad_inputs(tmp_path, small_digits_dir, mbv3_model, case, fragments):
+    model, data, glob = mbv3_model, small_digits_dir, {}
+    if case == "no_model_dir":
+        model = tmp_path / "missing"
+    elif case == "no_params":
+        model = tmp_path / "m"
+        model.mkdir()
+        (model / "inference.pdmodel").write_bytes((mbv3_model / "inference.pdmodel").read_bytes())
+    elif case == "s3_uri":
+        model = "s3://bucket/model"
+    elif case == "no_list":
+        glob = {"val_list": "nope.txt"}
+    elif case in ("traversal", "labels"):
+        data = tmp_path / "d"
+        data.mkdir()
+        lines = (small_digits_dir / "small_train.txt").read_text().splitlines()[:4]
+        for line in lines:
+            rel = line.rsplit(maxsplit=1)[0]
+            (data / rel).parent.mkdir(parents=True, exist_ok=True)
+            (data / rel).write_bytes((small_digits_dir / rel).read_bytes())
+        (data / "small_train.txt").write_text("\n".join(lines) + "\n")
+        bad = "../../etc/passwd 1" if case == "traversal" else f"{lines[0].split()[0]} 12"
+        (data / "small_val.txt").write_text(bad + "\n")
+    elif case == "gpu":
+        glob = {"device": "gpu"}
+    elif case == "size":
+        glob = {"img_size": 48, "resize_size": 56}
+    elif case == "input_name":
+        glob = {"input_name": "image"}
+    cfg = config_file(tmp_path, model, data, **glob)
+    out = tmp_path / "out"
+    assert_one_line_error(run_cli("compress", "--config", str(cfg), "--save-dir", str(out)),
+                          *fragments)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_eval_missing_model(tmp_path, small_digits_dir):
+    assert_one_line_error(run_cli("eval", "--model-dir", str(tmp_path), "--data-dir",
+                                  str(small_digits_dir), "--val-list", "small_val.txt"),
+                          "inference.pdmodel does not exist")
+
+
+def test_eval_fp32_model(tmp_path, mbv3_model, small_digits_dir):
+    out = tmp_path / "r.json"
+    proc = run_cli("eval", "--model-dir", str(mbv3_model), "--data-dir", str(small_digits_dir),
+                   "--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36",
+                   "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"samples": 64' in proc.stdout and out.read_text().count("top5") == 1

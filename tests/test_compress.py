@@ -1,0 +1,112 @@
+"""End to end on real Paddle + PaddleSlim (CPU): ``clsact compress`` then ``clsact eval``."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clsact.modelio import count_ops
+from tests.conftest import run_cli
+
+
+def small_config(tmp_path: Path, model: Path, data: Path, **train) -> Path:
+    cfg = {
+        "Global": {"model_dir": str(model), "data_dir": str(data),
+                   "train_list": "small_train.txt", "val_list": "small_val.txt",
+                   "batch_size": 16, "eval_batch_size": 32, "img_size": 32, "resize_size": 36,
+                   "num_workers": 2, "device": "cpu"},
+        "Distillation": {"alpha": 1.0, "loss": "soft_label"},
+        "QuantAware": {"use_pact": True, "onnx_format": True,
+                       "quantize_op_types": ["conv2d", "depthwise_conv2d", "matmul_v2"]},
+        "TrainConfig": {"train_iter": 3, "eval_iter": 2, "logging_iter": 1,
+                        "learning_rate": 0.0005,
+                        "optimizer_builder": {"optimizer": {"type": "Momentum"},
+                                              "weight_decay": 4e-5}, **train},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_compress_then_eval(tmp_path, mbv3_model, small_digits_dir):
+    before = sha(mbv3_model / "inference.pdmodel")
+    out = tmp_path / "run"
+    cfg = small_config(tmp_path, mbv3_model, small_digits_dir)
+    proc = run_cli("compress", "--config", str(cfg), "--save-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compressed top1" in proc.stdout
+
+    assert sorted(p.name for p in out.iterdir()) == ["clsact.log", "config.yaml",
+                                                     "metrics.json", "model"]
+    assert sha(mbv3_model / "inference.pdmodel") == before, "the input model must stay as it was"
+    quant_ops = count_ops(out / "model" / "inference.pdmodel")
+    assert quant_ops > 0
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "succeeded"
+    for side in ("baseline", "compressed"):
+        assert 0.0 <= m[side]["top1"] <= m[side]["top5"] <= 1.0
+        assert m[side]["samples"] == 64 and m[side]["bad_images"] == 0
+    assert m["compressed"]["quant_ops"] == quant_ops
+    assert m["act"]["strategies"] == ["qat_dis"] and m["act"]["train_steps"] == 3
+    assert len(m["act"]["evaluations"]) == 1  # eval_iter 2 within 3 steps
+    assert m["compat"]["dropout_masks_fixed"] == 1
+    assert m["versions"]["paddle"] == "2.6.2" and m["versions"]["paddleslim"] == "2.6.0"
+    assert m["wall_seconds"] > 0 and m["data"]["train_samples"] == 96
+    assert yaml.safe_load((out / "config.yaml").read_text())["TrainConfig"]["train_iter"] == 3
+    assert "baseline top1" in (out / "clsact.log").read_text()
+
+    result = tmp_path / "eval.json"
+    proc = run_cli("eval", "--model-dir", str(out / "model"), "--data-dir", str(small_digits_dir),
+                   "--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36",
+                   "--batch-size", "7", "--output", str(result))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads(result.read_text())
+    assert ev["samples"] == 64
+    # exact, sample-weighted metrics do not depend on the batch size
+    assert ev["top1"] == pytest.approx(m["compressed"]["top1"])
+    assert ev["top5"] == pytest.approx(m["compressed"]["top5"])
+
+    again = run_cli("compress", "--config", str(cfg), "--save-dir", str(out))
+    assert again.returncode == 2
+    assert "already holds a finished run" in again.stderr and "--overwrite" in again.stderr
+
+
+def test_wrong_origin_metric_stops_before_training_and_publishes_nothing(
+        tmp_path, mbv3_model, small_digits_dir):
+    out = tmp_path / "run"
+    cfg = small_config(tmp_path, mbv3_model, small_digits_dir, origin_metric=0.99)
+    proc = run_cli("compress", "--config", str(cfg), "--save-dir", str(out))
+    assert proc.returncode == 2
+    assert "TrainConfig.origin_metric is 0.99 but the baseline model scores" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_corrupt_validation_images_fail_clearly_and_publish_nothing(
+        tmp_path, mbv3_model, small_digits_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "broken.jpg").write_bytes(b"\xff\xd8garbage")
+    for name in ("small_train.txt", "small_val.txt"):
+        lines = (small_digits_dir / name).read_text().splitlines()
+        for line in lines:
+            rel = line.rsplit(maxsplit=1)[0]
+            (data / rel).parent.mkdir(parents=True, exist_ok=True)
+            (data / rel).write_bytes((small_digits_dir / rel).read_bytes())
+        extra = ["broken.jpg 1"] if "val" in name else []
+        (data / name).write_text("\n".join(lines + extra) + "\n")
+    out = tmp_path / "run"
+    cfg = small_config(tmp_path, mbv3_model, data)
+    proc = run_cli("compress", "--config", str(cfg), "--save-dir", str(out),
+                   "--set", "Global.max_bad_fraction=0.0")
+    assert proc.returncode == 2
+    assert "1 of 65 images in the validation set are unreadable" in proc.stderr
+    assert "broken.jpg" in proc.stderr.splitlines()[-1]
+    assert list(out.iterdir()) == []

@@ -1,0 +1,178 @@
+"""Config loading: upstream files unchanged, ready configs, and every bad input."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clsact import config, schema
+from clsact.errors import ConfigError
+from tests.conftest import REPO, SHARED
+
+REFERENCE = SHARED / "reference" / "paddleslim"
+BASE = {
+    "Global": {"model_dir": "m", "data_dir": "d"},
+    "Distillation": {"alpha": 1.0, "loss": "soft_label"},
+    "QuantAware": {"use_pact": True},
+    "TrainConfig": {"epochs": 1},
+}
+
+
+def write(tmp_path: Path, data, name="c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def with_(**sections):
+    out = {k: dict(v) for k, v in BASE.items()}
+    for k, v in sections.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="../shared/reference/paddleslim is absent")
+@pytest.mark.parametrize("name", sorted(p.name for p in REFERENCE.glob("*.yaml"))
+                         if REFERENCE.is_dir() else [])
+def test_upstream_configs_load_unchanged(name):
+    cfg = config.load(REFERENCE / name)
+    assert cfg.strategies(), name
+    if "qat" in name:
+        assert "QuantAware" in cfg.data, "a QAT recipe must stay a QAT run"
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="../shared/reference/paddleslim is absent")
+def test_paddleclas_config_is_normalised_with_warnings():
+    cfg = config.load(REFERENCE / "paddleclas_mbv3_qat_dis.yaml")
+    assert "Quantization" not in cfg.data and cfg.data["QuantAware"]["use_pact"] is True
+    g = cfg.globals
+    assert (g["batch_size"], g["eval_batch_size"], g["num_workers"]) == (128, 32, 8)
+    assert (g["img_size"], g["resize_size"], g["train_list"]) == (224, 256, "train_list.txt")
+    assert g["data_dir"].endswith("dataset/ILSVRC2012")
+    text = " ".join(cfg.warnings)
+    assert "'Quantization' renamed to 'QuantAware'" in text and "AutoAugment" in text
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_ready_configs_validate(path):
+    cfg = config.load(path)
+    assert {"QuantAware", "Distillation"} <= set(cfg.data)
+    assert cfg.train.get("epochs") or cfg.train.get("train_iter")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = config.load(write(tmp_path, BASE), ["TrainConfig.epochs=3"])
+    out = tmp_path / "resolved.yaml"
+    config.save(cfg, out)
+    again = config.load(out)
+    assert again.data == cfg.data and again.train["epochs"] == 3
+    assert again.globals["img_size"] == 224  # defaults are written out
+
+
+@pytest.mark.parametrize("sections, message", [
+    (with_(Gloabl={"a": 1}), r"unknown section 'Gloabl' \(did you mean 'Global'\?\)"),
+    (with_(QuantAware={"use_pac": True}), r"unknown key QuantAware.use_pac \(did you mean "
+                                          r"'use_pact'\?\)"),
+    (with_(TrainConfig={"epochs": 1, "learning_rat": 0.1}), r"did you mean 'learning_rate'"),
+    (with_(QuantAware={"weight_bits": "eight"}), r"QuantAware.weight_bits must be int, got str"),
+    (with_(QuantAware={"use_pact": "yes"}), r"QuantAware.use_pact must be bool"),
+    (with_(TrainConfig={"epochs": 1.5}), r"TrainConfig.epochs must be int or null"),
+    (with_(TrainConfig={"eval_iter": 5}), r"TrainConfig needs epochs or train_iter"),
+    (with_(TrainConfig={"epochs": 0}), r"TrainConfig.epochs must be >= 1"),
+    (with_(TrainConfig={"epochs": 1, "origin_metric": 75.3}), r"top-1 fraction in \[0, 1\]"),
+    (with_(TrainConfig={"epochs": 1, "learning_rate": {"learning_rate": 0.1}}), r"needs a 'type'"),
+    (with_(Global={"data_dir": "d"}), r"Global.model_dir is required"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "img_size": 300}),
+     r"Global.resize_size \(256\) must be >= Global.img_size \(300\)"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "device": "cuda"}),
+     r"Global.device is 'cuda'; choose one of auto, cpu, gpu"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "mean": [0.5]}),
+     r"Global.mean must be three"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "crop_scale": [0.9, 0.1]}),
+     r"Global.crop_scale must be two numbers"),
+    (with_(QuantAware={"activation_quantize_type": "moving_avg_abs_max"}),
+     r"did you mean 'moving_average_abs_max'"),
+    (with_(Distillation=None), r"QuantAware needs a Distillation section"),
+    (with_(QuantAware=None, Distillation=None), r"no compression strategy"),
+    (with_(HyperParameterOptimization={}), r"HyperParameterOptimization is not supported: it "
+                                           r"pip-installs"),
+    (with_(Quantization={"use_pact": True}), r"both 'Quantization' and 'QuantAware' are set"),
+    (with_(QuantAware=[1, 2]), r"section QuantAware must be a mapping"),
+])
+def test_bad_configs_fail_with_the_culprit(tmp_path, sections, message):
+    path = write(tmp_path, sections)
+    with pytest.raises(ConfigError, match=message) as err:
+        config.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_old_quantization_section_becomes_quant_aware(tmp_path):
+    data = with_(QuantAware=None, Quantization={"use_pact": True, "weight_bits": 8})
+    cfg = config.load(write(tmp_path, data))
+    assert cfg.data["QuantAware"] == {"use_pact": True, "weight_bits": 8}
+    assert "'Quantization' renamed to 'QuantAware'" in cfg.warnings[0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Global: [unclosed", r"line 1, column \d+ is not valid YAML"),
+    ("", r"is empty"),
+    ("- a\n- b\n", r"must be a mapping of sections, got list"),
+])
+def test_unparseable_files(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, text))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_overrides_parse_yaml_values_and_nested_keys(tmp_path):
+    cfg = config.load(write(tmp_path, BASE), [
+        "Global.batch_size=8", "TrainConfig.optimizer_builder.weight_decay=1e-4",
+        "TrainConfig.learning_rate=1e-3", "Global.crop_scale=[0.5, 1.0]"])
+    assert cfg.globals["batch_size"] == 8 and cfg.globals["crop_scale"] == [0.5, 1.0]
+    assert cfg.train["learning_rate"] == pytest.approx(1e-3)
+    # YAML 1.1 reads 1e-4 as a string; ACT must get a float, nested keys included
+    assert cfg.train["optimizer_builder"]["weight_decay"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("Global.batch_size", r"expected Section.key=value"),
+    ("batch_size=3", r"expected Section.key=value"),
+    ("Global.batch_sise=3", r"did you mean 'batch_size'"),
+    ("Global.model_dir.x=3", r"Global.model_dir is not a section"),
+])
+def test_bad_overrides(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, BASE), [override])
+
+
+def test_relative_local_paths_are_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(write(tmp_path, BASE))
+    assert cfg.globals["model_dir"] == str(tmp_path / "m")
+
+
+def test_act_config_is_a_copy():
+    cfg = config.validate(BASE)
+    act = cfg.act_config()
+    act.pop("TrainConfig")
+    assert cfg.train == {"epochs": 1}
+
+
+@pytest.mark.parametrize("section", [*schema.STRATEGIES, "TrainConfig"])
+def test_schema_matches_installed_paddleslim(section):
+    """The hand-kept schema must list exactly paddleslim's constructor arguments and defaults."""
+    from paddleslim.auto_compression import strategy_config
+
+    params = inspect.signature(getattr(strategy_config, section).__init__).parameters
+    upstream = {k: (schema.REQUIRED if p.default is inspect.Parameter.empty else p.default)
+                for k, p in params.items() if k != "self"}
+    ours = {k: d for k, (_t, d) in schema.all_sections()[section].items()}
+    assert ours == upstream
