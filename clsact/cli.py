@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clsact import __version__, compat, logs
 from clsact.errors import EXIT_USER_ERROR, ClsactError
+from clsact.runtime import unwind_on_sigterm
 
 
 def _add_compress(sub) -> None:
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     compat.quiet_native_output()
     logs.setup(args.verbose)
+    unwind_on_sigterm()
     try:
         return COMMANDS[args.command](args)
     except ClsactError as exc:

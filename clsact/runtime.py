@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from clsact.errors import DeviceError
@@ -38,6 +39,17 @@ def rank_info(env: dict[str, str] | None = None) -> RankInfo:
     return RankInfo(rank, world)
 
 
+def _terminate(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM (pod eviction, preemption) unwind like Ctrl-C so ``finally`` blocks clean
+    up staging. Importing paddle installs its own SIGTERM handler (it dumps a C++ stack and
+    dies), so this runs again after paddle is imported (:func:`select_device`)."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def select_device(requested: str) -> str:
     """Set paddle's device from ``Global.device`` (auto|cpu|gpu) and return it.
 
@@ -53,4 +65,5 @@ def select_device(requested: str) -> str:
         raise DeviceError(f"Global.device is gpu but {why}; use --set Global.device=cpu")
     device = "gpu" if requested == "gpu" or (requested == "auto" and has_gpu) else "cpu"
     paddle.set_device(device)
+    unwind_on_sigterm()
     return device

@@ -105,3 +105,29 @@ def test_eval_fp32_model(tmp_path, mbv3_model, small_digits_dir):
                    "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"samples": 64' in proc.stdout and out.read_text().count("top5") == 1
+
+
+def test_sigterm_leaves_nothing_published(tmp_path, small_digits_dir, mbv3_model):
+    """A run stopped by SIGTERM (eviction) exits 130, cleans its staging, publishes nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    cfg = config_file(tmp_path, mbv3_model, small_digits_dir)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "clsact", "compress", "--config", str(cfg),
+                             "--save-dir", str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".clsact-work-*/input")):
+        time.sleep(0.2)  # wait until the run is inside ACT's graph building
+    assert list(out.glob(".clsact-work-*/input")), "the run never reached the compression step"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted; nothing was published" in err
+    assert list(out.iterdir()) == []
