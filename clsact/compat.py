@@ -6,6 +6,7 @@ Keep them here, and only here, so they can be dropped when the pins move.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from clsact.modelio import load_program
@@ -44,12 +45,15 @@ def quiet_native_output() -> None:
 
     * paddle's quantization passes draw a tqdm bar per graph pass (hundreds of redrawn lines
       in a log): tqdm >= 4.66 honours ``TQDM_DISABLE``, read when tqdm is first imported;
-    * glog INFO lines from the C++ executor (``GLOG_minloglevel=1`` keeps warnings).
+    * glog INFO lines from the C++ executor (``GLOG_minloglevel=1`` keeps warnings);
+    * setuptools' "replacing distutils" warning when paddleslim imports distutils.
 
     Values the user already set win.
     """
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("GLOG_minloglevel", "1")
+    # paddleslim imports distutils, which setuptools' shim announces with a UserWarning
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
 
 
 def act_device_for_fleet_note() -> str:
