@@ -192,10 +192,10 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False) 
     ranks = rank_info()
     if ranks.world > 1:
         raise ClsactError(compat.act_device_for_fleet_note())
-    dest = prepare_save_dir(save_dir or g["output_dir"], overwrite)
     train_samples = read_samples(g, "train")
     val_samples = read_samples(g, "val")
     src_model = storage.local_input_dir(g["model_dir"], "Global.model_dir")
+    dest = prepare_save_dir(save_dir or g["output_dir"], overwrite)  # after the input checks
     work = Path(tempfile.mkdtemp(prefix=".clsact-work-", dir=dest))
     staging = work / "publish"
     staging.mkdir()

@@ -89,6 +89,8 @@ def test_bad_inputs(tmp_path, small_digits_dir, mbv3_model, case, fragments):
     out = tmp_path / "out"
     assert_one_line_error(run_cli("compress", "--config", str(cfg), "--save-dir", str(out)),
                           *fragments)
+    if case in ("no_model_dir", "s3_uri", "no_list", "traversal"):
+        assert not out.exists(), "input errors are found before the save dir is created"
     assert not out.exists() or list(out.iterdir()) == []
 
 
