@@ -56,7 +56,7 @@ def quiet_native_output() -> None:
     warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
 
 
-def act_device_for_fleet_note() -> str:
+def multi_process_refusal() -> str:
     """Why clsact refuses world size > 1 for now (paddleslim 2.6.0 gates fleet on GPU count).
 
     ACT's ``_prepare_envs`` enables collective training only when

@@ -191,7 +191,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False) 
     g = cfg.globals
     ranks = rank_info()
     if ranks.world > 1:
-        raise ClsactError(compat.act_device_for_fleet_note())
+        raise ClsactError(compat.multi_process_refusal())
     train_samples = read_samples(g, "train")
     val_samples = read_samples(g, "val")
     src_model = storage.local_input_dir(g["model_dir"], "Global.model_dir")

@@ -133,3 +133,11 @@ def test_sigterm_leaves_nothing_published(tmp_path, small_digits_dir, mbv3_model
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted; nothing was published" in err
     assert list(out.iterdir()) == []
+
+
+def test_multi_process_is_refused_clearly(tmp_path, small_digits_dir, mbv3_model, monkeypatch):
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    cfg = config_file(tmp_path, mbv3_model, small_digits_dir)
+    assert_one_line_error(run_cli("compress", "--config", str(cfg), "--save-dir",
+                                  str(tmp_path / "o")), "multi-process runs are not supported")
