@@ -5,7 +5,7 @@
 * ``clsact-1``: clsact's eval pipeline (OpenCV, bilinear) in-process (``num_workers=0``);
 * ``clsact-N``: clsact's loader with N worker processes (N = usable CPUs).
 
-Images are synthetic ImageNet-like JPEGs (500x375, quality 90, ~100 KB) written to a temp dir.
+Images are synthetic ImageNet-like JPEGs (500x375, quality 90, ~75 KB) written to a temp dir.
 Prints a table and writes JSON (``--output``). The target (object-storage issue): clsact-N
 >= 0.9 x cores x the per-core upstream rate.
 """
@@ -33,24 +33,25 @@ def make_images(root: Path, n: int, seed: int = 0) -> list[Sample]:
     import cv2
 
     rng = np.random.default_rng(seed)
+    (root / "img").mkdir(exist_ok=True)
     samples = []
     for i in range(n):
         small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
         img = cv2.resize(small, (500, 375), interpolation=cv2.INTER_CUBIC)
         img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
         rel = f"img/{i:05d}.jpg"
-        (root / "img").mkdir(exist_ok=True)
         cv2.imwrite(str(root / rel), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         samples.append(Sample(rel, i % 1000))
     return samples
 
 
-def upstream_pass(root: Path, samples: list[Sample]) -> int:
-    """The ACT example's single-process PIL reader; returns images processed."""
+def upstream_pass(root: Path, samples: list[Sample]) -> None:
+    """The ACT example's single-process PIL reader over ``samples``."""
     from PIL import Image
 
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
+    spec = TransformSpec(train=False)
+    mean = np.array(spec.mean, np.float32)
+    std = np.array(spec.std, np.float32)
     for s in samples:
         img = Image.open(root / s.path).convert("RGB")
         w, h = img.size
@@ -60,7 +61,6 @@ def upstream_pass(root: Path, samples: list[Sample]) -> int:
         left, top = (w - 224) // 2, (h - 224) // 2
         arr = np.asarray(img.crop((left, top, left + 224, top + 224)), np.float32) / 255.0
         ((arr - mean) / std).transpose(2, 0, 1)
-    return len(samples)
 
 
 def clsact_pass(root: Path, samples: list[Sample], workers: int) -> tuple[int, float]:

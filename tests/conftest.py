@@ -53,6 +53,14 @@ def mbv3_model(tmp_path_factory) -> Path:
     return out
 
 
+def copy_images(src: Path, dst: Path, lines: list[str]) -> None:
+    """Copy the images named by list-file ``lines`` from data dir ``src`` into ``dst``."""
+    for line in lines:
+        rel = line.rsplit(maxsplit=1)[0]
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_bytes((src / rel).read_bytes())
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m clsact ARGS`` as a user would; returns the completed process."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}

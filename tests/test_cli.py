@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import copy_images, run_cli
 
 
 def config_file(tmp_path: Path, model_dir, data_dir, **glob) -> Path:
@@ -72,10 +72,7 @@ def test_bad_inputs(tmp_path, small_digits_dir, mbv3_model, case, fragments):
         data = tmp_path / "d"
         data.mkdir()
         lines = (small_digits_dir / "small_train.txt").read_text().splitlines()[:4]
-        for line in lines:
-            rel = line.rsplit(maxsplit=1)[0]
-            (data / rel).parent.mkdir(parents=True, exist_ok=True)
-            (data / rel).write_bytes((small_digits_dir / rel).read_bytes())
+        copy_images(small_digits_dir, data, lines)
         (data / "small_train.txt").write_text("\n".join(lines) + "\n")
         bad = "../../etc/passwd 1" if case == "traversal" else f"{lines[0].split()[0]} 12"
         (data / "small_val.txt").write_text(bad + "\n")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from clsact.modelio import count_ops
-from tests.conftest import run_cli
+from tests.conftest import copy_images, run_cli
 
 
 def small_config(tmp_path: Path, model: Path, data: Path, **train) -> Path:
@@ -96,10 +96,7 @@ def test_corrupt_validation_images_fail_clearly_and_publish_nothing(
     (data / "broken.jpg").write_bytes(b"\xff\xd8garbage")
     for name in ("small_train.txt", "small_val.txt"):
         lines = (small_digits_dir / name).read_text().splitlines()
-        for line in lines:
-            rel = line.rsplit(maxsplit=1)[0]
-            (data / rel).parent.mkdir(parents=True, exist_ok=True)
-            (data / rel).write_bytes((small_digits_dir / rel).read_bytes())
+        copy_images(small_digits_dir, data, lines)
         extra = ["broken.jpg 1"] if "val" in name else []
         (data / name).write_text("\n".join(lines + extra) + "\n")
     out = tmp_path / "run"
