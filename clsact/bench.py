@@ -25,7 +25,7 @@ from clsact.data.build import default_workers
 from clsact.data.listfile import Sample
 from clsact.data.loader import BatchLoader
 from clsact.data.transforms import TransformSpec
-from clsact.storage import LocalReader
+from clsact.storage import LocalStore
 
 
 def make_images(root: Path, n: int, seed: int = 0) -> list[Sample]:
@@ -65,7 +65,7 @@ def upstream_pass(root: Path, samples: list[Sample]) -> None:
 
 def clsact_pass(root: Path, samples: list[Sample], workers: int) -> tuple[int, float]:
     """One timed evaluation pass of clsact's loader; returns (images delivered, seconds)."""
-    loader = BatchLoader(LocalReader(root), samples, TransformSpec(train=False),
+    loader = BatchLoader(LocalStore(root), samples, TransformSpec(train=False),
                          batch_size=32, num_workers=workers, shuffle=False)
     try:
         list(loader.epoch(0))  # warm the pool up (spawn + imports) outside the timing

@@ -1,4 +1,4 @@
-"""The ``clsact`` command line: ``compress``, ``eval``, ``demo``.
+"""The ``clsact`` command line: ``compress``, ``eval``, ``verify``, ``dataset pack``, ``demo``.
 
 User mistakes (:class:`~clsact.errors.ClsactError`) end with one ``clsact: error: ...`` line
 on stderr and exit code 2; Ctrl-C exits 130; anything else is a bug and keeps its traceback.
@@ -23,15 +23,24 @@ def _add_compress(sub) -> None:
     p.add_argument("--config", required=True, help="ACT-format YAML (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="S.KEY=VALUE",
                    help="override a config value, e.g. TrainConfig.epochs=1 (repeatable)")
-    p.add_argument("--save-dir", help="where results go (default: Global.output_dir)")
+    p.add_argument("--save-dir", help="where results go, a path or s3://bucket/prefix "
+                   "(default: Global.output_dir)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a finished run in the save dir")
+                   help="replace a finished run (one with _SUCCESS) in the save dir")
+    p.add_argument("--run-id", help="id recorded in metrics.json and manifest.json "
+                   "(default: timestamp + random)")
+    _add_s3_endpoint(p)
+
+
+def _add_s3_endpoint(p) -> None:
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph "
+                   "RGW, ...); default Global.s3_endpoint, then AWS_ENDPOINT_URL, then AWS")
 
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 of an inference model on a list file")
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--model-dir", required=True, help="a path or s3://bucket/prefix")
+    p.add_argument("--data-dir", required=True, help="a path or s3://bucket/prefix")
     p.add_argument("--val-list", default="val_list.txt")
     p.add_argument("--model-filename", default="inference.pdmodel")
     p.add_argument("--params-filename", default="inference.pdiparams")
@@ -41,6 +50,15 @@ def _add_eval(sub) -> None:
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--output", help="also write the JSON result to this file")
+    _add_s3_endpoint(p)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check a published run against its manifest",
+                       description="Exit 0 when LOCATION holds _SUCCESS and every file of "
+                       "manifest.json with the right size and sha256; 1 otherwise.")
+    p.add_argument("location", metavar="LOCATION", help="a save dir: path or s3://bucket/prefix")
+    _add_s3_endpoint(p)
 
 
 def _add_demo(sub) -> None:
@@ -59,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_compress(sub)
     _add_eval(sub)
+    _add_verify(sub)
     _add_demo(sub)
     return parser
 
@@ -69,21 +88,24 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from clsact.compress import compress
 
     cfg = config.load(args.config, args.overrides)
-    metrics = compress(cfg, save_dir=args.save_dir, overwrite=args.overwrite)
+    metrics = compress(cfg, save_dir=args.save_dir, overwrite=args.overwrite,
+                       run_id=args.run_id, s3_endpoint=args.s3_endpoint)
     b, c = metrics["baseline"], metrics["compressed"]
     print(f"baseline   top1 {b['top1']:.4f}  top5 {b['top5']:.4f}  ({b['samples']} images)")
     print(f"compressed top1 {c['top1']:.4f}  top5 {c['top5']:.4f}  ({c['quant_ops']} quantize ops)")
-    print(f"results in {args.save_dir or cfg.globals['output_dir']}")
+    print(f"results in {metrics['save_dir']} (run {metrics['run_id']})")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``clsact eval``."""
-    from clsact import config
+    import tempfile
+
+    from clsact import config, storage
+    from clsact.compress import apply_storage_settings
     from clsact.data.build import make_loader, read_samples
     from clsact.evaluate import evaluate_model_dir
     from clsact.runtime import select_device
-    from clsact.storage import local_input_dir
 
     g = config.complete_global(
         {"model_dir": args.model_dir, "data_dir": args.data_dir, "val_list": args.val_list,
@@ -91,19 +113,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
          "batch_size": args.batch_size, "num_workers": args.num_workers, "device": args.device,
          "model_filename": args.model_filename, "params_filename": args.params_filename},
         "clsact eval")
-    model_dir = local_input_dir(g["model_dir"], "--model-dir")
+    apply_storage_settings(g, args.s3_endpoint)
     samples = read_samples(g, "val")
-    select_device(g["device"])
-    loader = make_loader(g, samples, train=False, batch_size=g["batch_size"])
-    try:
-        result = evaluate_model_dir(model_dir, loader, model_filename=g["model_filename"],
-                                    params_filename=g["params_filename"])
-    finally:
-        loader.close()
+    with tempfile.TemporaryDirectory(prefix="clsact-eval-") as scratch:
+        model_dir = storage.input_dir(g["model_dir"], "--model-dir",
+                                      [g["model_filename"], g["params_filename"]],
+                                      Path(scratch) / "model")
+        select_device(g["device"])
+        loader = make_loader(g, samples, train=False, batch_size=g["batch_size"])
+        try:
+            result = evaluate_model_dir(model_dir, loader, model_filename=g["model_filename"],
+                                        params_filename=g["params_filename"])
+        finally:
+            loader.close()
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``clsact verify``: 0 when the run is complete and intact, 1 when not."""
+    from clsact import storage
+    from clsact.storage.publish import verify
+
+    storage.configure(endpoint_url=args.s3_endpoint)
+    result = verify(storage.open_store(args.location, "LOCATION"))
+    for problem in result.problems:
+        print(f"clsact: verify: {result.location}: {problem}", file=sys.stderr)
+    if not result.ok:
+        print(f"FAILED {result.location}: {len(result.problems)} problem(s)")
+        return 1
+    print(f"OK {result.location}: run {result.run_id}, {result.files} files, "
+          f"{result.bytes} bytes match manifest.json")
     return 0
 
 
@@ -114,7 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), config_path=args.config, epochs=args.epochs)
 
 
-COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "verify": cmd_verify,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

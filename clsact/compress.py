@@ -10,9 +10,11 @@ One run, in order (every check that can fail cheaply comes before any heavy work
    the copy, run paddleslim ``AutoCompression`` with our loaders and eval callback;
 4. evaluate the compressed model, check it holds quantize ops when ``QuantAware`` is set;
 5. stage ``model/``, ``config.yaml``, ``clsact.log`` and ``metrics.json`` and publish them
-   into the save dir, ``metrics.json`` last: it exists only for a run that succeeded.
+   to the save dir (local or ``s3://``) with ``manifest.json`` and, last, ``_SUCCESS``
+   (:mod:`clsact.storage.publish`): the marker exists only for a run that succeeded.
 
-Only rank 0 publishes (the rank logic is here so multi-process runs slot in).
+Inputs may be ``s3://`` URIs: the model is downloaded to a scratch copy, images are read by
+the loader workers straight from the bucket. Only rank 0 publishes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import secrets
 import shutil
 import tempfile
 import time
@@ -34,7 +37,9 @@ from clsact.config import Config
 from clsact.data.build import make_loader, read_samples
 from clsact.data.listfile import Sample
 from clsact.errors import ClsactError, ConfigError, ModelError
+from clsact.modelio import model_paths
 from clsact.runtime import rank_info, select_device
+from clsact.storage import publish
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.json"
@@ -102,18 +107,50 @@ def check_origin_metric(cfg: Config, baseline_top1: float) -> None:
             "preprocessing, or set TrainConfig.origin_metric to the measured value (or null)")
 
 
-def prepare_save_dir(save_dir: str, overwrite: bool) -> Path:
-    """The local save dir, refusing one that already holds a finished run.
+def new_run_id() -> str:
+    """A fresh run id: UTC timestamp plus random hex (sortable, unique)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def apply_storage_settings(g: dict[str, Any], endpoint: str | None = None) -> None:
+    """Make ``Global``'s S3 settings (endpoint: ``endpoint`` flag first) the process default."""
+    storage.configure(endpoint_url=endpoint or g.get("s3_endpoint"),
+                      max_attempts=g.get("s3_max_attempts"), io_threads=g.get("io_threads"))
+
+
+def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
+    """The local directory of the model to compress, and the Distillation overrides that
+    point teachers stored in S3 at local scratch copies.
 
     Raises:
-        StorageError: the location is unusable.
-        ClsactError: a finished run is there and ``overwrite`` is False.
+        StorageError: a model location is malformed, unreachable or lacks the model files.
+        ModelError: a local model directory lacks the model files.
     """
-    dest = storage.local_output_dir(save_dir, "--save-dir")
-    if (dest / METRICS).exists() and not overwrite:
-        raise ClsactError(f"{dest} already holds a finished run ({METRICS}); choose another "
-                          "--save-dir or pass --overwrite")
-    return dest
+    g = cfg.globals
+    files = [g["model_filename"], g["params_filename"]]
+    model = storage.input_dir(g["model_dir"], "Global.model_dir", files, work / "source-model")
+    model_paths(model, *files)
+    overrides: dict[str, Any] = {}
+    for section in ("Distillation", "MultiTeacherDistillation"):
+        conf = cfg.data.get(section) or {}
+        dirs = conf.get("teacher_model_dir")
+        if not dirs:
+            continue
+        single = isinstance(dirs, str)
+        local = []
+        for i, where in enumerate([dirs] if single else dirs):
+            names = [_pick(conf.get("teacher_model_filename"), i, g["model_filename"]),
+                     _pick(conf.get("teacher_params_filename"), i, g["params_filename"])]
+            local.append(str(storage.input_dir(where, f"{section}.teacher_model_dir", names,
+                                               work / f"teacher-{i}")))
+        overrides[section] = {"teacher_model_dir": local[0] if single else local}
+    return model, overrides
+
+
+def _pick(value: Any, i: int, default: str) -> str:
+    if isinstance(value, list):
+        return value[i] if i < len(value) and value[i] else default
+    return value or default
 
 
 def _act_eval_callback(val_loader, input_name: str, history: list[dict[str, Any]]):
@@ -130,7 +167,7 @@ def _act_eval_callback(val_loader, input_name: str, history: list[dict[str, Any]
 
 
 def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, val_loader,
-            input_name: str) -> dict[str, Any]:
+            input_name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
 
     The compressed model lands in ``act_dir``.
@@ -152,9 +189,12 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, val_loade
             yield {input_name: batch.images}
 
     g = cfg.globals
+    act_config = cfg.act_config()
+    for section, values in (overrides or {}).items():
+        act_config[section].update(values)
     act = AutoCompression(
         model_dir=str(model_dir), model_filename=g["model_filename"],
-        params_filename=g["params_filename"], save_dir=str(act_dir), config=cfg.act_config(),
+        params_filename=g["params_filename"], save_dir=str(act_dir), config=act_config,
         train_dataloader=train_data, eval_dataloader=eval_images,
         eval_callback=_act_eval_callback(val_loader, input_name, history),
         deploy_hardware=None)
@@ -179,7 +219,8 @@ def _assemble_metrics(cfg: Config, baseline: dict, compressed: dict, act_info: d
     }
 
 
-def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
+             run_id: str | None = None, s3_endpoint: str | None = None) -> dict[str, Any]:
     """Run one compression job; returns the metrics written to ``metrics.json``.
 
     Raises:
@@ -189,42 +230,50 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False) 
     timer = Timer()
     started = datetime.now(timezone.utc)
     g = cfg.globals
+    run_id = run_id or new_run_id()
     ranks = rank_info()
     if ranks.world > 1:
         raise ClsactError(compat.multi_process_refusal())
+    apply_storage_settings(g, s3_endpoint)
+    dest = storage.open_store(save_dir or g["output_dir"], "--save-dir")
     train_samples = read_samples(g, "train")
     val_samples = read_samples(g, "val")
-    src_model = storage.local_input_dir(g["model_dir"], "Global.model_dir")
-    dest = prepare_save_dir(save_dir or g["output_dir"], overwrite)  # after the input checks
-    work = Path(tempfile.mkdtemp(prefix=".clsact-work-", dir=dest))
-    staging = work / "publish"
-    staging.mkdir()
+    work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
     try:
+        src_model, teachers = fetch_model(cfg, work)
+        if ranks.is_publisher:  # after the input checks: a bad input creates nothing
+            publish.check_unfinished(dest, overwrite)
+        staging = work / "publish"
+        staging.mkdir()
         with logs.log_file(staging / "clsact.log"):
-            log.info("clsact %s: config %s, save dir %s", __version__, cfg.source, dest)
+            log.info("clsact %s: run %s, config %s, save dir %s", __version__, run_id,
+                     cfg.source, dest.describe())
             for warning in cfg.warnings:
                 log.warning("%s", warning)
-            metrics = _run(cfg, src_model, work, staging, train_samples, val_samples, timer)
+            metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
+                           val_samples, timer)
+            metrics["run_id"] = run_id
+            metrics["save_dir"] = dest.describe()
             metrics["started_at"] = started.isoformat(timespec="seconds")
             metrics["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             metrics["wall_seconds"] = round(time.perf_counter() - timer.start, 3)
             metrics["phase_seconds"] = timer.phases
             log.info("compressed top1 %.4f (baseline %.4f), %d quantize ops; publishing to %s",
                      metrics["compressed"]["top1"], metrics["baseline"]["top1"],
-                     metrics["compressed"]["quant_ops"], dest)
+                     metrics["compressed"]["quant_ops"], dest.describe())
         if ranks.is_publisher:
             config_mod.save(cfg, staging / "config.yaml")
             (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-            storage.publish_dir(staging, dest, last=METRICS)
+            publish.publish(staging, dest, run_id, overwrite=overwrite)
         return metrics
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(cfg: Config, src_model: Path, work: Path, staging: Path, train_samples, val_samples,
-         timer: Timer) -> dict[str, Any]:
+def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
+         train_samples, val_samples, timer: Timer) -> dict[str, Any]:
     from clsact.evaluate import evaluate_model_dir
-    from clsact.modelio import copy_model, count_ops, inspect_model, model_paths
+    from clsact.modelio import copy_model, count_ops, inspect_model
 
     g = cfg.globals
     model_file, _ = model_paths(src_model, g["model_filename"], g["params_filename"])
@@ -251,7 +300,8 @@ def _run(cfg: Config, src_model: Path, work: Path, staging: Path, train_samples,
         student = copy_model(src_model, work / "input", g["model_filename"], g["params_filename"])
         fixed = compat.fix_dropout_mask(student / g["model_filename"])
         act_dir = work / "act"
-        act_info = run_act(cfg, student, act_dir, train_loader, val_loader, info.input_name)
+        act_info = run_act(cfg, student, act_dir, train_loader, val_loader, info.input_name,
+                           teachers)
         t = timer.phase("compress", t)
 
         out_model = staging / MODEL_SUBDIR

@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from clsact import schema
-from clsact.errors import ConfigError
-from clsact.storage import is_uri
+from clsact.errors import ConfigError, StorageError
+from clsact.storage import check_location, is_uri
 
 
 @dataclass
@@ -335,6 +335,19 @@ def _check_global_values(g: dict[str, Any], src: str) -> None:
             raise ConfigError(f"{src}: Global.{key} must be three numbers (R, G, B), got {v}")
     if any(x <= 0 for x in g["std"]):
         raise ConfigError(f"{src}: Global.std values must be > 0")
+    for key in ("s3_max_attempts", "io_threads"):
+        if g[key] < 1:
+            raise ConfigError(f"{src}: Global.{key} must be >= 1, got {g[key]}")
+    for key in ("model_dir", "data_dir", "output_dir"):
+        try:
+            check_location(g[key], f"{src}: Global.{key}")
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
+    if g["scratch_dir"] is not None and is_uri(g["scratch_dir"]):
+        raise ConfigError(f"{src}: Global.scratch_dir must be a local directory")
+    if g["s3_endpoint"] is not None and not g["s3_endpoint"].startswith(("http://", "https://")):
+        raise ConfigError(f"{src}: Global.s3_endpoint must be an http(s):// URL, got "
+                          f"{g['s3_endpoint']!r}")
 
 
 def _check_train(t: dict[str, Any], src: str) -> None:
@@ -374,8 +387,8 @@ def _check_strategies(data: dict[str, Any], src: str) -> None:
 
 
 def _resolve_local_paths(g: dict[str, Any]) -> None:
-    for key in ("model_dir", "data_dir", "output_dir"):
-        if not is_uri(g[key]):
+    for key in ("model_dir", "data_dir", "output_dir", "scratch_dir"):
+        if g[key] is not None and not is_uri(g[key]):
             g[key] = os.path.abspath(os.path.expanduser(g[key]))
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET = ("botocore", "boto3", "s3transfer", "urllib3", "werkzeug")
 
 
 def setup(verbose: bool = False) -> None:
@@ -18,6 +19,10 @@ def setup(verbose: bool = False) -> None:
     root.setLevel(level)
     # importing paddle resets the root level; clsact's own level survives that
     logging.getLogger("clsact").setLevel(level)
+    # the AWS SDK logs every credential lookup and retry at INFO/DEBUG: keep it to warnings
+    # (a retry that finally fails surfaces as clsact's own error)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if not any(getattr(h, "_clsact", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))

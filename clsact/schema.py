@@ -39,6 +39,13 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     "seed": ("int", 0),
     "device": ("str", "auto"),
     "output_dir": ("str", "./output"),
+    # object storage (clsact additions): endpoint of an S3-compatible store (else
+    # AWS_ENDPOINT_URL, else AWS), attempts per request before giving up, parallel object
+    # fetches per loader worker, and where scratch copies (S3 models, staging) go.
+    "s3_endpoint": ("str|null", None),
+    "s3_max_attempts": ("int", 6),
+    "io_threads": ("int", 16),
+    "scratch_dir": ("str|null", None),
 }
 
 STRATEGIES: dict[str, dict[str, tuple[str, Any]]] = {

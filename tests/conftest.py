@@ -11,6 +11,12 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("GLOG_minloglevel", "2")
+# S3 traffic stays on loopback: credentials the embedded server accepts, and no instance
+# metadata lookups (169.254.169.254) when a test removes the credentials.
+os.environ.update({"AWS_ACCESS_KEY_ID": "clsact-demo", "AWS_SECRET_ACCESS_KEY": "clsact-demo",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+for _var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_var, None)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -53,6 +59,40 @@ def mbv3_model(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto server) on loopback for the whole session."""
+    from clsact.s3server import LocalS3Server
+
+    with LocalS3Server() as server:
+        yield server
+
+
+_bucket_counter = iter(range(1_000_000))
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    name = f"test-{os.getpid()}-{next(_bucket_counter)}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+def upload_tree(client, bucket: str, prefix: str, root: Path, names: list[str] | None = None):
+    """Upload the files under ``root`` (or just ``names``, relative) to s3://bucket/prefix/."""
+    rels = names if names is not None else [p.relative_to(root).as_posix()
+                                            for p in root.rglob("*") if p.is_file()]
+    for rel in rels:
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{rel}", Body=(root / rel).read_bytes())
+
+
+def list_keys(client, bucket: str, prefix: str = "") -> list[str]:
+    """Every key under ``prefix`` in ``bucket``."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
 def copy_images(src: Path, dst: Path, lines: list[str]) -> None:
     """Copy the images named by list-file ``lines`` from data dir ``src`` into ``dst``."""
     for line in lines:
@@ -61,8 +101,10 @@ def copy_images(src: Path, dst: Path, lines: list[str]) -> None:
         (dst / rel).write_bytes((src / rel).read_bytes())
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m clsact ARGS`` as a user would; returns the completed process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m clsact ARGS`` as a user would (in ``env``, default this process's
+    environment); returns the completed process."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "clsact", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, env=env, timeout=timeout)

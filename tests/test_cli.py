@@ -48,7 +48,7 @@ def test_unknown_key_via_set(tmp_path, small_digits_dir, mbv3_model):
 @pytest.mark.parametrize("case, fragments", [
     ("no_model_dir", ["Global.model_dir", "is not an existing directory"]),
     ("no_params", ["inference.pdiparams does not exist (Global.params_filename)"]),
-    ("s3_uri", ["s3:// locations are not supported"]),
+    ("bad_uri", ["Global.model_dir gs://bucket/model: unsupported scheme gs://"]),
     ("no_list", ["list file", "nope.txt does not exist"]),
     ("traversal", ["leaves the data directory"]),
     ("gpu", ["Global.device is gpu but", "--set Global.device=cpu"]),
@@ -64,8 +64,8 @@ def test_bad_inputs(tmp_path, small_digits_dir, mbv3_model, case, fragments):
         model = tmp_path / "m"
         model.mkdir()
         (model / "inference.pdmodel").write_bytes((mbv3_model / "inference.pdmodel").read_bytes())
-    elif case == "s3_uri":
-        model = "s3://bucket/model"
+    elif case == "bad_uri":
+        model = "gs://bucket/model"
     elif case == "no_list":
         glob = {"val_list": "nope.txt"}
     elif case in ("traversal", "labels"):
@@ -86,7 +86,7 @@ def test_bad_inputs(tmp_path, small_digits_dir, mbv3_model, case, fragments):
     out = tmp_path / "out"
     assert_one_line_error(run_cli("compress", "--config", str(cfg), "--save-dir", str(out)),
                           *fragments)
-    if case in ("no_model_dir", "s3_uri", "no_list", "traversal"):
+    if case in ("no_model_dir", "bad_uri", "no_list", "no_params", "traversal"):
         assert not out.exists(), "input errors are found before the save dir is created"
     assert not out.exists() or list(out.iterdir()) == []
 
@@ -116,20 +116,23 @@ def test_sigterm_leaves_nothing_published(tmp_path, small_digits_dir, mbv3_model
 
     from tests.conftest import REPO
 
-    cfg = config_file(tmp_path, mbv3_model, small_digits_dir)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    cfg = config_file(tmp_path, mbv3_model, small_digits_dir, scratch_dir=str(scratch))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "clsact", "compress", "--config", str(cfg),
                              "--save-dir", str(out)], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob(".clsact-work-*/input")):
+    while time.time() < deadline and not list(scratch.glob("clsact-work-*/input")):
         time.sleep(0.2)  # wait until the run is inside ACT's graph building
-    assert list(out.glob(".clsact-work-*/input")), "the run never reached the compression step"
+    assert list(scratch.glob("clsact-work-*/input")), "the run never reached the compression step"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted; nothing was published" in err
     assert list(out.iterdir()) == []
+    assert list(scratch.iterdir()) == [], "the scratch copy is removed"
 
 
 def test_multi_process_is_refused_clearly(tmp_path, small_digits_dir, mbv3_model, monkeypatch):

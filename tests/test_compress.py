@@ -42,8 +42,10 @@ def test_compress_then_eval(tmp_path, mbv3_model, small_digits_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compressed top1" in proc.stdout
 
-    assert sorted(p.name for p in out.iterdir()) == ["clsact.log", "config.yaml",
-                                                     "metrics.json", "model"]
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "clsact.log", "config.yaml",
+                                                     "manifest.json", "metrics.json", "model"]
+    verified = run_cli("verify", str(out))
+    assert verified.returncode == 0 and "5 files" in verified.stdout
     assert sha(mbv3_model / "inference.pdmodel") == before, "the input model must stay as it was"
     quant_ops = count_ops(out / "model" / "inference.pdmodel")
     assert quant_ops > 0
@@ -107,3 +109,35 @@ def test_corrupt_validation_images_fail_clearly_and_publish_nothing(
     assert "1 of 65 images in the validation set are unreadable" in proc.stderr
     assert "broken.jpg" in proc.stderr.splitlines()[-1]
     assert list(out.iterdir()) == []
+
+
+def test_compress_s3_to_s3(tmp_path, s3_server, bucket, mbv3_model, small_digits_dir):
+    """Model and images read from S3, results published to S3 with manifest + _SUCCESS."""
+    from tests.conftest import list_keys
+    from tests.test_s3_cli import upload_inputs
+
+    client = s3_server.client()
+    upload_inputs(client, bucket, small_digits_dir, mbv3_model)
+    cfg = small_config(tmp_path, f"s3://{bucket}/model", f"s3://{bucket}/data")
+    save = f"s3://{bucket}/runs/nightly-1"
+    args = ("compress", "--config", str(cfg), "--save-dir", save, "--run-id", "nightly-1",
+            "--s3-endpoint", s3_server.endpoint)
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"results in {save} (run nightly-1)" in proc.stdout
+    keys = list_keys(client, bucket, "runs/nightly-1/")
+    assert [k.split("nightly-1/")[1] for k in keys] == [
+        "_SUCCESS", "clsact.log", "config.yaml", "manifest.json", "metrics.json",
+        "model/inference.pdiparams", "model/inference.pdmodel"]
+    manifest = json.loads(client.get_object(Bucket=bucket, Key="runs/nightly-1/manifest.json")
+                          ["Body"].read())
+    assert manifest["run_id"] == "nightly-1" and len(manifest["files"]) == 5
+    m = json.loads(client.get_object(Bucket=bucket, Key="runs/nightly-1/metrics.json")
+                   ["Body"].read())
+    assert m["save_dir"] == save and m["compressed"]["quant_ops"] > 0
+    assert m["baseline"]["samples"] == 64 and m["data"]["train_samples"] == 96
+    assert run_cli("verify", save, "--s3-endpoint", s3_server.endpoint).returncode == 0
+
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr
+    assert list_keys(client, bucket, "runs/nightly-1/") == keys

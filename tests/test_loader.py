@@ -9,12 +9,12 @@ from clsact.data.listfile import Sample, read_list
 from clsact.data.loader import BatchLoader, shard_indices
 from clsact.data.transforms import TransformSpec
 from clsact.errors import DataError
-from clsact.storage import LocalReader
+from clsact.storage import LocalStore
 
 
 def loader(root: Path, samples, *, workers: int, train: bool, max_bad: float = 0.0, **kw):
     spec = TransformSpec(train=train, img_size=32, resize_size=36)
-    return BatchLoader(LocalReader(root), samples, spec, batch_size=16, num_workers=workers,
+    return BatchLoader(LocalStore(root), samples, spec, batch_size=16, num_workers=workers,
                        shuffle=train, seed=3, max_bad_fraction=max_bad, **kw)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from clsact.data.listfile import Sample, read_list
 from clsact.data.loader import BatchLoader
 from clsact.data.transforms import TransformSpec
-from clsact.storage import LocalReader, local_input_dir
+from clsact.storage import open_store
 
 
 def default_workers() -> int:
@@ -34,11 +34,10 @@ def read_samples(g: dict[str, Any], which: str) -> list[Sample]:
     """The samples of ``Global.train_list`` or ``Global.val_list`` (``which``: train|val).
 
     Raises:
-        StorageError: ``Global.data_dir`` is not a readable directory.
+        StorageError: ``Global.data_dir`` is malformed or cannot be reached.
         DataError: the list file is missing or malformed.
     """
-    root = local_input_dir(g["data_dir"], "Global.data_dir")
-    return read_list(root, g["train_list" if which == "train" else "val_list"])
+    return read_list(g["data_dir"], g["train_list" if which == "train" else "val_list"])
 
 
 def make_loader(g: dict[str, Any], samples: list[Sample], *, train: bool, batch_size: int,
@@ -46,7 +45,7 @@ def make_loader(g: dict[str, Any], samples: list[Sample], *, train: bool, batch_
     """A loader over ``samples`` with ``Global``'s preprocessing, workers and bad-image policy."""
     workers = g["num_workers"] if g["num_workers"] is not None else default_workers()
     return BatchLoader(
-        LocalReader(g["data_dir"]), samples, transform_spec(g, train),
+        open_store(g["data_dir"], "Global.data_dir"), samples, transform_spec(g, train),
         batch_size=batch_size, num_workers=workers, shuffle=train, seed=g["seed"],
         max_bad_fraction=g["max_bad_fraction"], rank=rank, world=world,
         name="train" if train else "validation",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from pathlib import Path
 
 from clsact.errors import DataError
 
@@ -62,18 +61,29 @@ def parse_lines(lines: list[str], source: str) -> list[Sample]:
     return samples
 
 
-def read_list(data_dir: str | Path, list_name: str) -> list[Sample]:
-    """Read ``list_name`` (relative to ``data_dir``, or absolute) into samples.
+def read_list(data_dir: str, list_name: str) -> list[Sample]:
+    """Read ``list_name`` into samples. It is relative to ``data_dir``, or an absolute path,
+    or a URI; ``data_dir`` is a local path or an ``s3://`` URI.
 
     Raises:
         DataError: the list file is missing or unreadable, or see :func:`parse_lines`.
+        StorageError: the location is malformed or the store cannot be reached.
     """
-    path = Path(list_name) if Path(list_name).is_absolute() else Path(data_dir) / list_name
+    from clsact.storage import is_uri, open_store
+
+    if is_uri(list_name) or posixpath.isabs(list_name):
+        parent, name = posixpath.split(list_name.rstrip("/"))
+        store = open_store(parent, "list file")
+    else:
+        store, name = open_store(data_dir, "Global.data_dir"), list_name
+    where = store.describe(name)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = store.read_bytes(name).decode("utf-8")
     except FileNotFoundError:
-        raise DataError(f"list file {path} does not exist (set Global.train_list / "
+        raise DataError(f"list file {where} does not exist (set Global.train_list / "
                         "Global.val_list, relative to Global.data_dir)") from None
+    except IsADirectoryError:
+        raise DataError(f"list file {where} is a directory") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"list file {path} cannot be read: {exc}") from None
-    return parse_lines(text.splitlines(), str(path))
+        raise DataError(f"list file {where} cannot be read: {exc}") from None
+    return parse_lines(text.splitlines(), where)

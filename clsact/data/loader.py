@@ -70,11 +70,21 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 def load_batch(
     reader, spec: TransformSpec, items: list[tuple[int, str, int]], seed: int, epoch: int
 ) -> Batch:
-    """Read and preprocess ``items`` (index, relpath, label); runs in a worker process."""
+    """Read and preprocess ``items`` (index, relpath, label); runs in a worker process.
+
+    ``reader`` is a :class:`~clsact.storage.base.Store`: its ``iter_many`` fetches ahead
+    (in parallel for object storage) while earlier images decode.
+
+    Raises:
+        StorageError: the store failed beyond its retries (credentials, outage); a missing
+            or corrupt image is not an error here but recorded in ``Batch.bad``.
+    """
     images, labels, bad = [], [], []
-    for index, path, label in items:
+    contents = reader.iter_many([path for _, path, _ in items])
+    for (index, path, label), data in zip(items, contents, strict=True):
         try:
-            data = reader.read_bytes(path)
+            if isinstance(data, OSError):
+                raise data
             rng = sample_rng(seed, epoch, index) if spec.train else None
             images.append(preprocess(spec, data, rng))
             labels.append(label)

@@ -1,0 +1,182 @@
+"""Atomic publishing of a run's outputs, and verifying a published run.
+
+Protocol (the same on local disk and S3):
+
+1. before any work: :func:`check_unfinished` refuses a destination holding ``_SUCCESS``
+   unless ``overwrite``, and checks it is writable;
+2. :func:`publish` uploads every staged file, then ``manifest.json`` (each file's size and
+   sha256, the run id), then ``_SUCCESS`` with an exclusive write (S3: conditional put,
+   ``If-None-Match: *``). A run interrupted at any point leaves no ``_SUCCESS``; a completed
+   run is never overwritten by accident, even by a concurrent run.
+3. :func:`verify` checks a published run against its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from clsact.errors import StorageError
+from clsact.storage.base import AlreadyExists, Store
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+SUCCESS = "_SUCCESS"
+FORMAT = "clsact-run/1"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a local file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def staged_files(staging: Path) -> list[str]:
+    """Relative POSIX paths of the files under ``staging``, sorted."""
+    return sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+
+
+def build_manifest(staging: Path, run_id: str) -> dict:
+    """The manifest of the files under ``staging``."""
+    files = [{"path": rel, "size": (staging / rel).stat().st_size,
+              "sha256": sha256_file(staging / rel)} for rel in staged_files(staging)]
+    return {"format": FORMAT, "run_id": run_id,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": files}
+
+
+def check_unfinished(dest: Store, overwrite: bool) -> None:
+    """Refuse a destination that holds a finished run (unless ``overwrite``); check access.
+
+    Raises:
+        StorageError: ``_SUCCESS`` exists and not ``overwrite``; or the destination cannot be
+            written (missing bucket, no permission, bad credentials, unreachable endpoint).
+    """
+    dest.check_writable()
+    if dest.exists(SUCCESS) and not overwrite:
+        raise StorageError(f"{dest.describe()} already holds a finished run ({SUCCESS}); "
+                           "choose another --save-dir or pass --overwrite")
+
+
+def _read_json(store: Store, rel: str) -> dict | None:
+    try:
+        return json.loads(store.read_bytes(rel))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError):
+        return None
+
+
+def publish(staging: Path, dest: Store, run_id: str, *, overwrite: bool = False) -> dict:
+    """Publish the files under ``staging`` to ``dest``; returns the manifest.
+
+    With ``overwrite``, a previous run's ``_SUCCESS`` is removed first (so readers never see
+    a marker over mixed files) and its files that this run does not replace are deleted.
+
+    Raises:
+        StorageError: an upload failed (no ``_SUCCESS`` is written), or another run finished
+            into ``dest`` first.
+    """
+    old_files: list[str] = []
+    if dest.exists(SUCCESS):
+        if not overwrite:
+            raise StorageError(f"{dest.describe()} already holds a finished run ({SUCCESS}); "
+                               "choose another --save-dir or pass --overwrite")
+        old = _read_json(dest, MANIFEST) or {}
+        old_files = [f["path"] for f in old.get("files", []) if isinstance(f, dict)]
+        log.warning("--overwrite: replacing the finished run in %s", dest.describe())
+        dest.delete(SUCCESS)
+    manifest = build_manifest(staging, run_id)
+    for entry in manifest["files"]:
+        dest.put_file(staging / entry["path"], entry["path"])
+    new = {f["path"] for f in manifest["files"]}
+    for rel in old_files:
+        if rel not in new and rel not in (MANIFEST, SUCCESS):
+            dest.delete(rel)
+    body = (json.dumps(manifest, indent=2) + "\n").encode()
+    dest.put_bytes(MANIFEST, body)
+    marker = {"run_id": run_id, "manifest_sha256": hashlib.sha256(body).hexdigest(),
+              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        dest.put_bytes(SUCCESS, (json.dumps(marker) + "\n").encode(), exclusive=True)
+    except AlreadyExists:
+        theirs = _read_json(dest, SUCCESS) or {}
+        if theirs.get("run_id") != run_id:  # not our own earlier (retried) write
+            raise StorageError(
+                f"another run ({theirs.get('run_id', 'unknown')}) finished into "
+                f"{dest.describe()} while this one was publishing; this run's files may have "
+                "replaced some of its files: publish runs to distinct --save-dir") from None
+    log.info("published %d files to %s (run %s)", len(manifest["files"]), dest.describe(),
+             run_id)
+    return manifest
+
+
+@dataclass
+class Verification:
+    """What :func:`verify` found."""
+
+    location: str
+    run_id: str | None = None
+    files: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run is complete and every file matches the manifest."""
+        return not self.problems
+
+
+def verify(store: Store) -> Verification:
+    """Check a published run: ``_SUCCESS`` present and naming this manifest, every file
+    present with the manifest's size and sha256.
+
+    Raises:
+        StorageError: the location cannot be read (credentials, bucket, network).
+    """
+    out = Verification(store.describe())
+    marker = _read_json(store, SUCCESS)
+    if marker is None:
+        out.problems.append(f"no readable {SUCCESS}: the run did not finish (or is not a "
+                            "clsact run)")
+    try:
+        body = store.read_bytes(MANIFEST)
+        manifest = json.loads(body)
+    except (FileNotFoundError, ValueError):
+        out.problems.append(f"no readable {MANIFEST}")
+        return out
+    out.run_id = manifest.get("run_id")
+    if marker is not None:
+        if marker.get("manifest_sha256") != hashlib.sha256(body).hexdigest():
+            out.problems.append(f"{MANIFEST} differs from the one {SUCCESS} was written for")
+        if marker.get("run_id") != out.run_id:
+            out.problems.append(f"{SUCCESS} names run {marker.get('run_id')} but {MANIFEST} "
+                                f"run {out.run_id}")
+    for entry in manifest.get("files", []):
+        _verify_file(store, entry, out)
+    return out
+
+
+def _verify_file(store: Store, entry: dict, out: Verification) -> None:
+    rel = entry.get("path", "?")
+    digest, size = hashlib.sha256(), 0
+    try:
+        for chunk in store.iter_chunks(rel):
+            digest.update(chunk)
+            size += len(chunk)
+    except FileNotFoundError:
+        out.problems.append(f"{rel}: missing")
+        return
+    out.files += 1
+    out.bytes += size
+    if size != entry.get("size"):
+        out.problems.append(f"{rel}: size {size} != manifest {entry.get('size')}")
+    elif digest.hexdigest() != entry.get("sha256"):
+        out.problems.append(f"{rel}: sha256 differs from the manifest")

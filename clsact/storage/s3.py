@@ -1,0 +1,336 @@
+"""S3-compatible object storage (AWS S3, MinIO, Ceph RGW, ...) as a Store, through boto3.
+
+* Credentials: boto3's standard chain (env keys, ``AWS_PROFILE``/config files, web identity,
+  instance roles). Endpoint: ``--s3-endpoint`` / ``Global.s3_endpoint``, else
+  ``AWS_ENDPOINT_URL(_S3)``, else AWS. Path-style addressing when a custom endpoint is set.
+* Retries: botocore's "standard" mode (exponential backoff with jitter) retries 5xx,
+  throttling, timeouts and dropped connections up to ``max_attempts``; a body that breaks
+  off mid-read is retried the same way here. After the bound: one StorageError naming the
+  object.
+* Reads of many objects (:meth:`S3Store.iter_many`) run on a bounded thread pool, so the
+  caller decodes earlier images while later ones download.
+* Uploads go through s3transfer (multipart above ``multipart_threshold``); exclusive writes
+  use a conditional put (``If-None-Match: *``).
+
+The boto3 client is created lazily in each process (a Store is pickled into loader workers).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from clsact.errors import StorageError
+from clsact.storage.base import AlreadyExists, Store
+from clsact.storage.uri import S3Location
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How clsact talks to S3; the process default is set by :func:`configure`."""
+
+    endpoint_url: str | None = None
+    max_attempts: int = 6
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    io_threads: int = 16
+    multipart_threshold: int = 64 * 1024 * 1024
+    multipart_chunksize: int = 16 * 1024 * 1024
+
+
+_settings = S3Settings()
+
+
+def configure(**changes: Any) -> S3Settings:
+    """Change the process-wide S3 settings (None values are ignored); returns them."""
+    global _settings
+    _settings = replace(_settings, **{k: v for k, v in changes.items() if v is not None})
+    return _settings
+
+
+def settings() -> S3Settings:
+    """The process-wide S3 settings."""
+    return _settings
+
+
+_CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+               "InvalidClientTokenId", "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
+_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def error_message(code: str, status: int, op: str, uri: str, message: str,
+                  attempts: int | None) -> str:
+    """The one-line message for an S3 error response (pure; used by :func:`translate`)."""
+    if code == "NoSuchBucket":
+        return f"{uri}: the bucket does not exist (check the bucket name and the endpoint)"
+    if code in _CRED_CODES:
+        return (f"{uri}: S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role in use")
+    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
+        return (f"{uri}: access denied ({op}); the credentials in use lack permission for "
+                "this bucket/prefix (S3 also answers 403 for a missing object when "
+                "s3:ListBucket is not granted)")
+    if code in ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                "503") or status >= 500:
+        tries = f" after {attempts} attempts" if attempts else ""
+        return (f"{uri}: S3 {op} kept failing{tries} ({code}: {message}); the store is "
+                "unavailable or throttling; retry later or raise Global.s3_max_attempts")
+    return f"{uri}: S3 {op} failed ({code}: {message})"
+
+
+def translate(exc: Exception, op: str, uri: str, conf: S3Settings) -> Exception:
+    """The clsact exception for a botocore/boto3 exception (FileNotFoundError for a missing
+    object, AlreadyExists for a failed conditional put, else StorageError)."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        err = exc.response.get("Error", {})
+        meta = exc.response.get("ResponseMetadata", {})
+        code, status = str(err.get("Code", "")), int(meta.get("HTTPStatusCode", 0) or 0)
+        if code in _MISSING_KEY_CODES and op != "head_bucket":
+            return FileNotFoundError(errno.ENOENT, "no such object", uri)
+        if code == "404" and op == "head_bucket":
+            code = "NoSuchBucket"
+        if code == "PreconditionFailed" or status == 412:
+            return AlreadyExists(f"{uri} already exists")
+        attempts = meta.get("RetryAttempts")
+        return StorageError(error_message(code, status, op, uri, str(err.get("Message", "")),
+                                          attempts + 1 if attempts is not None else None))
+    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+        return StorageError(f"{uri}: no S3 credentials found; set AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an IAM role")
+    if isinstance(exc, bx.ProfileNotFound):
+        return StorageError(f"{uri}: {exc}; fix AWS_PROFILE")
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
+        where = conf.endpoint_url or _env_endpoint() or "the default AWS endpoint"
+        return StorageError(f"{uri}: cannot connect to {where} ({type(exc).__name__}); check "
+                            "--s3-endpoint / AWS_ENDPOINT_URL and the network")
+    if isinstance(exc, (bx.ConnectionClosedError, bx.ReadTimeoutError, bx.HTTPClientError)):
+        return StorageError(f"{uri}: S3 {op} failed after {conf.max_attempts} attempts: "
+                            f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, bx.ParamValidationError):
+        return StorageError(f"{uri}: {exc}")
+    if isinstance(exc, bx.BotoCoreError):
+        return StorageError(f"{uri}: S3 {op} failed: {exc}")
+    return exc
+
+
+def _body_errors() -> tuple[type[BaseException], ...]:
+    from botocore import exceptions as bx
+    from urllib3 import exceptions as ux
+
+    return (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError,
+            ux.ProtocolError, ux.ReadTimeoutError, ConnectionError)
+
+
+def backoff(attempt: int, base: float = 0.25, cap: float = 20.0) -> float:
+    """Full-jitter exponential backoff before retry number ``attempt`` (0-based)."""
+    return random.random() * min(cap, base * 2**attempt)
+
+
+class S3Store(Store):
+    """Objects under ``s3://bucket/prefix``."""
+
+    def __init__(self, loc: S3Location, conf: S3Settings | None = None) -> None:
+        self.loc = loc
+        self.conf = conf or settings()
+        self._client = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.loc.uri()!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"loc": self.loc, "conf": self.conf}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["loc"], state["conf"])
+
+    # -- plumbing --------------------------------------------------------------------
+    @property
+    def client(self):
+        """The boto3 S3 client of this process (created on first use)."""
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.conf)
+            return self._client
+
+    def _key(self, rel: str) -> str:
+        return self.loc.join(rel).key if rel else self.loc.key
+
+    def _call(self, op: str, rel: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, op)(Bucket=self.loc.bucket, **kwargs)
+        except Exception as exc:
+            raise translate(exc, op, self.describe(rel), self.conf) from None
+
+    def _get(self, rel: str, **kwargs: Any) -> bytes:
+        body_errors = _body_errors()
+        last: BaseException | None = None
+        for attempt in range(self.conf.max_attempts):
+            resp = self._call("get_object", rel, Key=self._key(rel), **kwargs)
+            try:
+                return resp["Body"].read()
+            except body_errors as exc:  # the connection broke off mid-body
+                last = exc
+                log.debug("retrying %s after %s", self.describe(rel), exc)
+                time.sleep(backoff(attempt))
+        raise StorageError(f"{self.describe(rel)}: reading the object kept failing after "
+                           f"{self.conf.max_attempts} attempts ({type(last).__name__}: {last})")
+
+    # -- Store -----------------------------------------------------------------------
+    def describe(self, rel: str = "") -> str:
+        return self.loc.join(rel).uri() if rel else self.loc.uri()
+
+    def child(self, rel: str) -> S3Store:
+        return S3Store(self.loc.join(rel), self.conf)
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self._get(rel)
+
+    def read_range(self, rel: str, start: int, length: int) -> bytes:
+        data = self._get(rel, Range=f"bytes={start}-{start + length - 1}")
+        if len(data) != length:
+            raise OSError(f"{self.describe(rel)} is truncated (wanted bytes {start}-"
+                          f"{start + length - 1}, got {len(data)})")
+        return data
+
+    def iter_many(self, rels: list[str]) -> Iterator[bytes | OSError]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.conf.io_threads,
+                                                thread_name_prefix="clsact-s3")
+        futures = [self._pool.submit(self._read_or_oserror, rel) for rel in rels]
+        try:
+            for fut in futures:
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def _read_or_oserror(self, rel: str) -> bytes | OSError:
+        try:
+            return self.read_bytes(rel)
+        except OSError as exc:
+            return exc
+
+    def exists(self, rel: str) -> bool:
+        try:
+            self._call("head_object", rel, Key=self._key(rel))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, rel: str = "") -> list[tuple[str, int]]:
+        prefix = self._key(rel)
+        prefix = f"{prefix}/" if prefix else ""
+        strip = f"{self.loc.key}/" if self.loc.key else ""
+        out = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.loc.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    out.append((obj["Key"][len(strip):], int(obj["Size"])))
+        except Exception as exc:
+            raise translate(exc, "list_objects_v2", self.describe(rel), self.conf) from None
+        return sorted(out)
+
+    def iter_chunks(self, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        resp = self._call("get_object", rel, Key=self._key(rel))
+        try:
+            yield from resp["Body"].iter_chunks(chunk)
+        except _body_errors() as exc:
+            raise StorageError(f"{self.describe(rel)}: the download broke off ({exc})") from None
+
+    def get_file(self, rel: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.loc.bucket, self._key(rel), str(dest),
+                                      Config=self._transfer_config())
+        except Exception as exc:
+            raise _unwrap_transfer(exc, "download", self.describe(rel), self.conf) from None
+
+    def put_file(self, src: Path, rel: str) -> None:
+        try:
+            self.client.upload_file(str(src), self.loc.bucket, self._key(rel),
+                                    Config=self._transfer_config())
+        except Exception as exc:
+            raise _unwrap_transfer(exc, "upload", self.describe(rel), self.conf) from None
+
+    def put_bytes(self, rel: str, data: bytes, *, exclusive: bool = False) -> None:
+        extra = {"IfNoneMatch": "*"} if exclusive else {}
+        self._call("put_object", rel, Key=self._key(rel), Body=data, **extra)
+
+    def delete(self, rel: str) -> None:
+        self._call("delete_object", rel, Key=self._key(rel))
+
+    def check_writable(self) -> None:
+        self._call("head_bucket", "")
+        probe = f".clsact-write-check-{random.getrandbits(48):012x}"
+        self.put_bytes(probe, b"")
+        self.delete(probe)
+
+    def _transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(multipart_threshold=self.conf.multipart_threshold,
+                              multipart_chunksize=self.conf.multipart_chunksize,
+                              max_concurrency=min(self.conf.io_threads, 10), use_threads=True)
+
+
+def _unwrap_transfer(exc: Exception, op: str, uri: str, conf: S3Settings) -> Exception:
+    """s3transfer wraps ClientErrors (S3UploadFailedError, ...): dig the cause out."""
+    from botocore.exceptions import ClientError
+
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ClientError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ClientError):
+        return translate(cause, op, uri, conf)
+    translated = translate(exc, op, uri, conf)
+    if translated is exc:
+        return StorageError(f"{uri}: {op} failed: {exc}")
+    return translated
+
+
+def make_client(conf: S3Settings):
+    """A boto3 S3 client with clsact's retry, timeout and addressing settings.
+
+    Raises:
+        StorageError: the AWS profile named by AWS_PROFILE does not exist.
+    """
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        session = boto3.session.Session()
+    except ProfileNotFound as exc:
+        raise StorageError(f"{exc}; fix AWS_PROFILE") from None
+    custom = conf.endpoint_url is not None or _env_endpoint() is not None
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": conf.max_attempts},
+        connect_timeout=conf.connect_timeout, read_timeout=conf.read_timeout,
+        max_pool_connections=conf.io_threads + 4,
+        s3={"addressing_style": "path"} if custom else None,
+        region_name=session.region_name or "us-east-1",
+    )
+    return session.client("s3", endpoint_url=conf.endpoint_url, config=config)
+
+
+def _env_endpoint() -> str | None:
+    import os
+
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

@@ -1,0 +1,129 @@
+"""Atomic publishing (manifest + _SUCCESS) and `clsact verify`, on local disk and real S3."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clsact.errors import StorageError
+from clsact.storage import LocalStore, S3Store
+from clsact.storage.publish import MANIFEST, SUCCESS, check_unfinished, publish, verify
+from clsact.storage.s3 import S3Settings
+from clsact.storage.uri import parse_s3
+from tests.conftest import REPO, list_keys, run_cli
+from tests.faultproxy import FaultProxy
+
+
+def staging(tmp_path: Path, tag: str = "a") -> Path:
+    root = tmp_path / f"staging-{tag}"
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    (root / "model" / "inference.pdmodel").write_bytes(b"graph-" + tag.encode() * 1000)
+    (root / "metrics.json").write_text(json.dumps({"tag": tag}))
+    if tag == "a":
+        (root / "only-in-a.txt").write_text("old")
+    return root
+
+
+def both(tmp_path: Path, s3_server, bucket: str):
+    conf = S3Settings(endpoint_url=s3_server.endpoint)
+    return [LocalStore(tmp_path / "dest"), S3Store(parse_s3(f"s3://{bucket}/run", "x"), conf)]
+
+
+def test_publish_verify_overwrite(tmp_path, s3_server, bucket):
+    for dest in both(tmp_path, s3_server, bucket):
+        check_unfinished(dest, overwrite=False)
+        manifest = publish(staging(tmp_path, "a"), dest, "run-a")
+        names = [f["path"] for f in manifest["files"]]
+        assert names == ["metrics.json", "model/inference.pdmodel", "only-in-a.txt"]
+        assert json.loads(dest.read_bytes(SUCCESS))["run_id"] == "run-a"
+        result = verify(dest)
+        assert result.ok and result.files == 3 and result.run_id == "run-a"
+
+        with pytest.raises(StorageError, match="already holds a finished run"):
+            check_unfinished(dest, overwrite=False)
+        with pytest.raises(StorageError, match="already holds a finished run"):
+            publish(staging(tmp_path, "b"), dest, "run-b")
+        check_unfinished(dest, overwrite=True)
+        publish(staging(tmp_path, "b"), dest, "run-b", overwrite=True)
+        assert not dest.exists("only-in-a.txt"), "files of the replaced run are removed"
+        assert verify(dest).ok and verify(dest).run_id == "run-b"
+
+        dest.put_bytes("model/inference.pdmodel", b"tampered")
+        problems = verify(dest).problems
+        assert problems == ["model/inference.pdmodel: size 8 != manifest 1006"]
+        dest.delete("metrics.json")
+        assert "metrics.json: missing" in verify(dest).problems
+        dest.delete(SUCCESS)
+        assert any("did not finish" in p for p in verify(dest).problems)
+
+
+def test_a_concurrent_finish_is_detected(tmp_path, s3_server, bucket):
+    """Two runs publish into one prefix: the conditional put lets only one _SUCCESS win."""
+    for dest in both(tmp_path, s3_server, bucket):
+        class Racer(type(dest)):
+            def put_file(self, src, rel):  # another run finishes while we upload
+                super().put_file(src, rel)
+                if not super().exists(SUCCESS):
+                    super().put_bytes(SUCCESS, b'{"run_id": "other"}\n', exclusive=True)
+        racer = Racer.__new__(Racer)
+        racer.__dict__.update(dest.__dict__)
+        with pytest.raises(StorageError, match=r"another run \(other\) finished into"):
+            publish(staging(tmp_path, "a"), racer, "mine")
+        assert json.loads(dest.read_bytes(SUCCESS))["run_id"] == "other"
+
+
+def test_cli_verify(tmp_path, s3_server, bucket):
+    s3 = both(tmp_path, s3_server, bucket)[1]
+    publish(staging(tmp_path), s3, "run-v")
+    ok = run_cli("verify", f"s3://{bucket}/run", "--s3-endpoint", s3_server.endpoint)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"OK s3://{bucket}/run: run run-v, 3 files")
+    s3.put_bytes("metrics.json", b"{}")
+    bad = run_cli("verify", f"s3://{bucket}/run", "--s3-endpoint", s3_server.endpoint)
+    assert bad.returncode == 1 and "metrics.json: size 2 != manifest" in bad.stderr
+    none = run_cli("verify", str(tmp_path / "never"))
+    assert none.returncode == 1 and "did not finish" in none.stderr
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+from clsact.storage import S3Store
+from clsact.storage.publish import publish
+from clsact.storage.s3 import S3Settings
+from clsact.storage.uri import parse_s3
+store = S3Store(parse_s3(sys.argv[2], "x"), S3Settings(endpoint_url=sys.argv[1]))
+publish(Path(sys.argv[3]), store, "killed")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_killed_mid_upload_leaves_no_success(tmp_path, s3_server, bucket, sig):
+    stage = tmp_path / "stage"
+    for i in range(12):
+        (stage / "model").mkdir(parents=True, exist_ok=True)
+        (stage / "model" / f"part-{i:02d}.bin").write_bytes(os.urandom(1000))
+    proxy = FaultProxy(s3_server.endpoint, rates={"slow": 1.0}, delay=0.5, methods=("PUT",))
+    url = proxy.start()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, url, f"s3://{bucket}/run",
+                             str(stage)], env=env, stderr=subprocess.PIPE, text=True)
+    client = s3_server.client()
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list_keys(client, bucket, "run/")) < 2:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    proxy.stop()
+    keys = list_keys(client, bucket, "run/")
+    assert 2 <= len(keys) < 12, keys
+    assert f"run/{SUCCESS}" not in keys and f"run/{MANIFEST}" not in keys
+    dest = S3Store(parse_s3(f"s3://{bucket}/run", "x"), S3Settings(endpoint_url=s3_server.endpoint))
+    check_unfinished(dest, overwrite=False)  # an unfinished prefix may be published into
+    assert not verify(dest).ok
+    publish(stage, dest, "rerun")
+    assert verify(dest).ok

@@ -1,0 +1,157 @@
+"""`clsact eval` / `compress` against real S3 (moto server on loopback): URIs for the model,
+the data and the save dir, and every S3 mistake a user makes -> one clear line, exit 2."""
+
+import json
+import os
+
+import pytest
+
+from clsact.s3server import LocalS3Server
+from tests.conftest import list_keys, run_cli, upload_tree
+from tests.test_cli import assert_one_line_error, config_file
+
+EVAL = ["--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36",
+        "--num-workers", "2"]
+
+
+def small_lines(root):
+    return [ln.split()[0] for name in ("small_train.txt", "small_val.txt")
+            for ln in (root / name).read_text().splitlines()]
+
+
+def upload_inputs(client, bucket, digits, model):
+    upload_tree(client, bucket, "data", digits,
+                small_lines(digits) + ["small_train.txt", "small_val.txt"])
+    upload_tree(client, bucket, "model", model, ["inference.pdmodel", "inference.pdiparams"])
+
+
+@pytest.fixture(scope="module")
+def s3_inputs(s3_server, small_digits_dir, mbv3_model):
+    client = s3_server.client()
+    client.create_bucket(Bucket="inputs")
+    upload_inputs(client, "inputs", small_digits_dir, mbv3_model)
+    return s3_server
+
+
+def s3_cli(server, *args, env=None):
+    return run_cli(*args, "--s3-endpoint", server.endpoint, env=env)
+
+
+def test_eval_from_s3_matches_local(s3_inputs, small_digits_dir, mbv3_model):
+    local = run_cli("eval", "--model-dir", str(mbv3_model), "--data-dir", str(small_digits_dir),
+                    *EVAL)
+    remote = s3_cli(s3_inputs, "eval", "--model-dir", "s3://inputs/model", "--data-dir",
+                    "s3://inputs/data", *EVAL)
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr[-2000:]
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    assert (a["top1"], a["top5"], a["samples"]) == (b["top1"], b["top5"], b["samples"])
+    assert b["samples"] == 64
+
+
+@pytest.mark.parametrize("model, data, fragments", [
+    ("s3://inputs/model", "s3://no-such-bucket/data",
+     ["s3://no-such-bucket/data/small_val.txt", "the bucket does not exist"]),
+    ("s3://inputs/nomodel", "s3://inputs/data",
+     ["--model-dir s3://inputs/nomodel: no object s3://inputs/nomodel/inference.pdmodel"]),
+    ("s3://inputs/model", "s3://inputs/nodata",
+     ["list file s3://inputs/nodata/small_val.txt does not exist"]),
+    ("gs://inputs/model", "s3://inputs/data", ["unsupported scheme gs://"]),
+    ("s3:/inputs/model", "s3://inputs/data", ["malformed URI"]),
+    ("s3://Inputs/model", "s3://inputs/data", ["'Inputs' is not a valid S3 bucket name"]),
+])
+def test_eval_bad_locations(s3_inputs, model, data, fragments):
+    assert_one_line_error(s3_cli(s3_inputs, "eval", "--model-dir", model, "--data-dir", data,
+                                 *EVAL), *fragments)
+
+
+def test_missing_object_named_by_the_list(s3_inputs, small_digits_dir):
+    client = s3_inputs.client()
+    lines = (small_digits_dir / "small_val.txt").read_text().splitlines()
+    client.put_object(Bucket="inputs", Key="data/holes.txt",
+                      Body="\n".join(lines + ["val/0/not-there.jpg 0"]).encode())
+    assert_one_line_error(
+        s3_cli(s3_inputs, "eval", "--model-dir", "s3://inputs/model", "--data-dir",
+               "s3://inputs/data", *EVAL[2:], "--val-list", "holes.txt"),
+        "1 of 65 images in the validation set are unreadable",
+        "s3://inputs/data/val/0/not-there.jpg: no such object")
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("no_credentials", "no S3 credentials found; set AWS_ACCESS_KEY_ID"),
+    ("bad_profile", "fix AWS_PROFILE"),
+    ("unreachable", "cannot connect to http://127.0.0.1:9"),
+])
+def test_credential_and_endpoint_mistakes(s3_inputs, tmp_path, case, fragment):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS")
+           and not k.startswith("AWS_SECRET")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"))
+    endpoint = s3_inputs.endpoint
+    if case == "bad_profile":
+        env["AWS_PROFILE"] = "nightly"
+    if case == "unreachable":
+        env = dict(os.environ)
+        endpoint = "http://127.0.0.1:9"
+    proc = run_cli("eval", "--model-dir", "s3://inputs/model", "--data-dir", "s3://inputs/data",
+                   *EVAL, "--s3-endpoint", endpoint, env=env)
+    assert_one_line_error(proc, fragment)
+    assert "clsact-demo" not in proc.stderr, "credentials never appear in messages"
+
+
+@pytest.fixture(scope="module")
+def auth_server(small_digits_dir, mbv3_model):
+    """A server that enforces IAM auth: an admin, and a reader who may read inputs/* only."""
+    with LocalS3Server(auth_after=6) as server:
+        iam = _iam(server)
+        keys = {}
+        for user, actions, resources in (
+                ("admin", ["s3:*"], ["arn:aws:s3:::*"]),
+                ("reader", ["s3:GetObject", "s3:ListBucket"],
+                 ["arn:aws:s3:::lab", "arn:aws:s3:::lab/inputs/*"])):
+            iam.create_user(UserName=user)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Action": actions, "Resource": resources}]}))
+            keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                          "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        admin = server.client(aws_access_key_id=keys["admin"]["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=keys["admin"]["AWS_SECRET_ACCESS_KEY"])
+        admin.create_bucket(Bucket="lab")
+        upload_tree(admin, "lab", "inputs/data", small_digits_dir,
+                    small_lines(small_digits_dir) + ["small_train.txt", "small_val.txt"])
+        upload_tree(admin, "lab", "inputs/model", mbv3_model,
+                    ["inference.pdmodel", "inference.pdiparams"])
+        yield server, keys, admin
+
+
+def _iam(server):
+    import boto3
+
+    return boto3.client("iam", endpoint_url=server.endpoint, region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="y")
+
+
+def test_forbidden_save_dir_fails_before_training(auth_server, tmp_path):
+    server, keys, admin = auth_server
+    cfg = config_file(tmp_path, "s3://lab/inputs/model", "s3://lab/inputs/data")
+    proc = run_cli("compress", "--config", str(cfg), "--save-dir", "s3://lab/runs/r1",
+                   "--s3-endpoint", server.endpoint, env={**os.environ, **keys["reader"]})
+    assert_one_line_error(proc, "s3://lab/runs/r1", "access denied")
+    assert "baseline" not in proc.stderr, "refused before any evaluation or training"
+    assert list_keys(admin, "lab", "runs/") == []
+    assert keys["reader"]["AWS_SECRET_ACCESS_KEY"] not in proc.stderr
+
+
+def test_reader_may_evaluate_and_bad_secret_is_named(auth_server):
+    server, keys, _ = auth_server
+    args = ["eval", "--model-dir", "s3://lab/inputs/model", "--data-dir", "s3://lab/inputs/data",
+            *EVAL, "--s3-endpoint", server.endpoint]
+    ok = run_cli(*args, env={**os.environ, **keys["reader"]})
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    wrong = {**keys["reader"], "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    assert_one_line_error(run_cli(*args, env={**os.environ, **wrong}),
+                          "S3 rejected the credentials (SignatureDoesNotMatch)")
+    unknown = {**keys["reader"], "AWS_ACCESS_KEY_ID": "AKIAUNKNOWN"}
+    assert_one_line_error(run_cli(*args, env={**os.environ, **unknown}),
+                          "S3 rejected the credentials (InvalidAccessKeyId)")
