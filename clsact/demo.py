@@ -4,8 +4,10 @@ scikit-learn ships the UCI handwritten digits (1,797 real 8x8 scans, 10 classes)
 renders them as an ImageNet-layout JPEG tree with list files, trains a small MobileNetV3
 (paddle.vision ``MobileNetV3Small``, scale 0.5, 32x32 input) briefly on CPU with clsact's own
 loader, exports it with ``paddle.jit.save`` (dropout included, so the paddleslim Mask defect
-is exercised), then runs exactly ``clsact compress`` with ``configs/demo_digits.yaml`` and
-prints baseline vs compressed accuracy.
+is exercised), then does what a cluster job does: starts an S3-compatible server on loopback
+(moto server; a real store in production), uploads the dataset and the baseline, runs exactly
+``clsact compress`` from ``s3://`` to ``s3://`` with ``configs/demo_digits.yaml``, verifies
+the published run and prints baseline vs compressed accuracy.
 """
 
 from __future__ import annotations
@@ -143,23 +145,48 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+BUCKET = "clsact-demo"
+
+
+def upload_inputs(store, data_dir: Path, model_dir: Path, threads: int = 8) -> int:
+    """Upload the dataset tree and the baseline model under ``store`` (``data/``,
+    ``baseline/``) in parallel; returns the number of files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(p, f"data/{p.relative_to(data_dir).as_posix()}")
+            for p in sorted(data_dir.rglob("*")) if p.is_file()]
+    jobs += [(model_dir / n, f"baseline/{n}") for n in ("inference.pdmodel",
+                                                          "inference.pdiparams")]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda job: store.put_file(*job), jobs))
+    return len(jobs)
+
+
 def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> int:
-    """Build data, train and export a baseline, compress it, print the result. Returns 0.
+    """Build data, train and export a baseline, compress it s3 -> s3 on an embedded S3
+    server, verify and print the result. Returns 0.
 
     Raises:
-        ClsactError: the config is invalid or the compression fails for a user reason.
+        ClsactError: the config is invalid, the embedded S3 server cannot start (moto
+            missing), or the compression fails for a user reason.
     """
+    import os
+
     from clsact import config as config_mod
-    from clsact.compress import compress
+    from clsact import storage
+    from clsact.compress import compress, new_run_id
+    from clsact.s3server import DEMO_CREDENTIALS, LocalS3Server
+    from clsact.storage.publish import verify
 
     start = time.perf_counter()
     workdir = workdir.resolve()
     cfg_path = Path(config_path) if config_path else default_config_path()
     data_dir, model_dir, results = workdir / "data", workdir / "baseline", workdir / "results"
-    overrides = [f"Global.data_dir={data_dir}", f"Global.model_dir={model_dir}"]
+    root = f"s3://{BUCKET}"
+    overrides = [f"Global.data_dir={root}/data", f"Global.model_dir={root}/baseline"]
     cfg = config_mod.load(cfg_path, overrides)
 
-    print(f"[1/4] rendering sklearn digits as an ImageNet-layout JPEG tree in {data_dir}",
+    print(f"[1/5] rendering sklearn digits as an ImageNet-layout JPEG tree in {data_dir}",
           flush=True)
     if not (data_dir / "val_list.txt").exists():
         n_train, n_val = build_digits_dataset(data_dir)
@@ -168,19 +195,49 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
         n_val = len((data_dir / "val_list.txt").read_text().split("\n")) - 1
     print(f"      {n_train} train / {n_val} val images", flush=True)
 
-    print(f"[2/4] training a MobileNetV3Small x0.5 baseline for {epochs} epochs on CPU", flush=True)
+    print(f"[2/5] training a MobileNetV3Small x0.5 baseline for {epochs} epochs on CPU", flush=True)
     model_dir.mkdir(parents=True, exist_ok=True)
-    train_baseline(cfg.globals, model_dir, epochs)
+    local_cfg = config_mod.load(cfg_path, [f"Global.data_dir={data_dir}",
+                                           f"Global.model_dir={model_dir}"])
+    train_baseline(local_cfg.globals, model_dir, epochs)
 
-    print(f"[3/4] clsact compress --config {cfg_path} --save-dir {results}", flush=True)
-    metrics = compress(cfg, save_dir=str(results), overwrite=True)
+    os.environ.update(DEMO_CREDENTIALS)  # the embedded server's (unchecked) credentials
+    with LocalS3Server() as server:
+        storage.configure(endpoint_url=server.endpoint)
+        server.client().create_bucket(Bucket=BUCKET)
+        t = time.perf_counter()
+        n = upload_inputs(storage.open_store(root, "demo bucket"), data_dir, model_dir)
+        print(f"[3/5] S3-compatible server (moto) at {server.endpoint}: uploaded {n} files to "
+              f"{root}/data and {root}/baseline in {time.perf_counter() - t:.1f}s", flush=True)
 
-    print("[4/4] result", flush=True)
+        run_id = new_run_id()
+        save = f"{root}/runs/{run_id}"
+        print(f"[4/5] clsact compress --config {cfg_path} --set Global.data_dir={root}/data "
+              f"--set Global.model_dir={root}/baseline --save-dir {save} "
+              f"--s3-endpoint {server.endpoint}", flush=True)
+        metrics = compress(cfg, save_dir=save, run_id=run_id, s3_endpoint=server.endpoint)
+
+        published = storage.open_store(save, "--save-dir")
+        check = verify(published)
+        listing = published.list()
+        for rel, _size in listing:  # keep a copy: the embedded server's data dies with it
+            published.get_file(rel, results / rel)
+        endpoint = server.endpoint
+
+    print("[5/5] result", flush=True)
     print(format_table(metrics))
     c = metrics["compressed"]
     print(f"\ntop-1 change: {100 * metrics['delta_top1']:+.2f} points; "
-          f"{c['quant_ops']} quantize/dequantize ops in {results / 'model'}; "
+          f"{c['quant_ops']} quantize/dequantize ops; "
           f"{metrics['act']['train_steps']} QAT steps; compress {metrics['wall_seconds']:.0f}s, "
           f"demo total {time.perf_counter() - start:.0f}s")
-    print(f"metrics: {results / 'metrics.json'}")
-    return 0
+    print(f"\npublished to {save} ({'verified' if check.ok else 'NOT verified'}: "
+          f"{check.files} files match manifest.json, _SUCCESS written last):")
+    for rel, size in listing:
+        print(f"  {size:>10,d}  {save}/{rel}")
+    print(f"a copy is in {results} (the embedded server at {endpoint} has stopped).")
+    print("With your own store: AWS_ENDPOINT_URL=https://... (or AWS S3), credentials from the "
+          "usual AWS chain, then\n  clsact compress --config CONFIG --save-dir "
+          "s3://BUCKET/runs/ID   and   clsact verify s3://BUCKET/runs/ID  "
+          "(list: aws s3 ls s3://BUCKET/runs/ID/ --recursive)")
+    return 0 if check.ok else 1

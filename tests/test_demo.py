@@ -14,3 +14,8 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
     assert m["baseline"]["top1"] > 0.85, "the baseline must have learned the digits"
     assert m["compressed"]["quant_ops"] > 0
     assert m["compressed"]["top1"] >= m["baseline"]["top1"] - 0.01, "more than 1 point lost"
+    # the run went through the embedded S3 server and was published + verified there
+    assert m["save_dir"].startswith("s3://clsact-demo/runs/")
+    assert m["config"] == "config.yaml" and m["data"]["train_samples"] == 1438
+    assert "(verified: 5 files match manifest.json" in proc.stdout
+    assert (tmp_path / "demo" / "results" / "_SUCCESS").is_file()
