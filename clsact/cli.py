@@ -61,6 +61,26 @@ def _add_verify(sub) -> None:
     _add_s3_endpoint(p)
 
 
+def _add_dataset(sub) -> None:
+    p = sub.add_parser("dataset", help="dataset tools (pack)")
+    dsub = p.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    pk = dsub.add_parser("pack", help="turn a list-file tree into tar shards + an index",
+                         description="Pack the images named by each list file of SRC into "
+                         "~--shard-mb tar shards in DST, plus DST/<list>.shards.json (written "
+                         "last). Train from it with Global.data_dir=DST and "
+                         "Global.train_list=<list>.shards.json.")
+    pk.add_argument("src", metavar="SRC", help="data dir holding the list files (path or s3://)")
+    pk.add_argument("dst", metavar="DST", help="where shards + indexes go (path or s3://)")
+    pk.add_argument("--lists", nargs="+", default=["train_list.txt", "val_list.txt"],
+                    help="list files to pack, relative to SRC (default: train and val)")
+    pk.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MB")
+    pk.add_argument("--seed", type=int, default=0, help="seed of the pack-time shuffle")
+    pk.add_argument("--max-missing", type=int, default=0,
+                    help="listed images that may be missing (skipped) before failing")
+    pk.add_argument("--overwrite", action="store_true", help="replace existing indexes")
+    _add_s3_endpoint(pk)
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole job on a real small dataset (sklearn digits)")
     p.add_argument("--workdir", default="demo-output", help="where data, models, results go")
@@ -78,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress(sub)
     _add_eval(sub)
     _add_verify(sub)
+    _add_dataset(sub)
     _add_demo(sub)
     return parser
 
@@ -150,6 +171,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """``clsact dataset pack``."""
+    from clsact import storage
+    from clsact.data.shards import index_name, pack
+
+    if args.shard_mb <= 0 or args.max_missing < 0:
+        raise ClsactError("--shard-mb must be > 0 and --max-missing >= 0")
+    storage.configure(endpoint_url=args.s3_endpoint)
+    for st in pack(args.src, args.dst, args.lists, shard_bytes=int(args.shard_mb * 2**20),
+                   seed=args.seed, overwrite=args.overwrite, max_missing=args.max_missing):
+        mb = st.bytes / 2**20
+        print(f"{st.index}: {st.samples} images in {st.shards} shards, {mb:.1f} MB, "
+              f"{st.missing} missing, {st.seconds:.1f}s ({mb / max(st.seconds, 1e-9):.1f} MB/s)")
+    names = ", ".join(index_name(name) for name in args.lists)
+    print(f"train from it: --set Global.data_dir={args.dst} and set Global.train_list / "
+          f"Global.val_list to {names}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``clsact demo``."""
     from clsact.demo import run_demo
@@ -158,7 +198,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "verify": cmd_verify,
-            "demo": cmd_demo}
+            "dataset": cmd_dataset, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 from clsact.data.listfile import Sample, read_list
 from clsact.data.loader import BatchLoader
+from clsact.data.shards import ShardReader, is_index, read_index
 from clsact.data.transforms import TransformSpec
 from clsact.storage import open_store
 
@@ -31,22 +32,29 @@ def transform_spec(g: dict[str, Any], train: bool) -> TransformSpec:
 
 
 def read_samples(g: dict[str, Any], which: str) -> list[Sample]:
-    """The samples of ``Global.train_list`` or ``Global.val_list`` (``which``: train|val).
+    """The samples of ``Global.train_list`` or ``Global.val_list`` (``which``: train|val): a
+    list file, or a packed index (``*.shards.json``, see :mod:`clsact.data.shards`).
 
     Raises:
         StorageError: ``Global.data_dir`` is malformed or cannot be reached.
         DataError: the list file is missing or malformed.
     """
-    return read_list(g["data_dir"], g["train_list" if which == "train" else "val_list"])
+    name = g["train_list" if which == "train" else "val_list"]
+    if is_index(name):
+        return read_index(open_store(g["data_dir"], "Global.data_dir"), name)
+    return read_list(g["data_dir"], name)
 
 
 def make_loader(g: dict[str, Any], samples: list[Sample], *, train: bool, batch_size: int,
                 rank: int = 0, world: int = 1) -> BatchLoader:
     """A loader over ``samples`` with ``Global``'s preprocessing, workers and bad-image policy."""
     workers = g["num_workers"] if g["num_workers"] is not None else default_workers()
+    store = open_store(g["data_dir"], "Global.data_dir")
+    packed = bool(samples) and samples[0].shard is not None
     return BatchLoader(
-        open_store(g["data_dir"], "Global.data_dir"), samples, transform_spec(g, train),
+        ShardReader(store) if packed else store, samples, transform_spec(g, train),
         batch_size=batch_size, num_workers=workers, shuffle=train, seed=g["seed"],
         max_bad_fraction=g["max_bad_fraction"], rank=rank, world=world,
+        block=batch_size if packed else 1,
         name="train" if train else "validation",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -10,10 +11,22 @@ from clsact.errors import DataError
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image, its path relative to the data root (POSIX separators)."""
+    """One labelled image, its path relative to the data root (POSIX separators).
+
+    In a packed dataset (:mod:`clsact.data.shards`) it also has the shard holding it and
+    its byte range there.
+    """
 
     path: str
     label: int
+    shard: str | None = None
+    offset: int = 0
+    size: int = 0
+
+    @property
+    def key(self) -> str | tuple[str, int, int, str]:
+        """What a reader needs to fetch it: the path, or (shard, offset, size, path)."""
+        return (self.shard, self.offset, self.size, self.path) if self.shard else self.path
 
 
 def safe_relpath(raw: str) -> str | None:
@@ -61,7 +74,7 @@ def parse_lines(lines: list[str], source: str) -> list[Sample]:
     return samples
 
 
-def read_list(data_dir: str, list_name: str) -> list[Sample]:
+def read_list(data_dir: str | os.PathLike[str], list_name: str) -> list[Sample]:
     """Read ``list_name`` into samples. It is relative to ``data_dir``, or an absolute path,
     or a URI; ``data_dir`` is a local path or an ``s3://`` URI.
 

@@ -40,26 +40,44 @@ class Batch:
 
 
 def shard_indices(
-    n: int, *, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1, even: bool
+    n: int, *, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1, even: bool,
+    block: int = 1,
 ) -> np.ndarray:
     """The sample indices rank ``rank`` of ``world`` reads in ``epoch``.
 
     Shards are disjoint and, together, cover every sample once per epoch. With ``even`` (for
-    training, where ranks must run the same number of steps) each rank gets ``n // world``
-    samples and the remainder, different each shuffled epoch, is left out.
+    training, where ranks must run the same number of steps) every rank gets the same count
+    and the remainder, different each shuffled epoch, is left out.
+
+    ``block > 1`` (packed datasets): samples are dealt in blocks of ``block`` consecutive
+    indices — the block order reshuffled per epoch, the order within each block too — so a
+    batch is one contiguous byte range of a shard.
 
     Raises:
         ValueError: ``rank`` is not in ``[0, world)``.
     """
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside world size {world}")
-    if shuffle:
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-    else:
-        order = np.arange(n)
+    rng = np.random.default_rng([seed, epoch])
+    if block <= 1:
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        if even:
+            order = order[: (n // world) * world]
+        return order[rank::world]
+    starts = np.arange(0, n, block)
+    if shuffle:  # full blocks reshuffled; a partial last block stays last (batches align)
+        full = len(starts) - (1 if n % block else 0)
+        starts = np.concatenate([starts[:full][rng.permutation(full)], starts[full:]])
+    mine = starts[rank::world]
+    parts = []
+    for s in mine:
+        idx = np.arange(s, min(s + block, n))
+        parts.append(rng.permutation(idx) if shuffle else idx)
+    order = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     if even:
-        order = order[: (n // world) * world]
-    return order[rank::world]
+        sizes = [sum(min(block, n - s) for s in starts[r::world]) for r in range(world)]
+        order = order[: min(sizes)]
+    return order
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -70,18 +88,19 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 def load_batch(
     reader, spec: TransformSpec, items: list[tuple[int, str, int]], seed: int, epoch: int
 ) -> Batch:
-    """Read and preprocess ``items`` (index, relpath, label); runs in a worker process.
+    """Read and preprocess ``items`` (index, key, label); runs in a worker process.
 
-    ``reader`` is a :class:`~clsact.storage.base.Store`: its ``iter_many`` fetches ahead
-    (in parallel for object storage) while earlier images decode.
+    ``reader`` is a :class:`~clsact.storage.base.Store` (keys are paths: its ``iter_many``
+    fetches ahead, in parallel for object storage, while earlier images decode) or a
+    :class:`~clsact.data.shards.ShardReader` (keys locate members of a shard).
 
     Raises:
         StorageError: the store failed beyond its retries (credentials, outage); a missing
             or corrupt image is not an error here but recorded in ``Batch.bad``.
     """
     images, labels, bad = [], [], []
-    contents = reader.iter_many([path for _, path, _ in items])
-    for (index, path, label), data in zip(items, contents, strict=True):
+    contents = reader.iter_many([key for _, key, _ in items])
+    for (index, key, label), data in zip(items, contents, strict=True):
         try:
             if isinstance(data, OSError):
                 raise data
@@ -90,7 +109,7 @@ def load_batch(
             labels.append(label)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            bad.append((reader.describe(path), reason))
+            bad.append((reader.describe(key), reason))
     shape = (0, 3, spec.img_size, spec.img_size)
     arr = np.stack(images) if images else np.zeros(shape, dtype=np.float32)
     return Batch(arr, np.asarray(labels, dtype=np.int64), bad)
@@ -122,6 +141,7 @@ class BatchLoader:
         max_bad_fraction: float = 0.001,
         rank: int = 0,
         world: int = 1,
+        block: int = 1,
         name: str = "data",
     ) -> None:
         self.reader = reader
@@ -134,6 +154,7 @@ class BatchLoader:
         self.max_bad_fraction = max_bad_fraction
         self.rank = rank
         self.world = world
+        self.block = block
         self.name = name
         self.bad_total = 0
         self.passes = 0
@@ -143,7 +164,8 @@ class BatchLoader:
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample indices for ``epoch``."""
         return shard_indices(len(self.samples), epoch=epoch, seed=self.seed, shuffle=self.shuffle,
-                             rank=self.rank, world=self.world, even=self.shuffle)
+                             rank=self.rank, world=self.world, even=self.shuffle,
+                             block=self.block)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -156,7 +178,7 @@ class BatchLoader:
 
     def _chunks(self, epoch: int) -> list[list[tuple[int, str, int]]]:
         order = self.indices(epoch)
-        items = [(int(i), self.samples[i].path, self.samples[i].label) for i in order]
+        items = [(int(i), self.samples[i].key, self.samples[i].label) for i in order]
         return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
     def _pool_get(self) -> ProcessPoolExecutor:

@@ -10,6 +10,7 @@ small interface (:class:`~clsact.storage.base.Store`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from clsact.errors import StorageError
@@ -22,12 +23,13 @@ __all__ = ["AlreadyExists", "LocalStore", "S3Settings", "S3Store", "Store", "che
            "configure", "input_dir", "is_uri", "open_store"]
 
 
-def open_store(location: str, what: str) -> Store:
+def open_store(location: str | os.PathLike[str], what: str) -> Store:
     """The Store rooted at ``location`` (a local path or ``s3://bucket/prefix``).
 
     Raises:
         StorageError: the location is malformed or uses an unsupported scheme.
     """
+    location = os.fspath(location)
     check_location(location, what)
     if is_uri(location):
         return S3Store(parse_s3(location, what))

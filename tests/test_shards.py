@@ -1,0 +1,131 @@
+"""Packed datasets: `clsact dataset pack` to local disk and to real S3, and the loader
+reading blocks of shards with ranged reads."""
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from clsact.data.build import make_loader
+from clsact.data.loader import shard_indices
+from clsact.data.shards import read_index
+from clsact.errors import DataError
+from clsact.storage import open_store
+from tests.conftest import list_keys, run_cli, upload_tree
+
+
+@pytest.mark.parametrize("n, block, world", [(100, 16, 1), (100, 16, 3), (37, 8, 2),
+                                              (64, 16, 4), (5, 16, 2)])
+def test_block_shards_are_disjoint_contiguous_and_reshuffled(n, block, world):
+    for shuffle in (True, False):
+        ranks = [shard_indices(n, epoch=1, seed=3, shuffle=shuffle, rank=r, world=world,
+                               even=shuffle, block=block) for r in range(world)]
+        flat = np.concatenate(ranks)
+        assert len(set(flat.tolist())) == len(flat), "no sample twice"
+        if shuffle:
+            assert len({len(r) for r in ranks}) == 1, "equal steps on every rank"
+            assert len(flat) >= n - world * block
+        else:
+            assert sorted(flat.tolist()) == list(range(n)), "eval covers everything"
+        for r in ranks:  # each batch-sized chunk comes from one block: one ranged read
+            for i in range(0, len(r) - block + 1, block):
+                chunk = r[i:i + block]
+                assert chunk.max() - chunk.min() < block or not shuffle
+    a = shard_indices(n, epoch=1, seed=3, shuffle=True, even=True, block=block)
+    b = shard_indices(n, epoch=2, seed=3, shuffle=True, even=True, block=block)
+    assert n < 2 * block or not np.array_equal(a, b), "reshuffled every epoch"
+
+
+def glob_for(data: str) -> dict:
+    return {"data_dir": data, "img_size": 32, "resize_size": 36, "crop_scale": [0.7, 1.0],
+            "crop_ratio": [0.75, 1.333], "random_flip": False, "mean": [0.5] * 3,
+            "std": [0.25] * 3, "num_workers": 2, "max_bad_fraction": 0.0, "seed": 0,
+            "train_list": "small_train.shards.json", "val_list": "small_val.shards.json"}
+
+
+def images_by_path(g, name, train=False):
+    from clsact.data.build import read_samples
+
+    samples = read_samples({**g, "val_list": name}, "val")
+    loader = make_loader(g, samples, train=train, batch_size=16)
+    try:
+        batches = list(loader.epoch(0))
+    finally:
+        loader.close()
+    return samples, np.concatenate([b.images for b in batches]), np.concatenate(
+        [b.labels for b in batches])
+
+
+def test_pack_to_s3_and_read_back_identically(tmp_path, s3_server, bucket, small_digits_dir):
+    client = s3_server.client()
+    names = [ln.split()[0] for f in ("small_train.txt", "small_val.txt")
+             for ln in (small_digits_dir / f).read_text().splitlines()]
+    upload_tree(client, bucket, "raw", small_digits_dir,
+                names + ["small_train.txt", "small_val.txt"])
+    dst = f"s3://{bucket}/packed"
+    proc = run_cli("dataset", "pack", f"s3://{bucket}/raw", dst, "--lists", "small_train.txt",
+                   "small_val.txt", "--shard-mb", "0.05", "--s3-endpoint", s3_server.endpoint)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "small_val.shards.json: 64 images in" in proc.stdout
+    keys = list_keys(client, bucket, "packed/")
+    shards = [k for k in keys if k.endswith(".tar")]
+    assert len(shards) > 2 and "packed/small_val.shards.json" in keys
+
+    index = json.loads(client.get_object(Bucket=bucket, Key="packed/small_val.shards.json")
+                       ["Body"].read())
+    assert index["samples"] == 64 and sum(s["samples"] for s in index["shards"]) == 64
+    first = index["shards"][0]
+    local_tar = tmp_path / "s.tar"
+    local_tar.write_bytes(client.get_object(Bucket=bucket, Key=f"packed/{first['name']}")
+                          ["Body"].read())
+    import hashlib
+    assert hashlib.sha256(local_tar.read_bytes()).hexdigest() == first["sha256"]
+    with tarfile.open(local_tar) as tar:  # a plain tar any tool can read
+        member = tar.getmembers()[0]
+        assert tar.extractfile(member).read() == (small_digits_dir / member.name).read_bytes()
+
+    from clsact import storage
+    storage.configure(endpoint_url=s3_server.endpoint)
+    packed = glob_for(dst)
+    plain = {**glob_for(str(small_digits_dir)), "val_list": "small_val.txt"}
+    s_packed, x_packed, y_packed = images_by_path(packed, "small_val.shards.json")
+    s_plain, x_plain, y_plain = images_by_path(plain, "small_val.txt")
+    # same images, same preprocessing; only the order differs (pack-time shuffle)
+    pos = {s.path: i for i, s in enumerate(s_plain)}
+    perm = [pos[s.path] for s in s_packed]
+    assert np.array_equal(x_packed, x_plain[perm]) and np.array_equal(y_packed, y_plain[perm])
+
+    again = run_cli("dataset", "pack", f"s3://{bucket}/raw", dst, "--lists", "small_val.txt",
+                    "--s3-endpoint", s3_server.endpoint)
+    assert again.returncode == 2 and "exists (a finished pack); pass --overwrite" in again.stderr
+
+
+def test_pack_locally_then_eval_matches(tmp_path, small_digits_dir, mbv3_model):
+    out = tmp_path / "packed"
+    proc = run_cli("dataset", "pack", str(small_digits_dir), str(out), "--lists",
+                   "small_val.txt", "--shard-mb", "0.1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    common = ["--model-dir", str(mbv3_model), "--img-size", "32", "--resize-size", "36"]
+    a = run_cli("eval", *common, "--data-dir", str(small_digits_dir), "--val-list",
+                "small_val.txt")
+    b = run_cli("eval", *common, "--data-dir", str(out), "--val-list", "small_val.shards.json")
+    assert a.returncode == 0 and b.returncode == 0, b.stderr[-2000:]
+    ra, rb = json.loads(a.stdout), json.loads(b.stdout)
+    assert (ra["top1"], ra["top5"], ra["samples"]) == (rb["top1"], rb["top5"], rb["samples"])
+
+
+def test_pack_errors(tmp_path, small_digits_dir):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "l.txt").write_text("missing/a.jpg 0\n")
+    proc = run_cli("dataset", "pack", str(data), str(tmp_path / "o"), "--lists", "l.txt")
+    assert proc.returncode == 2 and "missing/a.jpg: listed in l.txt but missing" in proc.stderr
+    assert not (tmp_path / "o" / "l.shards.json").exists()
+    with pytest.raises(DataError, match="not a clsact shard index"):
+        (tmp_path / "x.shards.json").write_text("{}")
+        read_index(open_store(tmp_path, "x"), "x.shards.json")
+    with pytest.raises(DataError, match="does not exist"):
+        read_index(open_store(tmp_path, "x"), "nope.shards.json")
+    bad = run_cli("dataset", "pack", str(small_digits_dir), "gs://x/y")
+    assert bad.returncode == 2 and "unsupported scheme gs://" in bad.stderr
