@@ -144,27 +144,15 @@ class S3Store(Store):
     def __init__(self, loc: S3Location, conf: S3Settings | None = None) -> None:
         self.loc = loc
         self.conf = conf or settings()
-        self._client = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"S3Store({self.loc.uri()!r})"
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"loc": self.loc, "conf": self.conf}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["loc"], state["conf"])
-
     # -- plumbing --------------------------------------------------------------------
     @property
     def client(self):
-        """The boto3 S3 client of this process (created on first use)."""
-        with self._lock:
-            if self._client is None:
-                self._client = make_client(self.conf)
-            return self._client
+        """The boto3 S3 client of this process for these settings (created on first use)."""
+        return _process_client(self.conf)
 
     def _key(self, rel: str) -> str:
         return self.loc.join(rel).key if rel else self.loc.key
@@ -207,11 +195,8 @@ class S3Store(Store):
         return data
 
     def iter_many(self, rels: list[str]) -> Iterator[bytes | OSError]:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.conf.io_threads,
-                                                thread_name_prefix="clsact-s3")
-        futures = [self._pool.submit(self._read_or_oserror, rel) for rel in rels]
+        pool = _process_pool(self.conf.io_threads)
+        futures = [pool.submit(self._read_or_oserror, rel) for rel in rels]
         try:
             for fut in futures:
                 yield fut.result()
@@ -303,6 +288,27 @@ def _unwrap_transfer(exc: Exception, op: str, uri: str, conf: S3Settings) -> Exc
     if translated is exc:
         return StorageError(f"{uri}: {op} failed: {exc}")
     return translated
+
+
+# A Store is unpickled afresh for every loader task: clients (slow to build: they load the
+# service model) and fetch threads are kept per process instead.
+_CLIENTS: dict[S3Settings, Any] = {}
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_LOCK = threading.Lock()
+
+
+def _process_client(conf: S3Settings):
+    with _LOCK:
+        if conf not in _CLIENTS:
+            _CLIENTS[conf] = make_client(conf)
+        return _CLIENTS[conf]
+
+
+def _process_pool(threads: int) -> ThreadPoolExecutor:
+    with _LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="clsact-s3")
+        return _POOLS[threads]
 
 
 def make_client(conf: S3Settings):
