@@ -3,6 +3,7 @@ the data and the save dir, and every S3 mistake a user makes -> one clear line, 
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,29 @@ def test_reader_may_evaluate_and_bad_secret_is_named(auth_server):
     unknown = {**keys["reader"], "AWS_ACCESS_KEY_ID": "AKIAUNKNOWN"}
     assert_one_line_error(run_cli(*args, env={**os.environ, **unknown}),
                           "S3 rejected the credentials (InvalidAccessKeyId)")
+
+
+def test_missing_save_bucket_fails_before_training(s3_inputs, tmp_path):
+    cfg = config_file(tmp_path, "s3://inputs/model", "s3://inputs/data")
+    proc = s3_cli(s3_inputs, "compress", "--config", str(cfg), "--save-dir",
+                  "s3://no-such-bucket/runs/1")
+    assert_one_line_error(proc, "s3://no-such-bucket/runs/1: the bucket does not exist")
+    assert "baseline" not in proc.stderr
+
+
+def test_teacher_model_from_s3_is_fetched(s3_inputs, tmp_path, mbv3_model):
+    from clsact import config, storage
+    from clsact.compress import fetch_model
+
+    storage.configure(endpoint_url=s3_inputs.endpoint)
+    cfg = config.validate({
+        "Global": {"model_dir": "s3://inputs/model", "data_dir": "s3://inputs/data"},
+        "Distillation": {"loss": "soft_label", "teacher_model_dir": "s3://inputs/model"},
+        "QuantAware": {}, "TrainConfig": {"train_iter": 1}})
+    model, overrides = fetch_model(cfg, tmp_path)
+    teacher = Path(overrides["Distillation"]["teacher_model_dir"])
+    assert tmp_path in model.parents and tmp_path in teacher.parents, "scratch copies"
+    assert (teacher / "inference.pdiparams").read_bytes() == \
+        (mbv3_model / "inference.pdiparams").read_bytes()
+    assert cfg.data["Distillation"]["teacher_model_dir"] == "s3://inputs/model", \
+        "the config keeps the URI (the resolved config.yaml records the source)"
