@@ -101,14 +101,17 @@ def test_credential_and_endpoint_mistakes(s3_inputs, tmp_path, case, fragment):
 
 @pytest.fixture(scope="module")
 def auth_server(small_digits_dir, mbv3_model):
-    """A server that enforces IAM auth: an admin, and a reader who may read inputs/* only."""
-    with LocalS3Server(auth_after=6) as server:
+    """A server that enforces IAM auth: an admin, a reader who may read inputs/* only, and
+    a writer who may put (not delete) objects under runs/."""
+    with LocalS3Server(auth_after=9) as server:
         iam = _iam(server)
         keys = {}
         for user, actions, resources in (
                 ("admin", ["s3:*"], ["arn:aws:s3:::*"]),
                 ("reader", ["s3:GetObject", "s3:ListBucket"],
-                 ["arn:aws:s3:::lab", "arn:aws:s3:::lab/inputs/*"])):
+                 ["arn:aws:s3:::lab", "arn:aws:s3:::lab/inputs/*"]),
+                ("writer", ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
+                 ["arn:aws:s3:::lab", "arn:aws:s3:::lab/runs/*"])):
             iam.create_user(UserName=user)
             key = iam.create_access_key(UserName=user)["AccessKey"]
             iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(
@@ -182,3 +185,27 @@ def test_teacher_model_from_s3_is_fetched(s3_inputs, tmp_path, mbv3_model):
         (mbv3_model / "inference.pdiparams").read_bytes()
     assert cfg.data["Distillation"]["teacher_model_dir"] == "s3://inputs/model", \
         "the config keeps the URI (the resolved config.yaml records the source)"
+
+
+def test_write_once_permissions_are_enough_to_publish(auth_server, tmp_path, caplog,
+                                                      monkeypatch):
+    """A writer without s3:DeleteObject passes the write check (with a warning) and can
+    publish a run."""
+    from clsact.storage import S3Store
+    from clsact.storage.publish import check_unfinished, publish, verify
+    from clsact.storage.s3 import S3Settings
+    from clsact.storage.uri import parse_s3
+
+    server, keys, _ = auth_server
+    for name, value in keys["writer"].items():
+        monkeypatch.setenv(name, value)
+    # clients are cached per process and settings: settings no other test uses
+    conf = S3Settings(endpoint_url=server.endpoint, io_threads=3)
+    store = S3Store(parse_s3("s3://lab/runs/w1", "x"), conf)
+    check_unfinished(store, overwrite=False)
+    assert "could not delete the write probe" in caplog.text
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (stage / "metrics.json").write_text("{}")
+    publish(stage, store, "w1")
+    assert verify(store).ok

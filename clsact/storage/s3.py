@@ -265,7 +265,11 @@ class S3Store(Store):
         self._call("head_bucket", "")
         probe = f".clsact-write-check-{random.getrandbits(48):012x}"
         self.put_bytes(probe, b"")
-        self.delete(probe)
+        try:
+            self.delete(probe)
+        except StorageError as exc:  # write-once setups may not grant s3:DeleteObject
+            log.warning("could not delete the write probe %s (%s); publishing needs no "
+                        "delete, but --overwrite will fail", self.describe(probe), exc)
 
     def _transfer_config(self):
         from boto3.s3.transfer import TransferConfig
