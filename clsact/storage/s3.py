@@ -262,9 +262,10 @@ class S3Store(Store):
         self._call("delete_object", rel, Key=self._key(rel))
 
     def check_writable(self) -> None:
-        self._call("head_bucket", "")
+        # A probe write is the real test (HeadBucket needs s3:ListBucket on AWS but
+        # s3:HeadBucket on moto; a put answers NoSuchBucket / AccessDenied everywhere).
         probe = f".clsact-write-check-{random.getrandbits(48):012x}"
-        self.put_bytes(probe, b"")
+        self._call("put_object", "", Key=self._key(probe), Body=b"")  # errors name the dir
         try:
             self.delete(probe)
         except StorageError as exc:  # write-once setups may not grant s3:DeleteObject
