@@ -56,13 +56,24 @@ def quiet_native_output() -> None:
     warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
 
 
-def multi_process_refusal() -> str:
-    """Why clsact refuses world size > 1 for now (paddleslim 2.6.0 gates fleet on GPU count).
+def act_without_fleet(act_class):
+    """Make paddleslim's AutoCompression never switch on its own collective mode.
 
-    ACT's ``_prepare_envs`` enables collective training only when
-    ``paddle.device.cuda.device_count() > 1`` (upstream PR #1848 changed the fleet init): a
-    job with one GPU per pod would train each pod independently.
+    ACT's ``_prepare_envs`` enables fleet when ``paddle.device.cuda.device_count() > 1`` —
+    visible GPUs, not world size (upstream PR #1848 changed the fleet init; 2.6.0 still has
+    the gate): one GPU per pod trains each pod independently, eight visible GPUs turn fleet
+    on, and on CPU it is never on. clsact synchronises ranks itself
+    (:mod:`clsact.distributed`) in every case, so ACT must always run its single-process
+    path. Returns the class, patched once.
     """
-    return ("multi-process runs are not supported by this clsact version: paddleslim 2.6.0 "
-            "would train each rank independently (fleet is gated on visible GPUs, not world "
-            "size); run one process")
+    if getattr(act_class, "_clsact_no_fleet", False):
+        return act_class
+    original = act_class._prepare_envs
+
+    def _prepare_envs(self):
+        exe, places, _fleet = original(self)
+        return exe, places, False
+
+    act_class._prepare_envs = _prepare_envs
+    act_class._clsact_no_fleet = True
+    return act_class

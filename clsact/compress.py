@@ -31,11 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from clsact import __version__, compat, logs, storage
+from clsact import __version__, checkpoint, compat, logs, storage
 from clsact import config as config_mod
+from clsact.act import ensure_evaluation, run_act, scale_learning_rate
 from clsact.config import Config
 from clsact.data.build import make_loader, read_samples
 from clsact.data.listfile import Sample
+from clsact.distributed import Group, aggregate_eval
 from clsact.errors import ClsactError, ConfigError, ModelError
 from clsact.modelio import model_paths
 from clsact.runtime import rank_info, select_device
@@ -153,58 +155,6 @@ def _pick(value: Any, i: int, default: str) -> str:
     return value or default
 
 
-def _act_eval_callback(val_loader, input_name: str, history: list[dict[str, Any]]):
-    from clsact.evaluate import evaluate_program
-
-    def callback(exe, program, feed_names, fetch_targets) -> float:
-        result = evaluate_program(exe, program, input_name, fetch_targets[0], val_loader)
-        history.append(result)
-        log.info("ACT evaluation %d: top1=%.4f top5=%.4f (%d images)", len(history),
-                 result["top1"], result["top5"], result["samples"])
-        return result["top1"]
-
-    return callback
-
-
-def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, val_loader,
-            input_name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
-
-    The compressed model lands in ``act_dir``.
-    """
-    from paddleslim.auto_compression import AutoCompression
-
-    logs.adopt_paddleslim_loggers()
-    history: list[dict[str, Any]] = []
-    fed = {"batches": 0, "images": 0}
-
-    def train_data():
-        for batch in train_loader:
-            fed["batches"] += 1
-            fed["images"] += len(batch.labels)
-            yield {input_name: batch.images}
-
-    def eval_images():
-        for batch in val_loader.epoch(0):
-            yield {input_name: batch.images}
-
-    g = cfg.globals
-    act_config = cfg.act_config()
-    for section, values in (overrides or {}).items():
-        act_config[section].update(values)
-    act = AutoCompression(
-        model_dir=str(model_dir), model_filename=g["model_filename"],
-        params_filename=g["params_filename"], save_dir=str(act_dir), config=act_config,
-        train_dataloader=train_data, eval_dataloader=eval_images,
-        eval_callback=_act_eval_callback(val_loader, input_name, history),
-        deploy_hardware=None)
-    fed.update(batches=0, images=0)  # ACT's constructor peeks at one batch; not a step
-    act.compress()
-    return {"strategies": list(act._strategy), "train_steps": fed["batches"],
-            "train_images": fed["images"], "evaluations": [h["top1"] for h in history],
-            "best_top1": max((h["top1"] for h in history), default=None)}
-
-
 def _assemble_metrics(cfg: Config, baseline: dict, compressed: dict, act_info: dict,
                       extra: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -221,19 +171,20 @@ def _assemble_metrics(cfg: Config, baseline: dict, compressed: dict, act_info: d
 
 def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
              run_id: str | None = None, s3_endpoint: str | None = None) -> dict[str, Any]:
-    """Run one compression job; returns the metrics written to ``metrics.json``.
+    """Run one compression job (this process is one rank of it); returns the metrics
+    written to ``metrics.json``.
 
     Raises:
         ClsactError: any user-fixable problem (config, data, model, storage, device); nothing
-            is published then.
+            is published then. A rank whose peers stop answering exits the process instead
+            (:data:`clsact.distributed.EXIT_RANK_LOST`).
     """
     timer = Timer()
     started = datetime.now(timezone.utc)
     g = cfg.globals
     run_id = run_id or new_run_id()
     ranks = rank_info()
-    if ranks.world > 1:
-        raise ClsactError(compat.multi_process_refusal())
+    group = Group(ranks, timeout=g["collective_timeout"])
     apply_storage_settings(g, s3_endpoint)
     dest = storage.open_store(save_dir or g["output_dir"], "--save-dir")
     train_samples = read_samples(g, "train")
@@ -241,38 +192,96 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
     try:
         src_model, teachers = fetch_model(cfg, work)
-        if ranks.is_publisher:  # after the input checks: a bad input creates nothing
-            publish.check_unfinished(dest, overwrite)
+        group.start()
+        run_id = group.broadcast_object(run_id, "agreeing on the run id")  # rank 0's
+        _check_save_dir(group, dest, overwrite)  # after the input checks: bad inputs create nothing
+        resume = None
+        if g["checkpoint"]:
+            resume = group.broadcast_object(
+                checkpoint.load(dest, run_id) if group.rank == 0 else None,
+                "sharing the checkpoint")
         staging = work / "publish"
         staging.mkdir()
         with logs.log_file(staging / "clsact.log"):
-            log.info("clsact %s: run %s, config %s, save dir %s", __version__, run_id,
-                     cfg.source, dest.describe())
+            log.info("clsact %s: run %s, rank %d of %d, config %s, save dir %s", __version__,
+                     run_id, ranks.rank, ranks.world, cfg.source, dest.describe())
             for warning in cfg.warnings:
                 log.warning("%s", warning)
+            if resume is not None:
+                log.info("resuming run %s from its checkpoint after %d steps", run_id,
+                         resume.steps)
+            saver = dest if g["checkpoint"] and group.rank == 0 else None
             metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
-                           val_samples, timer)
+                           val_samples, timer, group, run_id, resume, saver)
             metrics["run_id"] = run_id
             metrics["save_dir"] = dest.describe()
             metrics["started_at"] = started.isoformat(timespec="seconds")
             metrics["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             metrics["wall_seconds"] = round(time.perf_counter() - timer.start, 3)
             metrics["phase_seconds"] = timer.phases
-            log.info("compressed top1 %.4f (baseline %.4f), %d quantize ops; publishing to %s",
+            log.info("compressed top1 %.4f (baseline %.4f), %d quantize ops",
                      metrics["compressed"]["top1"], metrics["baseline"]["top1"],
-                     metrics["compressed"]["quant_ops"], dest.describe())
+                     metrics["compressed"]["quant_ops"])
+        rank_logs = group.gather_object((staging / "clsact.log").read_text(encoding="utf-8"),
+                                        "collecting the rank logs")
+        error = None
         if ranks.is_publisher:
-            config_mod.save(cfg, staging / "config.yaml")
-            (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-            publish.publish(staging, dest, run_id, overwrite=overwrite)
+            try:
+                for rank, text in enumerate(rank_logs[1:], start=1):
+                    (staging / "logs").mkdir(exist_ok=True)
+                    (staging / "logs" / f"rank-{rank}.log").write_text(text, encoding="utf-8")
+                config_mod.save(cfg, staging / "config.yaml")
+                (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+                publish.publish(staging, dest, run_id, overwrite=overwrite)
+            except ClsactError as exc:
+                error = exc
+            else:
+                checkpoint.clear(dest)
+        if not group.agree(error is None, "publishing"):
+            raise error or ClsactError(f"rank 0 could not publish to {dest.describe()}; see "
+                                       "its log")
         return metrics
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
-         train_samples, val_samples, timer: Timer) -> dict[str, Any]:
+def _check_save_dir(group: Group, dest, overwrite: bool) -> None:
+    """Rank 0 checks the save dir; every rank learns the outcome (all stop, or none)."""
+    error = None
+    if group.rank == 0:
+        try:
+            publish.check_unfinished(dest, overwrite)
+        except ClsactError as exc:
+            error = exc
+    if not group.agree(error is None, "the save-dir check"):
+        raise error or ClsactError(f"rank 0 refused the save dir {dest.describe()}; see its "
+                                   "log")
+
+
+def _evaluate(group: Group, model_dir: Path, loader, g: dict[str, Any], input_name: str,
+              what: str) -> dict[str, Any]:
     from clsact.evaluate import evaluate_model_dir
+
+    mine = evaluate_model_dir(model_dir, loader, model_filename=g["model_filename"],
+                              params_filename=g["params_filename"], input_name=input_name)
+    return aggregate_eval(group, mine, what)
+
+
+def _share_model(group: Group, model_dir: Path, g: dict[str, Any]) -> None:
+    """Rank 0's saved model files, written to ``model_dir`` on every other rank."""
+    names = [g["model_filename"], g["params_filename"]]
+    blobs = group.broadcast_object(
+        [(model_dir / n).read_bytes() for n in names] if group.rank == 0 else None,
+        "sharing the compressed model")
+    if group.rank != 0:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        for name, blob in zip(names, blobs, strict=True):
+            (model_dir / name).write_bytes(blob)
+
+
+def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
+         train_samples, val_samples, timer: Timer, group: Group, run_id: str,
+         resume: checkpoint.Checkpoint | None, saver) -> dict[str, Any]:
     from clsact.modelio import copy_model, count_ops, inspect_model
 
     g = cfg.globals
@@ -287,12 +296,19 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
              len(val_samples))
     t = time.perf_counter()
 
-    train_loader = make_loader(g, train_samples, train=True, batch_size=g["batch_size"])
-    val_loader = make_loader(g, val_samples, train=False, batch_size=cfg.eval_batch_size)
+    shard = {"rank": group.rank, "world": group.world}
+    train_loader = make_loader(g, train_samples, train=True, batch_size=g["batch_size"], **shard)
+    val_loader = make_loader(g, val_samples, train=False, batch_size=cfg.eval_batch_size,
+                             **shard)
+    lr_factor = scale_learning_rate(cfg, group.world)
+    total_steps = ensure_evaluation(cfg, len(train_loader))
+    if resume is not None:
+        cfg.train["train_iter"] = cfg.train.get("train_iter") or total_steps
+        checkpoint.resume_config(cfg.train, resume.steps)
+        ensure_evaluation(cfg, len(train_loader))
     try:
-        baseline = evaluate_model_dir(src_model, val_loader, model_filename=g["model_filename"],
-                                      params_filename=g["params_filename"],
-                                      input_name=info.input_name)
+        baseline = _evaluate(group, src_model, val_loader, g, info.input_name,
+                             "the baseline evaluation")
         log.info("baseline top1 %.4f top5 %.4f", baseline["top1"], baseline["top5"])
         check_origin_metric(cfg, baseline["top1"])
         t = timer.phase("baseline_eval", t)
@@ -301,14 +317,15 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         fixed = compat.fix_dropout_mask(student / g["model_filename"])
         act_dir = work / "act"
         act_info = run_act(cfg, student, act_dir, train_loader, val_loader, info.input_name,
-                           teachers)
+                           group, teachers, run_id=run_id, resume=resume, checkpoints=saver)
         t = timer.phase("compress", t)
 
-        out_model = staging / MODEL_SUBDIR
-        copy_model(act_dir, out_model, g["model_filename"], g["params_filename"])
-        compressed = evaluate_model_dir(out_model, val_loader, model_filename=g["model_filename"],
-                                        params_filename=g["params_filename"],
-                                        input_name=info.input_name)
+        out_model = staging / MODEL_SUBDIR if group.rank == 0 else work / "shared-model"
+        if group.rank == 0:
+            copy_model(act_dir, out_model, g["model_filename"], g["params_filename"])
+        _share_model(group, out_model, g)
+        compressed = _evaluate(group, out_model, val_loader, g, info.input_name,
+                               "the final evaluation")
         compressed["quant_ops"] = count_ops(out_model / g["model_filename"])
         timer.phase("compressed_eval", t)
     finally:
@@ -320,8 +337,15 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
     extra = {
         "device": device, "input_name": info.input_name, "num_classes": info.num_classes,
         "data": {"train_samples": len(train_samples), "val_samples": len(val_samples),
-                 "train_bad_images": train_loader.bad_total,
+                 "train_bad_images_rank0": train_loader.bad_total,
                  "val_bad_images_per_pass": baseline["bad_images"]},
+        "distributed": {"world_size": group.world, "global_batch": g["batch_size"] * group.world,
+                        "lr_scale": lr_factor, "lr_scaling": g["lr_scaling"],
+                        "steps_planned": total_steps},
+        "resumed": ({"from_step": resume.steps, "earlier_evaluations": resume.evaluations,
+                     "note": "training state of the last evaluation before the restart; "
+                             "the final model is the best evaluated after it"}
+                    if resume is not None else None),
         "compat": {"dropout_masks_fixed": fixed},
         "model_dir": MODEL_SUBDIR, "versions": versions(),
     }

@@ -335,6 +335,8 @@ def _check_global_values(g: dict[str, Any], src: str) -> None:
             raise ConfigError(f"{src}: Global.{key} must be three numbers (R, G, B), got {v}")
     if any(x <= 0 for x in g["std"]):
         raise ConfigError(f"{src}: Global.std values must be > 0")
+    if g["collective_timeout"] <= 0:
+        raise ConfigError(f"{src}: Global.collective_timeout must be > 0 seconds")
     for key in ("s3_max_attempts", "io_threads"):
         if g[key] < 1:
             raise ConfigError(f"{src}: Global.{key} must be >= 1, got {g[key]}")

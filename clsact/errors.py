@@ -30,3 +30,7 @@ class StorageError(ClsactError):
 
 class DeviceError(ClsactError):
     """The requested device (GPU) is not available."""
+
+
+class DistributedError(ClsactError):
+    """The multi-process environment is incomplete or inconsistent."""

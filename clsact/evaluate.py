@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 def evaluate_program(exe, program, input_name: str, fetch_target, loader: BatchLoader,
                      epoch: int = 0) -> dict[str, Any]:
-    """Run ``program`` over one pass of ``loader``; returns top1, top5, samples, bad_images.
+    """Run ``program`` over one pass of ``loader``; returns top1, top5, samples, the counts
+    behind them (correct1, correct5), bad_images and seconds.
 
     Raises:
         DataError: too many unreadable images (the loader's policy).
@@ -29,6 +30,7 @@ def evaluate_program(exe, program, input_name: str, fetch_target, loader: BatchL
         (scores,) = exe.run(program, feed={input_name: batch.images}, fetch_list=[fetch_target])
         counter.update(scores, batch.labels)
     out: dict[str, Any] = counter.result()
+    out["correct1"], out["correct5"] = counter.correct1, counter.correct5
     out["bad_images"] = loader.bad_total - bad_before
     out["seconds"] = round(time.perf_counter() - start, 3)
     return out

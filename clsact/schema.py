@@ -46,6 +46,14 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     "s3_max_attempts": ("int", 6),
     "io_threads": ("int", 16),
     "scratch_dir": ("str|null", None),
+    # multi-process runs: how the learning rate follows the global batch (linear: the
+    # configured LR is for one process's batch_size, multiplied by the world size; none:
+    # used as is), and how long a rank waits for the others before failing the run.
+    "lr_scaling": ("str", "linear"),
+    "collective_timeout": ("float", 600.0),
+    # write a checkpoint to <save-dir>/_checkpoint/ at every evaluation, so that a run
+    # restarted with the same --run-id resumes (clsact.checkpoint)
+    "checkpoint": ("bool", True),
 }
 
 STRATEGIES: dict[str, dict[str, tuple[str, Any]]] = {
@@ -155,6 +163,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("QuantAware", "weight_quantize_type"): ("channel_wise_abs_max", "abs_max"),
     ("QuantAware", "dtype"): ("int8",),
     ("Global", "device"): ("auto", "cpu", "gpu"),
+    ("Global", "lr_scaling"): ("linear", "none"),
 }
 
 # Strategies that make paddleslim pip-install packages at run time (smac for HPO), which fails

@@ -135,9 +135,14 @@ def test_sigterm_leaves_nothing_published(tmp_path, small_digits_dir, mbv3_model
     assert list(scratch.iterdir()) == [], "the scratch copy is removed"
 
 
-def test_multi_process_is_refused_clearly(tmp_path, small_digits_dir, mbv3_model, monkeypatch):
+def test_ranks_without_the_launcher_are_refused_clearly(tmp_path, small_digits_dir,
+                                                         mbv3_model, monkeypatch):
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
     monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    for var in ("PADDLE_CURRENT_ENDPOINT", "PADDLE_TRAINER_ENDPOINTS"):
+        monkeypatch.delenv(var, raising=False)
     cfg = config_file(tmp_path, mbv3_model, small_digits_dir)
     assert_one_line_error(run_cli("compress", "--config", str(cfg), "--save-dir",
-                                  str(tmp_path / "o")), "multi-process runs are not supported")
+                                  str(tmp_path / "o")),
+                          "PADDLE_TRAINERS_NUM=2 but PADDLE_CURRENT_ENDPOINT",
+                          "python -m paddle.distributed.launch")

@@ -159,6 +159,7 @@ class BatchLoader:
         self.bad_total = 0
         self.passes = 0
         self._next_epoch = 0
+        self._next_start = 0
         self._pool: ProcessPoolExecutor | None = None
 
     def indices(self, epoch: int) -> np.ndarray:
@@ -172,9 +173,13 @@ class BatchLoader:
         return math.ceil(len(self.indices(0)) / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = self._next_epoch
-        self._next_epoch += 1
-        return self.epoch(epoch)
+        epoch, start = self._next_epoch, self._next_start
+        self._next_epoch, self._next_start = epoch + 1, 0
+        return self.epoch(epoch, start)
+
+    def continue_at(self, epoch: int, batch: int = 0) -> None:
+        """Make the next iteration run ``epoch`` from its batch ``batch`` (resuming)."""
+        self._next_epoch, self._next_start = epoch, batch
 
     def _chunks(self, epoch: int) -> list[list[tuple[int, str, int]]]:
         order = self.indices(epoch)
@@ -188,8 +193,8 @@ class BatchLoader:
                                              initializer=_init_worker)
         return self._pool
 
-    def _batches(self, epoch: int) -> Iterator[Batch]:
-        chunks = self._chunks(epoch)
+    def _batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        chunks = self._chunks(epoch)[start:]
         if self.num_workers == 0:
             for chunk in chunks:
                 yield load_batch(self.reader, self.spec, chunk, self.seed, epoch)
@@ -210,8 +215,9 @@ class BatchLoader:
             for fut in pending:
                 fut.cancel()
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """Yield the batches of one epoch; bad samples are skipped and counted.
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Yield the batches of one epoch (from batch ``start``); bad samples are skipped and
+        counted.
 
         Raises:
             DataError: more than ``max_bad_fraction`` of this pass's samples were bad.
@@ -219,7 +225,7 @@ class BatchLoader:
         total = len(self.indices(epoch))
         limit = math.floor(self.max_bad_fraction * total)
         bad_pass: list[tuple[str, str]] = []
-        for batch in self._batches(epoch):
+        for batch in self._batches(epoch, start):
             for path, reason in batch.bad:
                 if self.bad_total < MAX_LOGGED_BAD:
                     log.warning("skipping unreadable image %s: %s", path, reason)

@@ -1,0 +1,230 @@
+"""Data-parallel runs: ranks that really synchronise, whatever the GPUs per process.
+
+paddleslim 2.6.0 switches on collective training only when a process sees more than one GPU
+(and its static-graph collective path does not run on CPU builds), so clsact synchronises
+the ranks itself, outside ACT's training loop:
+
+* after every training step (when ACT pulls the next batch from clsact's data generator)
+  and before every evaluation, all ranks **average their training state** — every float
+  persistable of the student (weights, optimizer accumulators, BN statistics, quantizer
+  state) — with one all-reduce; for SGD/Momentum this is exactly gradient averaging, and it
+  keeps the ranks bit-identical;
+* evaluation is sharded: each rank scores its disjoint slice, the correct/total counts are
+  summed, so every rank gets the same exact metric, and rank 0's value is broadcast, so
+  early stopping and best-model decisions are identical everywhere (no rank left waiting);
+* every collective runs under a watchdog: if the other ranks do not answer within
+  ``Global.collective_timeout`` seconds (a rank failed or was preempted), the process prints
+  one clear line and exits with :data:`EXIT_RANK_LOST`.
+
+Communication uses paddle's process group (gloo on CPU, NCCL on GPU) through the dynamic
+graph API, switched on just for the call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from clsact.errors import DistributedError
+from clsact.runtime import RankInfo
+
+log = logging.getLogger(__name__)
+EXIT_RANK_LOST = 3
+TEACHER_PREFIX = "teacher_"
+
+
+@contextmanager
+def _dynamic_mode() -> Iterator[None]:
+    import paddle
+
+    static = not paddle.in_dynamic_mode()
+    if static:
+        paddle.disable_static()
+    try:
+        yield
+    finally:
+        if static:
+            paddle.enable_static()
+
+
+class Group:
+    """The ranks of this job. With one rank every operation is the identity (no paddle
+    distributed state is touched), so single-process runs take the same code path."""
+
+    def __init__(self, ranks: RankInfo, timeout: float = 600.0) -> None:
+        self.rank = ranks.rank
+        self.world = ranks.world
+        self.timeout = timeout
+        self._started = False
+
+    @property
+    def active(self) -> bool:
+        """More than one rank."""
+        return self.world > 1
+
+    @contextmanager
+    def watchdog(self, what: str) -> Iterator[None]:
+        """Abort the process when the block does not finish within ``timeout`` seconds.
+
+        Raises:
+            DistributedError: the collective failed (a peer closed its connection).
+        """
+        if not self.active:
+            yield
+            return
+        timer = threading.Timer(self.timeout, self._abort, args=(what,))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except (RuntimeError, OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DistributedError(f"rank {self.rank} of {self.world}: {what} failed: another "
+                                   f"rank is gone or broken ({first[:200]}); see the other "
+                                   "ranks' logs; nothing was published") from None
+        finally:
+            timer.cancel()
+
+    def _abort(self, what: str) -> None:
+        msg = (f"clsact: error: rank {self.rank} of {self.world}: no answer from the other "
+               f"ranks for {self.timeout:.0f}s during {what}: a rank failed or was preempted "
+               "(see its log); nothing was published")
+        log.error("%s", msg.removeprefix("clsact: error: "))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        print(msg, file=sys.stderr, flush=True)
+        os._exit(EXIT_RANK_LOST)
+
+    def start(self) -> None:
+        """Join the process group (rendezvous through the launcher's master endpoint).
+
+        Raises:
+            DistributedError: world size > 1 but this process was not started by
+                ``paddle.distributed.launch`` (no per-process endpoint).
+        """
+        if not self.active or self._started:
+            return
+        check_launched(os.environ, self.world)
+        import paddle.distributed as dist
+
+        with self.watchdog("start-up (joining the process group)"), _dynamic_mode():
+            dist.init_parallel_env()
+        self._started = True
+        log.info("rank %d of %d joined the process group", self.rank, self.world)
+
+    def allreduce_sum(self, array: np.ndarray, what: str = "all-reduce") -> np.ndarray:
+        """The element-wise sum of ``array`` over all ranks."""
+        if not self.active:
+            return array
+        import paddle
+        import paddle.distributed as dist
+
+        with self.watchdog(what), _dynamic_mode():
+            tensor = paddle.to_tensor(np.ascontiguousarray(array))
+            dist.all_reduce(tensor)
+            return tensor.numpy()
+
+    def broadcast_object(self, obj: Any, what: str = "broadcast") -> Any:
+        """Rank 0's ``obj`` on every rank (picklable objects: metrics, model bytes)."""
+        if not self.active:
+            return obj
+        import paddle.distributed as dist
+
+        box = [obj]
+        with self.watchdog(what), _dynamic_mode():
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_object(self, obj: Any, what: str = "gather") -> list[Any]:
+        """Every rank's ``obj``, by rank."""
+        if not self.active:
+            return [obj]
+        import paddle.distributed as dist
+
+        out: list[Any] = []
+        with self.watchdog(what), _dynamic_mode():
+            dist.all_gather_object(out, obj)
+        return out
+
+    def agree(self, ok: bool, what: str) -> bool:
+        """True only when ``ok`` on every rank (e.g. "my inputs are fine")."""
+        flags = self.allreduce_sum(np.array([0 if ok else 1], np.int64), what)
+        return int(flags[0]) == 0
+
+
+def check_launched(env, world: int) -> None:
+    """Raise DistributedError unless the launcher set this process's endpoints."""
+    missing = [k for k in ("PADDLE_CURRENT_ENDPOINT", "PADDLE_TRAINER_ENDPOINTS")
+               if not env.get(k)]
+    if missing:
+        raise DistributedError(
+            f"PADDLE_TRAINERS_NUM={world} but {', '.join(missing)} is not set: start clsact "
+            "under `python -m paddle.distributed.launch` (the command the PaddleJob runs), "
+            "which sets each rank's endpoints")
+
+
+def state_names(scope, program) -> list[str]:
+    """The float persistable variables of the student in ``program`` that ``scope`` holds
+    (sorted): what ranks average. Teacher variables (``teacher_*``, frozen) and integer
+    counters are left out."""
+    names = set()
+    for var in program.list_vars():
+        name = var.name
+        if not var.persistable or name.startswith(TEACHER_PREFIX) or name in ("feed", "fetch"):
+            continue
+        found = scope.find_var(name)
+        if found is None:
+            continue
+        try:
+            tensor = found.get_tensor()
+        except (RuntimeError, ValueError):  # not a dense tensor (e.g. a reader)
+            continue
+        if tensor._is_initialized() and np.array(tensor).dtype.kind == "f":
+            names.add(name)
+    return sorted(names)
+
+
+def average_state(group: Group, scope, names: list[str], place) -> None:
+    """Replace each of ``names`` in ``scope`` by its mean over all ranks (one all-reduce)."""
+    if not group.active or not names:
+        return
+    arrays = [np.array(scope.find_var(n).get_tensor()) for n in names]
+    flat = np.concatenate([a.astype(np.float64).ravel() for a in arrays])
+    mean = group.allreduce_sum(flat, "the training-state all-reduce") / group.world
+    offset = 0
+    for name, arr in zip(names, arrays, strict=True):
+        part = mean[offset: offset + arr.size].reshape(arr.shape).astype(arr.dtype)
+        scope.find_var(name).get_tensor().set(part, place)
+        offset += arr.size
+
+
+def state_digest(scope, names: list[str]) -> str:
+    """sha256 of the named variables' bytes: equal on every rank iff their states are."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(np.array(scope.find_var(name).get_tensor())).tobytes())
+    return digest.hexdigest()
+
+
+def aggregate_eval(group: Group, result: dict[str, Any], what: str) -> dict[str, Any]:
+    """Sum one rank's evaluation counts over all ranks; exact top-1/top-5 of the union.
+
+    ``result`` holds ``correct1``, ``correct5``, ``samples`` and ``bad_images``.
+    """
+    counts = np.array([result["correct1"], result["correct5"], result["samples"],
+                       result["bad_images"]], np.int64)
+    total = group.allreduce_sum(counts, what)
+    c1, c5, n, bad = (int(x) for x in total)
+    out = dict(result)
+    out.update(correct1=c1, correct5=c5, samples=n, bad_images=bad,
+               top1=c1 / n if n else 0.0, top5=c5 / n if n else 0.0)
+    return out

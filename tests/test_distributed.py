@@ -1,0 +1,220 @@
+"""Multi-process runs on CPU (gloo) with real processes on loopback: `python -m
+paddle.distributed.launch clsact compress ...`, as one pod with two ranks and as two "pods"
+with exactly the environment each operator injects."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from clsact import config
+from clsact.act import ensure_evaluation, scale_learning_rate
+from clsact.compat import act_without_fleet
+from clsact.distributed import Group, aggregate_eval, check_launched
+from clsact.errors import DistributedError
+from clsact.runtime import RankInfo
+from tests.conftest import REPO, run_cli
+from tests.test_compress import small_config
+
+CLSACT = str(Path(sys.executable).parent / "clsact")  # the console script the image runs
+
+
+def base_cfg(**train):
+    return config.validate({"Global": {"model_dir": "m", "data_dir": "d", "batch_size": 8},
+                            "Distillation": {}, "QuantAware": {},
+                            "TrainConfig": {"train_iter": 10, **train}})
+
+
+def test_lr_scales_with_the_global_batch():
+    cfg = base_cfg(learning_rate=0.01)
+    assert scale_learning_rate(cfg, 4) == 4.0 and cfg.train["learning_rate"] == 0.04
+    cfg = base_cfg(learning_rate={"type": "CosineAnnealingDecay", "learning_rate": 0.01,
+                                  "T_max": 10})
+    scale_learning_rate(cfg, 2)
+    assert cfg.train["learning_rate"]["learning_rate"] == 0.02
+    cfg = config.validate({**yaml.safe_load(base_cfg(learning_rate=0.01).to_yaml()),
+                           "Global": {"model_dir": "m", "data_dir": "d", "lr_scaling": "none"}})
+    assert scale_learning_rate(cfg, 8) == 1.0 and cfg.train["learning_rate"] == 0.01
+
+
+def test_an_evaluation_always_happens_inside_the_training_loop():
+    cfg = base_cfg(eval_iter=1000)
+    assert ensure_evaluation(cfg, steps_per_epoch=4) == 10 and cfg.train["eval_iter"] == 10
+    cfg = base_cfg(eval_iter=3)
+    ensure_evaluation(cfg, 4)
+    assert cfg.train["eval_iter"] == 3
+
+
+def test_one_rank_is_the_identity_and_aggregation_is_exact():
+    group = Group(RankInfo(0, 1))
+    group.start()
+    assert not group.active and group.broadcast_object("x") == "x"
+    assert group.gather_object(1) == [1] and group.agree(True, "x")
+    r = aggregate_eval(group, {"correct1": 3, "correct5": 7, "samples": 8, "bad_images": 0},
+                       "eval")
+    assert (r["top1"], r["top5"]) == (3 / 8, 7 / 8)
+    assert np.array_equal(group.allreduce_sum(np.arange(3)), np.arange(3))
+
+
+def test_act_never_turns_on_its_own_fleet():
+    class FakeACT:
+        def _prepare_envs(self):
+            return "exe", "places", True  # what 2.6.0 returns with >1 visible GPU
+
+    act_without_fleet(FakeACT)
+    act_without_fleet(FakeACT)  # idempotent
+    assert FakeACT()._prepare_envs() == ("exe", "places", False)
+
+
+def test_launch_env_is_required():
+    with pytest.raises(DistributedError, match="python -m paddle.distributed.launch"):
+        check_launched({"PADDLE_TRAINERS_NUM": "2"}, 2)
+    check_launched({"PADDLE_CURRENT_ENDPOINT": "a:1", "PADDLE_TRAINER_ENDPOINTS": "a:1,b:1"}, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dist_config(tmp_path, mbv3_model, small_digits_dir, **glob) -> Path:
+    path = small_config(tmp_path, mbv3_model, small_digits_dir, train_iter=4, eval_iter=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["Global"].update({"batch_size": 8, "num_workers": 1, "collective_timeout": 120,
+                          **glob})
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PADDLE_", "POD_IP"))}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def pod_env(operator: str, index: int, port: int) -> dict[str, str]:
+    """What each operator injects into a worker pod's container (see the note in the
+    closing issue: paddle-operator's constructPod/ConfigMap, kubeflow's setPodEnv)."""
+    if operator == "paddle-operator":
+        return {"POD_IP": f"127.0.0.{index + 1}", "PADDLE_TRAINER_ID": str(index),
+                "TRAINING_ROLE": "TRAINER", "PADDLE_TRAINING_ROLE": "TRAINER",
+                "PADDLE_PORT": str(port), "TRAINER_PORTS_NUM": "1",
+                "PADDLE_TRAINER_ENDPOINTS": f"127.0.0.1:{port},127.0.0.2:{port}",
+                "PADDLE_TRAINERS": "127.0.0.1,127.0.0.2", "PADDLE_TRAINERS_NUM": "2"}
+    env = {"PADDLE_MASTER": f"127.0.0.1:{port}", "PADDLE_NNODES": "2",
+           "PADDLE_JOB_ID": "clsact-test", "PYTHONUNBUFFERED": "0"}
+    if index == 0:
+        env["POD_IP_DUMMY"] = "127.0.0.1"
+    return env
+
+
+def start_pods(tmp_path, operator, cfg, save) -> list[subprocess.Popen]:
+    port = free_port()
+    procs = []
+    for i in range(2):
+        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir",
+               str(tmp_path / f"pod{i}"), CLSACT, "compress", "--config", str(cfg),
+               "--save-dir", str(save)]
+        procs.append(subprocess.Popen(cmd, env={**clean_env(), **pod_env(operator, i, port)},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, start_new_session=True))
+    return procs
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the launcher starts ranks in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def worker_logs(tmp_path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("pod*/workerlog.*")))
+
+
+def check_published_run(save: Path, small_digits_dir: Path) -> dict:
+    m = json.loads((save / "metrics.json").read_text())
+    assert m["distributed"]["world_size"] == 2 and m["distributed"]["lr_scale"] == 2.0
+    digests = m["act"]["state_digests_last_eval"]
+    assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with equal weights"
+    assert m["act"]["train_steps"] == 4 and m["act"]["rank_syncs"] >= 4
+    assert m["baseline"]["samples"] == m["compressed"]["samples"] == 64, "every val sample once"
+    assert "rank 1 of 2" in (save / "logs" / "rank-1.log").read_text(), "rank logs kept"
+    assert run_cli("verify", str(save)).returncode == 0
+    ev = run_cli("eval", "--model-dir", str(save / "model"), "--data-dir", str(small_digits_dir),
+                 "--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36")
+    single = json.loads(ev.stdout)
+    assert single["top1"] == m["compressed"]["top1"], "sharded eval == single-process eval"
+    assert single["top5"] == m["compressed"]["top5"]
+    return m
+
+
+def test_two_ranks_in_one_pod(tmp_path, mbv3_model, small_digits_dir):
+    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir)
+    save = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+                           "2", "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
+                           "--config", str(cfg), "--save-dir", str(save)], env=clean_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
+    m = check_published_run(save, small_digits_dir)
+    assert yaml.safe_load((save / "config.yaml").read_text())["TrainConfig"][
+        "learning_rate"] == pytest.approx(0.001), "the resolved config records the scaled LR"
+    assert m["distributed"]["global_batch"] == 16
+
+
+@pytest.mark.parametrize("operator", ["paddle-operator", "kubeflow"])
+def test_two_pods_with_the_operator_env(tmp_path, mbv3_model, small_digits_dir, operator):
+    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir)
+    save = tmp_path / "run"
+    procs = start_pods(tmp_path, operator, cfg, save)
+    codes = [p.wait(timeout=900) for p in procs]
+    assert codes == [0, 0], worker_logs(tmp_path)[-4000:]
+    check_published_run(save, small_digits_dir)
+    runs = {line.rsplit("(run ", 1)[1] for p in procs for line in p.stdout.read().splitlines()
+            if line.startswith("results in")}
+    assert len(runs) == 1, f"all ranks agree on one run id: {runs}"
+
+
+def test_a_lost_rank_fails_the_run_in_bounded_time(tmp_path, mbv3_model, small_digits_dir):
+    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir, collective_timeout=20)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["TrainConfig"].update(train_iter=400, eval_iter=400)
+    cfg.write_text(yaml.safe_dump(raw))
+    save = tmp_path / "run"
+    procs = start_pods(tmp_path, "paddle-operator", cfg, save)
+    deadline = time.time() + 300
+    while time.time() < deadline and "synchronising" not in worker_logs(tmp_path):
+        time.sleep(0.5)  # until both ranks are training
+    assert "synchronising" in worker_logs(tmp_path), worker_logs(tmp_path)[-3000:]
+    for pid in [procs[1].pid, *descendants(procs[1].pid)]:  # pod 1 is preempted: all of it
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    code = procs[0].wait(timeout=300)
+    waited = time.time() - killed_at
+    assert code != 0 and waited < 120, (code, waited)
+    logs = (tmp_path / "pod0" / "workerlog.0").read_text(errors="replace")
+    assert ("no answer from the other ranks" in logs or "another rank is gone" in logs), \
+        logs[-3000:]
+    assert "Traceback" not in logs.split("synchronising")[-1]
+    assert not (save / "_SUCCESS").exists() and not (save / "metrics.json").exists()
+    procs[1].wait(timeout=30)
