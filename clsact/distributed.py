@@ -197,7 +197,8 @@ def average_state(group: Group, scope, names: list[str], place) -> None:
     if not group.active or not names:
         return
     arrays = [np.array(scope.find_var(n).get_tensor()) for n in names]
-    flat = np.concatenate([a.astype(np.float64).ravel() for a in arrays])
+    dtype = np.result_type(*arrays)  # float32 for fp32 models: no wider than needed
+    flat = np.concatenate([a.astype(dtype, copy=False).ravel() for a in arrays])
     mean = group.allreduce_sum(flat, "the training-state all-reduce") / group.world
     offset = 0
     for name, arr in zip(names, arrays, strict=True):
