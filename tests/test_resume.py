@@ -63,6 +63,5 @@ def test_killed_run_resumes_with_fewer_steps(tmp_path, mbv3_model, small_digits_
     assert m["resumed"]["from_step"] == steps_before
     assert m["act"]["train_steps"] == 60 - steps_before, "only the remaining steps ran"
     assert len(m["resumed"]["earlier_evaluations"]) == steps_before // 10
-    assert not (save_dir / "_checkpoint").exists() or not list(
-        (save_dir / "_checkpoint").iterdir()), "the checkpoint is removed once published"
+    assert not (save_dir / "_checkpoint").exists(), "the checkpoint is removed once published"
     assert run_cli("verify", str(save_dir)).returncode == 0

@@ -90,6 +90,10 @@ def test_round_trip_on_every_backend(tmp_path, s3_server, bucket):
         assert not store.exists("a.txt")
         clone = pickle.loads(pickle.dumps(store))  # loader workers receive stores pickled
         assert clone.read_bytes("new.txt") == b"1"
+        store.delete("dir/big.bin")
+        assert store.list() == [("new.txt", 1)]
+        if isinstance(store, LocalStore):
+            assert not (store.root / "dir").exists(), "emptied directories go, as on S3"
 
 
 def test_multipart_upload_was_used(tmp_path, s3_server, bucket):

@@ -108,10 +108,20 @@ class LocalStore(Store):
             raise StorageError(f"cannot write {target}: {_reason(exc)}") from None
 
     def delete(self, rel: str) -> None:
+        """Remove ``rel`` and the directories it leaves empty below the root (as on S3,
+        where a "directory" exists only while objects are in it)."""
+        target = self.path(rel)
         try:
-            self.path(rel).unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot delete {self.path(rel)}: {_reason(exc)}") from None
+            raise StorageError(f"cannot delete {target}: {_reason(exc)}") from None
+        parent = target.parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or gone): stop
+                break
+            parent = parent.parent
 
     def check_writable(self) -> None:
         try:
