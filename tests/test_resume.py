@@ -65,3 +65,43 @@ def test_killed_run_resumes_with_fewer_steps(tmp_path, mbv3_model, small_digits_
     assert len(m["resumed"]["earlier_evaluations"]) == steps_before // 10
     assert not (save_dir / "_checkpoint").exists(), "the checkpoint is removed once published"
     assert run_cli("verify", str(save_dir)).returncode == 0
+
+
+def test_two_ranks_resume_after_the_pod_is_killed(tmp_path, mbv3_model, small_digits_dir):
+    from tests.test_distributed import CLSACT, clean_env, descendants, dist_config
+
+    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["TrainConfig"].update(train_iter=40, eval_iter=10)
+    cfg.write_text(yaml.safe_dump(raw))
+    save_dir = tmp_path / "run"
+
+    def launch(log: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+             "--log_dir", str(tmp_path / log), CLSACT, "compress", "--config", str(cfg),
+             "--save-dir", str(save_dir), "--run-id", "pod-restart"],
+            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
+    first = launch("first")
+    progress = save_dir / "_checkpoint" / "progress.json"
+    deadline = time.time() + 400
+    while time.time() < deadline and not progress.exists() and first.poll() is None:
+        time.sleep(0.1)
+    assert progress.exists(), "no checkpoint was written"
+    for pid in [first.pid, *descendants(first.pid)]:  # the pod is preempted
+        os.kill(pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    steps_before = json.loads(progress.read_text())["steps"]
+    assert not (save_dir / "_SUCCESS").exists()
+
+    second = launch("second")
+    assert second.wait(timeout=600) == 0, "".join(
+        p.read_text(errors="replace") for p in (tmp_path / "second").glob("workerlog.*"))[-3000:]
+    m = json.loads((save_dir / "metrics.json").read_text())
+    assert m["resumed"]["from_step"] == steps_before >= 10
+    assert m["act"]["train_steps"] == 40 - steps_before
+    digests = m["act"]["state_digests_last_eval"]
+    assert len(digests) == 2 and digests[0] == digests[1], "both ranks resumed the same state"
+    assert run_cli("verify", str(save_dir)).returncode == 0
