@@ -68,9 +68,7 @@ def check_unfinished(dest: Store, overwrite: bool) -> None:
 def _read_json(store: Store, rel: str) -> dict | None:
     try:
         return json.loads(store.read_bytes(rel))
-    except FileNotFoundError:
-        return None
-    except (ValueError, OSError):
+    except (ValueError, OSError):  # missing (FileNotFoundError) or unreadable
         return None
 
 
