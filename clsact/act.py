@@ -138,7 +138,7 @@ def _eval_callback(group: Group, sync: _RankSync, val_loader, input_name: str,
         result = aggregate_eval(group, mine, "an evaluation")
         # decided once: rank 0's number, on every rank (equal anyway: summed integer counts)
         result["top1"] = group.broadcast_object(result["top1"], "the evaluation result")
-        digest = sync.digest()
+        digest = sync.digest() if group.active else None
         if digest is not None:
             result["state_digests"] = group.gather_object(digest, "the state digests")
             log.info("state digest after %d syncs: %s", sync.syncs, digest[:16])
