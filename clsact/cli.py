@@ -1,4 +1,6 @@
-"""The ``clsact`` command line: ``compress``, ``eval``, ``verify``, ``dataset pack``, ``demo``.
+"""The ``clsact`` command line: ``compress``, ``eval``, ``verify``, ``dataset pack``, ``demo``,
+and the launcher's ``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``, ``rbac``
+(:mod:`clsact.launch.cli`).
 
 User mistakes (:class:`~clsact.errors.ClsactError`) end with one ``clsact: error: ...`` line
 on stderr and exit code 2; Ctrl-C exits 130; anything else is a bug and keeps its traceback.
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from clsact import __version__, compat, logs
 from clsact.errors import EXIT_USER_ERROR, ClsactError
+from clsact.launch import cli as launch_cli
 from clsact.runtime import unwind_on_sigterm
 
 
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_dataset(sub)
     _add_demo(sub)
+    launch_cli.add_parsers(sub)
     return parser
 
 
@@ -198,7 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "verify": cmd_verify,
-            "dataset": cmd_dataset, "demo": cmd_demo}
+            "dataset": cmd_dataset, "demo": cmd_demo, **launch_cli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

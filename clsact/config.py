@@ -183,7 +183,17 @@ def fix_yaml11_floats(value: Any) -> Any:
     return value
 
 
-def _check_section(name: str, section: Any, keys: dict[str, tuple[str, Any]], src: str) -> dict:
+def check_section(name: str, section: Any, keys: dict[str, tuple[str, Any]], src: str,
+                  choices: dict[tuple[str, str], tuple[str, ...]] | None = None) -> dict:
+    """Check a mapping against a key table (type, default); return it without defaults.
+
+    ``choices`` (default :data:`schema.CHOICES`) lists the allowed values of some keys.
+
+    Raises:
+        ConfigError: not a mapping, unknown key (with a did-you-mean), wrong type, a value not
+            among its choices, or a required key missing.
+    """
+    choice_table = schema.CHOICES if choices is None else choices
     if section is None:
         section = {}
     if not isinstance(section, dict):
@@ -201,11 +211,11 @@ def _check_section(name: str, section: Any, keys: dict[str, tuple[str, Any]], sr
                 f"{src}: {name}.{key} must be {types.replace('|', ' or ')}, "
                 f"got {type(value).__name__} {value!r}"
             )
-        choices = schema.CHOICES.get((name, key))
-        if choices and value not in choices:
+        allowed = choice_table.get((name, key))
+        if allowed and value not in allowed:
             raise ConfigError(
-                f"{src}: {name}.{key} is {value!r}; choose one of {', '.join(choices)}"
-                f"{suggest(str(value), choices)}"
+                f"{src}: {name}.{key} is {value!r}; choose one of {', '.join(allowed)}"
+                f"{suggest(str(value), allowed)}"
             )
         out[key] = value
     for key, (_types, default) in keys.items():
@@ -400,7 +410,7 @@ def complete_global(section: Any, source: str) -> dict[str, Any]:
     Raises:
         ConfigError: unknown key, wrong type or value, or a required key is missing.
     """
-    g = _check_section("Global", section, schema.GLOBAL, source)
+    g = check_section("Global", section, schema.GLOBAL, source)
     for key, (_types, default) in schema.GLOBAL.items():
         g.setdefault(key, copy.deepcopy(default))
     _check_global_values(g, source)
@@ -428,7 +438,7 @@ def validate(raw: dict[str, Any], source: str = "<config>") -> Config:
     out: dict[str, Any] = {"Global": complete_global(data.get("Global"), source)}
     for name in sections:
         if name in data and name != "Global":
-            out[name] = _check_section(name, data.get(name), sections[name], source)
+            out[name] = check_section(name, data.get(name), sections[name], source)
     _check_strategies(out, source)
     out.setdefault("TrainConfig", {})
     _check_train(out["TrainConfig"], source)

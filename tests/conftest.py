@@ -108,3 +108,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600,
     env = {**(os.environ if env is None else env), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "clsact", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """A real kube-apiserver 1.20.2 + etcd on loopback with both PaddleJob CRDs installed
+    (from ../shared/reference; skipped when that folder is absent)."""
+    from tests import kubeserver
+
+    crds = [SHARED / "reference" / "paddle-operator" / "crd-paddlejobs.batch.paddlepaddle.org.yaml",
+            SHARED / "reference" / "kubeflow" / "crd-paddlejobs.kubeflow.org-v1.9.4.yaml"]
+    missing = [str(p) for p in crds if not p.is_file()]
+    if missing:
+        pytest.skip(f"the PaddleJob CRDs are not here ({', '.join(missing)}): the cluster tests "
+                    "need ../shared/reference beside the checkout")
+    server = kubeserver.start(tmp_path_factory.mktemp("kube"))
+    try:
+        api = server.admin_client()
+        for path in crds:
+            kubeserver.install_crd(api, path)
+        server.crd_files = crds
+        yield server
+    finally:
+        server.stop()

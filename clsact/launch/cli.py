@@ -1,0 +1,297 @@
+"""The launcher's commands: ``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``,
+``rbac``. Registered on the ``clsact`` parser by :func:`add_parsers`.
+
+Exit codes: 0 success; 1 the job failed; 2 a user error (one ``clsact: error:`` line);
+124 ``submit --wait`` timed out (the job was cancelled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+EXIT_JOB_FAILED = 1
+EXIT_TIMEOUT = 124
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``45m``, ``2h``, ``1d`` -> seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: not a positive duration.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 45m or 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, "
+                   "else the in-cluster service account)")
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+
+def _add_job_ref(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="job name as submit printed it (or the --name "
+                   "/ config stem it was made from)")
+    p.add_argument("--namespace", "-n", default="default")
+    p.add_argument("--operator", choices=("paddle", "kubeflow"), default="paddle")
+    _add_cluster_flags(p)
+
+
+def _add_spec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="compression config (ACT-format YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="S.KEY=VALUE",
+                   help="override a config value (repeatable), as for compress")
+    p.add_argument("--values", help="launch values YAML (nodeSelector, tolerations, resources, "
+                   "env, ...; see configs/launch-values.yaml)")
+    p.add_argument("--workers", type=int, help="worker pods (nodes); default 1")
+    p.add_argument("--gpus-per-worker", type=int, help="GPUs (= ranks) per pod; 0 for one CPU "
+                   "rank; default 1")
+    p.add_argument("--image", help="container image holding clsact")
+    p.add_argument("--operator", choices=("paddle", "kubeflow"),
+                   help="paddle-operator (default) or the Kubeflow training-operator")
+    p.add_argument("--name", help="job name base (default: the config file's stem); the job "
+                   "is named <sanitised name>-<hash>")
+    p.add_argument("--namespace", "-n", help="namespace (default: default)")
+    p.add_argument("--save-dir", help="where results go, s3://bucket/prefix (default: "
+                   "Global.output_dir)")
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint the pods use")
+    p.add_argument("--s3-secret", metavar="SECRET", help="Secret holding AWS_ACCESS_KEY_ID / "
+                   "AWS_SECRET_ACCESS_KEY for the pods (default clsact-s3; '' for none)")
+    p.add_argument("--crd", action="append", default=[], metavar="FILE",
+                   help="also validate the PaddleJob against this CRD file (repeatable)")
+    p.add_argument("--k8s-version", default=None, help="Kubernetes version whose schemas "
+                   "validate built-in objects (default 1.29)")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the launcher's subcommands to the ``clsact`` subparsers."""
+    p = sub.add_parser("render", help="print the Kubernetes objects of a run (no cluster)",
+                       description="Render the ConfigMap + PaddleJob of a compression run and "
+                       "validate them (built-in schemas; the CRD with --crd).")
+    _add_spec_flags(p)
+    p.add_argument("--output", "-o", metavar="DIR", help="write one file per object into DIR "
+                   "instead of a YAML stream on stdout")
+
+    p = sub.add_parser("submit", help="submit a run as a PaddleJob (idempotent) and follow it",
+                       description="Render, validate (also by a server-side dry run) and "
+                       "create the job; the same spec twice creates nothing new.")
+    _add_spec_flags(p)
+    _add_cluster_flags(p)
+    p.add_argument("--replace", action="store_true", help="delete and resubmit a job of the "
+                   "same name whose spec differs")
+    p.add_argument("--dry-run", action="store_true", help="render and validate only; print "
+                   "what would be submitted")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 "
+                   "if it succeeded, 1 if it failed, 124 on timeout (job cancelled)")
+    p.add_argument("--timeout", type=parse_duration, default=parse_duration("24h"),
+                   help="with --wait: give up and cancel after this long (90s, 45m, 2h; "
+                   "default 24h)")
+    p.add_argument("--poll", type=parse_duration, default=2.0, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("status", help="phase of a job and its pods")
+    _add_job_ref(p)
+    p = sub.add_parser("list", help="clsact's jobs in a namespace")
+    p.add_argument("--namespace", "-n", default="default")
+    p.add_argument("--operator", choices=("paddle", "kubeflow"), help="only this kind "
+                   "(default: both that are installed)")
+    _add_cluster_flags(p)
+    p = sub.add_parser("logs", help="logs of every worker pod, prefixed with the pod name")
+    _add_job_ref(p)
+    p.add_argument("--follow", "-f", action="store_true", help="stream until the pods end")
+    p = sub.add_parser("cancel", help="delete a job and its ConfigMap")
+    _add_job_ref(p)
+
+    p = sub.add_parser("rbac", help="print the least-privilege Role a submitter needs",
+                       description="ServiceAccount + Role + RoleBinding for clsact "
+                       "submit/status/list/logs/cancel in one namespace.")
+    p.add_argument("--namespace", "-n", default="default")
+    p.add_argument("--service-account", default="clsact-submitter")
+    p.add_argument("--secret", default="clsact-s3", help="the S3 Secret submit may check "
+                   "(get on that name only); '' for none")
+
+
+def _spec(args: argparse.Namespace):
+    from clsact.launch import render, validate, values
+
+    file_values = values.read_values_file(args.values) if args.values else {}
+    flags = {"workers": args.workers, "gpusPerWorker": args.gpus_per_worker,
+             "image": args.image, "operator": args.operator, "name": args.name,
+             "namespace": args.namespace, "saveDir": args.save_dir,
+             "s3Endpoint": args.s3_endpoint}
+    if args.s3_secret is not None:
+        flags["s3Secret"] = args.s3_secret
+    v = values.resolve(file_values, flags, src=args.values or "launch values")
+    rendered = render.render(args.config, args.overrides, v)
+    crds = [validate.load_crd(path) for path in args.crd]
+    checked = validate.validate_objects(rendered.objects, crds,
+                                        args.k8s_version or validate.DEFAULT_K8S_VERSION)
+    return rendered, checked
+
+
+def _note(text: str) -> None:
+    print(f"clsact: {text}", file=sys.stderr)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """``clsact render``."""
+    from clsact.launch.render import to_yaml, write_dir
+
+    rendered, checked = _spec(args)
+    if args.output:
+        for path in write_dir(rendered.objects, args.output):
+            print(path)
+    else:
+        sys.stdout.write(to_yaml(rendered.objects))
+    for line in checked:
+        _note(f"valid: {line}")
+    return 0
+
+
+def _connect(args: argparse.Namespace):
+    from clsact.launch.cluster import connect
+
+    return connect(args.kubeconfig, args.context)
+
+
+def _print_state(name: str):
+    def show(state) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+        extra = f" ({state.message})" if state.message else ""
+        print(f"{stamp} {name}: {state.phase}{extra}", flush=True)
+    return show
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``clsact submit``."""
+    from clsact.launch import jobs
+    from clsact.launch.render import to_yaml
+
+    rendered, checked = _spec(args)
+    for line in checked:
+        _note(f"valid: {line}")
+    if args.dry_run:
+        sys.stdout.write(to_yaml(rendered.objects))
+        _note(f"dry run: nothing submitted ({rendered.operator.kind} {rendered.namespace}/"
+              f"{rendered.name})")
+        return 0
+    cluster = _connect(args)
+    outcome = jobs.submit(cluster, rendered, replace=args.replace, warn=lambda m: _note(
+        f"warning: {m}"))
+    ref = f"{rendered.operator.kind} {outcome.namespace}/{outcome.name}"
+    if outcome.action == "unchanged":
+        print(f"{ref} already submitted with this spec; nothing created (phase "
+              f"{outcome.state.phase})")
+    else:
+        print(f"{ref} {outcome.action} ({rendered.operator.api_version}, spec "
+              f"{rendered.spec_hash}) on {cluster.host}")
+    if not args.wait:
+        print(f"follow it: clsact status {outcome.name} -n {outcome.namespace}"
+              f"{' --operator kubeflow' if rendered.operator.key == 'kubeflow' else ''}")
+        return 0
+    state = jobs.wait(cluster, rendered.operator, outcome.namespace, outcome.name,
+                      args.timeout, _print_state(outcome.name), poll=args.poll)
+    if state is None:
+        jobs.delete_job(cluster, rendered.operator, outcome.namespace, outcome.name)
+        print(f"clsact: error: {ref} did not finish within {args.timeout:.0f}s; cancelled it "
+              "(job and ConfigMap deleted)", file=sys.stderr)
+        return EXIT_TIMEOUT
+    if state.outcome == "failed":
+        print(f"clsact: error: {ref} {state.phase}{': ' + state.message if state.message else ''}"
+              f"; see `clsact logs {outcome.name} -n {outcome.namespace}`", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    print(f"{ref} {state.phase}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``clsact status``: the job's phase and its pods."""
+    from clsact.launch import jobs
+    from clsact.launch.operators import OPERATORS, job_state
+
+    op = OPERATORS[args.operator]
+    cluster = _connect(args)
+    obj = jobs.find_job(cluster, op, args.namespace, args.name)
+    name = obj["metadata"]["name"]
+    state = job_state(op, obj)
+    print(f"{op.kind} {args.namespace}/{name} ({op.api_version})")
+    print(f"  phase:    {state.phase}{' (' + state.message + ')' if state.message else ''}")
+    print(f"  created:  {obj['metadata'].get('creationTimestamp')}")
+    print(f"  spec:     {(obj['metadata'].get('annotations') or {}).get('clsact.io/spec-hash')}")
+    pods = jobs.job_pods(cluster, args.namespace, name)
+    print(f"  pods:     {len(pods)}")
+    for pod in pods:
+        print(f"    {pod.metadata.name}  {pod.status.phase if pod.status else '?'}")
+    return EXIT_JOB_FAILED if state.outcome == "failed" else 0
+
+
+def _age(created: str | None) -> str:
+    if not created:
+        return "?"
+    start = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    secs = int((datetime.now(timezone.utc) - start).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``clsact list``: a table of clsact's jobs."""
+    from clsact.launch import jobs
+    from clsact.launch.operators import OPERATORS, job_state
+
+    ops = [OPERATORS[args.operator]] if args.operator else list(OPERATORS.values())
+    cluster = _connect(args)
+    rows = [(obj["metadata"]["name"], op.key, job_state(op, obj).phase,
+             _age(obj["metadata"].get("creationTimestamp")))
+            for op, obj in jobs.list_jobs(cluster, ops, args.namespace)]
+    print(f"{'NAME':<50} {'OPERATOR':<9} {'PHASE':<12} AGE")
+    for row in sorted(rows):
+        print(f"{row[0]:<50} {row[1]:<9} {row[2]:<12} {row[3]}")
+    if not rows:
+        _note(f"no clsact jobs in namespace {args.namespace}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """``clsact logs``."""
+    from clsact.launch import jobs
+    from clsact.launch.operators import OPERATORS
+
+    jobs.stream_logs(_connect(args), OPERATORS[args.operator], args.namespace, args.name,
+                     args.follow, sys.stdout)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``clsact cancel``: delete the job and its ConfigMap."""
+    from clsact.launch import jobs
+    from clsact.launch.operators import OPERATORS
+
+    op = OPERATORS[args.operator]
+    cluster = _connect(args)
+    name = jobs.find_job(cluster, op, args.namespace, args.name)["metadata"]["name"]
+    jobs.delete_job(cluster, op, args.namespace, name)
+    print(f"{op.kind} {args.namespace}/{name} cancelled (job and ConfigMap deleted)")
+    return 0
+
+
+def cmd_rbac(args: argparse.Namespace) -> int:
+    """``clsact rbac``: print the submitter's ServiceAccount, Role and RoleBinding."""
+    from clsact.launch.render import render_rbac, to_yaml
+    from clsact.launch.validate import validate_objects
+
+    objects = render_rbac(args.namespace, args.service_account, args.secret or None)
+    validate_objects(objects)
+    sys.stdout.write(to_yaml(objects))
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "submit": cmd_submit, "status": cmd_status,
+            "list": cmd_list, "logs": cmd_logs, "cancel": cmd_cancel, "rbac": cmd_rbac}

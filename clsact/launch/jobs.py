@@ -1,0 +1,326 @@
+"""Jobs on a cluster: submit (idempotent), wait, status, list, logs and cancel.
+
+A job is the pair rendered by :mod:`clsact.launch.render`: a PaddleJob and its ConfigMap
+(owned by the job, so the cluster's garbage collector removes it with the job; ``cancel``
+deletes both itself). Resubmitting the same spec changes nothing: the job carries the hash of
+its spec (annotation ``clsact.io/spec-hash``); a different spec under the same name is refused
+unless ``replace``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from clsact.launch.cluster import Cluster, ClusterError, NotFound, api_call, ensure_crd
+from clsact.launch.names import job_name
+from clsact.launch.operators import JobState, Operator, job_state
+from clsact.launch.render import RUN_ID_LABEL, SPEC_HASH_ANNOTATION, Rendered
+
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=clsact"
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """What ``submit`` did: ``created``, ``replaced`` or ``unchanged`` (already there)."""
+
+    name: str
+    namespace: str
+    action: str
+    state: JobState
+
+
+def get_job(cluster: Cluster, operator: Operator, namespace: str, name: str
+            ) -> dict[str, Any] | None:
+    """The PaddleJob object, or None when there is none of that name.
+
+    Raises:
+        ClusterError: the request failed (unreachable, forbidden, ...).
+    """
+    try:
+        return api_call(cluster, f"reading {operator.kind} {namespace}/{name}",
+                        cluster.custom.get_namespaced_custom_object, operator.group,
+                        operator.version, namespace, operator.plural, name)
+    except NotFound:
+        return None
+
+
+def find_job(cluster: Cluster, operator: Operator, namespace: str, name: str
+             ) -> dict[str, Any]:
+    """The job named ``name``, or the one ``submit --name NAME`` (or config stem) produced.
+
+    Raises:
+        ClusterError: no such job in the namespace (or the request failed).
+    """
+    ensure_crd(cluster, operator)
+    for candidate in dict.fromkeys([name, job_name(name, operator.key)]):
+        obj = get_job(cluster, operator, namespace, candidate)
+        if obj is not None:
+            return obj
+    raise ClusterError(f"no {operator.kind} ({operator.api_version}) named {name!r} in "
+                       f"namespace {namespace}: `clsact list --namespace {namespace}` shows "
+                       "the jobs (and --operator picks the other kind)")
+
+
+def check_secret(cluster: Cluster, namespace: str, secret: str | None) -> str | None:
+    """Check the S3 Secret exists; return a warning when we may not look.
+
+    Raises:
+        ClusterError: the Secret does not exist (with how to create it).
+    """
+    if not secret:
+        return None
+    try:
+        api_call(cluster, f"reading Secret {namespace}/{secret}",
+                 cluster.core.read_namespaced_secret, secret, namespace)
+    except NotFound:
+        raise ClusterError(
+            f"Secret {secret!r} (S3 credentials, values s3Secret) does not exist in namespace "
+            f"{namespace}: kubectl -n {namespace} create secret generic {secret} "
+            "--from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...") \
+            from None
+    except ClusterError as exc:
+        if "forbidden" in str(exc):
+            return (f"cannot check that Secret {secret!r} exists (no get permission); the "
+                    "pods will wait for it if it is missing")
+        raise
+    return None
+
+
+def _dropped_fields(sent: Any, got: Any, path: str = "") -> list[str]:
+    """Fields of ``sent`` that ``got`` lacks (what the server pruned as unknown)."""
+    if isinstance(sent, dict) and isinstance(got, dict):
+        out = []
+        for key, value in sent.items():
+            sub = f"{path}.{key}" if path else str(key)
+            out += [sub] if key not in got else _dropped_fields(value, got[key], sub)
+        return out
+    if isinstance(sent, list) and isinstance(got, list) and len(sent) == len(got):
+        return [f for i, (s, g) in enumerate(zip(sent, got, strict=True))
+                for f in _dropped_fields(s, g, f"{path}[{i}]")]
+    return []
+
+
+def server_dry_run(cluster: Cluster, rendered: Rendered) -> None:
+    """Have the API server validate the job (``dryRun=All``) and refuse pruned fields.
+
+    Raises:
+        ClusterError: the server refuses the object, or drops fields its CRD does not know
+            (an operator older than the templates).
+    """
+    op, job = rendered.operator, rendered.job
+    got = api_call(cluster, f"validating {op.kind} {rendered.namespace}/{rendered.name}",
+                   cluster.custom.create_namespaced_custom_object, op.group, op.version,
+                   rendered.namespace, op.plural, job, dry_run="All")
+    dropped = _dropped_fields(job.get("spec"), got.get("spec"), "spec")
+    if dropped:
+        raise ClusterError(
+            f"the installed {op.crd_name} CRD does not know {', '.join(dropped[:5])}: the API "
+            "server would silently drop it; upgrade the operator or remove the setting")
+
+
+def _create_config_map(cluster: Cluster, rendered: Rendered, owner: dict[str, Any]) -> None:
+    cm = dict(rendered.config_map)
+    cm["metadata"] = {**cm["metadata"], "ownerReferences": [{
+        "apiVersion": owner["apiVersion"], "kind": owner["kind"],
+        "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+        "blockOwnerDeletion": False, "controller": False}]}
+    ns, name = rendered.namespace, cm["metadata"]["name"]
+    try:
+        api_call(cluster, f"creating ConfigMap {ns}/{name}",
+                 cluster.core.create_namespaced_config_map, ns, cm)
+    except ClusterError as exc:
+        if "already exists" not in str(exc):
+            raise
+        # a leftover of an earlier job of this name (the job itself is gone): replace it
+        api_call(cluster, f"replacing ConfigMap {ns}/{name}",
+                 cluster.core.replace_namespaced_config_map, name, ns, cm)
+
+
+def delete_job(cluster: Cluster, operator: Operator, namespace: str, name: str,
+               timeout: float = 120.0) -> bool:
+    """Delete a job and its ConfigMap, waiting until the job is gone; False if there was none.
+
+    Raises:
+        ClusterError: a request failed, or the job is still there after ``timeout`` seconds.
+    """
+    existed = True
+    try:
+        api_call(cluster, f"deleting {operator.kind} {namespace}/{name}",
+                 cluster.custom.delete_namespaced_custom_object, operator.group,
+                 operator.version, namespace, operator.plural, name,
+                 propagation_policy="Background")
+    except NotFound:
+        existed = False
+    try:
+        api_call(cluster, f"deleting ConfigMap {namespace}/{name}-config",
+                 cluster.core.delete_namespaced_config_map, f"{name}-config", namespace)
+    except NotFound:
+        pass
+    deadline = time.monotonic() + timeout
+    while existed and get_job(cluster, operator, namespace, name) is not None:
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{operator.kind} {namespace}/{name} is still there "
+                               f"{timeout:.0f}s after deletion (a finalizer of the operator?)")
+        time.sleep(0.5)
+    return existed
+
+
+def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
+           warn: Callable[[str], None] = lambda _msg: None) -> SubmitOutcome:
+    """Create the job and its ConfigMap, unless the same spec is already there.
+
+    Raises:
+        ClusterError: CRD missing, Secret missing, a different spec under the same name (and
+            not ``replace``), forbidden, invalid object, unreachable server.
+    """
+    op, ns, name = rendered.operator, rendered.namespace, rendered.name
+    ensure_crd(cluster, op)
+    existing = get_job(cluster, op, ns, name)
+    action = "created"
+    if existing is not None:
+        old_hash = (existing["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+        if old_hash == rendered.spec_hash:
+            return SubmitOutcome(name, ns, "unchanged", job_state(op, existing))
+        if not replace:
+            raise ClusterError(
+                f"{op.kind} {ns}/{name} already exists with a different spec (hash {old_hash} "
+                f"vs {rendered.spec_hash}, created {existing['metadata'].get('creationTimestamp')}"
+                "): pass --replace to delete and resubmit it, or --name for a new job")
+        action = "replaced"
+    secret = rendered.secret
+    warning = check_secret(cluster, ns, secret)
+    if warning:
+        warn(warning)
+    server_dry_run(cluster, rendered)
+    if existing is not None:
+        delete_job(cluster, op, ns, name)
+    created = api_call(cluster, f"creating {op.kind} {ns}/{name}",
+                       cluster.custom.create_namespaced_custom_object, op.group, op.version,
+                       ns, op.plural, rendered.job)
+    try:
+        _create_config_map(cluster, rendered, created)
+    except ClusterError:
+        delete_job(cluster, op, ns, name)   # nothing half-submitted
+        raise
+    return SubmitOutcome(name, ns, action, job_state(op, created))
+
+
+def wait(cluster: Cluster, operator: Operator, namespace: str, name: str, timeout: float,
+         on_change: Callable[[JobState], None], poll: float = 2.0) -> JobState | None:
+    """Follow a job until it succeeds or fails; None after ``timeout`` seconds.
+
+    ``on_change`` is called with every new state (phase or message), the first one included.
+
+    Raises:
+        ClusterError: the job disappeared (cancelled elsewhere) or a request failed.
+    """
+    deadline = time.monotonic() + timeout
+    last: JobState | None = None
+    while True:
+        obj = get_job(cluster, operator, namespace, name)
+        if obj is None:
+            raise ClusterError(f"{operator.kind} {namespace}/{name} disappeared while waiting "
+                               "(cancelled or deleted by someone else)")
+        state = job_state(operator, obj)
+        if state != last:
+            on_change(state)
+            last = state
+        if state.outcome is not None:
+            return state
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(poll, max(deadline - time.monotonic(), 0.05)))
+
+
+def list_jobs(cluster: Cluster, operators: Iterable[Operator], namespace: str
+              ) -> list[tuple[Operator, dict[str, Any]]]:
+    """clsact's jobs of each operator whose kind the cluster serves.
+
+    Raises:
+        ClusterError: a request failed, or no listed operator's kind is installed.
+    """
+    out, installed = [], 0
+    for op in operators:
+        try:
+            ensure_crd(cluster, op)
+        except NotFound:
+            continue
+        except ClusterError as exc:
+            if "does not know" in str(exc):
+                continue
+            raise
+        installed += 1
+        items = api_call(cluster, f"listing {op.kind} ({op.api_version}) in {namespace}",
+                         cluster.custom.list_namespaced_custom_object, op.group, op.version,
+                         namespace, op.plural, label_selector=MANAGED_SELECTOR)
+        out += [(op, item) for item in items.get("items", [])]
+    if not installed:
+        raise ClusterError(f"the cluster at {cluster.host} has no PaddleJob kind: "
+                           "install paddle-operator or the Kubeflow training-operator")
+    return out
+
+
+def job_pods(cluster: Cluster, namespace: str, name: str) -> list[Any]:
+    """The worker pods of a job (by its run-id label), sorted by name.
+
+    Raises:
+        ClusterError: the request failed.
+    """
+    pods = api_call(cluster, f"listing the pods of {namespace}/{name}",
+                    cluster.core.list_namespaced_pod, namespace,
+                    label_selector=f"{RUN_ID_LABEL}={name}")
+    return sorted(pods.items, key=lambda p: p.metadata.name)
+
+
+def _stream_pod(cluster: Cluster, namespace: str, pod: str, container: str, follow: bool,
+                out: TextIO, lock: threading.Lock, errors: list[ClusterError]) -> None:
+    try:
+        resp = api_call(cluster, f"reading the log of pod {namespace}/{pod}",
+                        cluster.core.read_namespaced_pod_log, pod, namespace,
+                        container=container, follow=follow, _preload_content=False,
+                        _request_timeout=None if follow else 60)
+        pending = b""
+        for chunk in resp.stream(4096):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            with lock:
+                for line in lines:
+                    out.write(f"[{pod}] {line.decode('utf-8', 'replace')}\n")
+                out.flush()
+        if pending:
+            with lock:
+                out.write(f"[{pod}] {pending.decode('utf-8', 'replace')}\n")
+    except ClusterError as exc:
+        errors.append(exc)
+
+
+def stream_logs(cluster: Cluster, operator: Operator, namespace: str, name: str,
+                follow: bool, out: TextIO) -> int:
+    """Print the log of every worker pod, each line prefixed with ``[pod]``; the pod count.
+
+    With ``follow`` the pods are streamed side by side until they all end.
+
+    Raises:
+        ClusterError: no pods yet (with the job's phase), or a log cannot be read.
+    """
+    obj = find_job(cluster, operator, namespace, name)
+    name = obj["metadata"]["name"]
+    pods = job_pods(cluster, namespace, name)
+    if not pods:
+        raise ClusterError(f"{operator.kind} {namespace}/{name} has no pods yet (phase "
+                           f"{job_state(operator, obj).phase}); try again when it runs")
+    lock, errors = threading.Lock(), []
+    threads = [threading.Thread(target=_stream_pod, daemon=True,
+                                args=(cluster, namespace, p.metadata.name, operator.container,
+                                      follow, out, lock, errors)) for p in pods]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return len(pods)

@@ -1,0 +1,226 @@
+"""Render a compression config + launch values into Kubernetes objects (no cluster needed).
+
+The templates live in ``k8s/`` (``*.yaml.j2``, shipped in the wheel as ``clsact/k8s``). The
+result is a :class:`Rendered`: the ConfigMap holding the resolved config, then the PaddleJob
+of the chosen operator, both labelled with ``app.kubernetes.io/*`` and the run id, and the
+job annotated with a hash of the whole spec (how ``submit`` recognises a resubmission).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+import clsact
+from clsact import config as config_mod
+from clsact.errors import ConfigError
+from clsact.launch.names import job_name, short_hash
+from clsact.launch.operators import OPERATORS, Operator
+from clsact.launch.values import LaunchValues
+from clsact.storage import is_uri
+
+CONFIG_MOUNT_DIR = "/etc/clsact"
+CONFIG_FILE_NAME = "config.yaml"
+LAUNCH_LOG_DIR = "/tmp/clsact-launch"
+KUBEFLOW_MASTER_PORT = 37777
+RUN_ID_LABEL = "clsact.io/run-id"
+SPEC_HASH_ANNOTATION = "clsact.io/spec-hash"
+# Global keys and other config locations a pod must be able to reach
+_LOCATION_KEYS = (("Global", "model_dir"), ("Global", "data_dir"), ("Global", "output_dir"),
+                  ("Global", "scratch_dir"), ("Distillation", "teacher_model_dir"))
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The objects of one launch, in creation order: ConfigMap, then the PaddleJob."""
+
+    name: str
+    namespace: str
+    operator: Operator
+    objects: list[dict[str, Any]]
+    spec_hash: str
+    secret: str | None = None   # the S3 Secret the pods read (envFrom)
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return self.objects[-1]
+
+    @property
+    def config_map(self) -> dict[str, Any]:
+        return self.objects[0]
+
+
+def templates_dir() -> Path:
+    """``k8s/`` of a source checkout, else the copy packaged as ``clsact/k8s``."""
+    pkg = Path(clsact.__file__).resolve().parent
+    for candidate in (pkg.parent / "k8s", pkg / "k8s"):
+        if (candidate / "paddlejob.yaml.j2").is_file():
+            return candidate
+    raise ConfigError(f"clsact's Kubernetes templates are missing (looked in {pkg.parent / 'k8s'} "
+                      f"and {pkg / 'k8s'}); reinstall clsact")
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def environment() -> jinja2.Environment:
+    """The Jinja environment of the templates (strict: an undefined name is an error)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters["to_json"] = _to_json
+    env.filters["pull_secret"] = lambda name: {"name": name}
+    return env
+
+
+def render_template(template: str, context: dict[str, Any]) -> list[dict[str, Any]]:
+    """Render one template and parse its YAML documents."""
+    text = environment().get_template(template).render(**context)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _is_under(path: str, mounts: list[str]) -> bool:
+    return any(posixpath.commonpath([path, m]) == m for m in mounts if m.startswith("/"))
+
+
+def check_pod_location(value: str, what: str, mounts: list[str]) -> None:
+    """A location a pod must reach: ``s3://...`` or an absolute path under a mounted volume.
+
+    Raises:
+        ConfigError: a relative path, or a local path outside every ``volumeMounts`` path.
+    """
+    if is_uri(value):
+        return
+    if not value.startswith("/"):
+        raise ConfigError(f"{what} is the relative path {value!r}: a pod cannot see your "
+                          "working directory; use s3://bucket/prefix")
+    if not _is_under(posixpath.normpath(value), mounts):
+        raise ConfigError(f"{what} is the local path {value!r}, which no volume mounts in the "
+                          "pod; use s3://bucket/prefix or mount it (volumes/volumeMounts)")
+
+
+def resolve_config(config_path: str | Path, overrides: list[str], values: LaunchValues
+                   ) -> tuple[config_mod.Config, str]:
+    """Load and validate the compression config as the pods will see it; return it and the
+    save dir.
+
+    Raises:
+        ConfigError: the config is invalid, or a location is not reachable from a pod.
+    """
+    raw = config_mod.read_yaml(config_path)
+    config_mod.apply_overrides(raw, overrides)
+    if values["s3Endpoint"]:
+        raw.setdefault("Global", {})
+        if isinstance(raw["Global"], dict):
+            raw["Global"]["s3_endpoint"] = values["s3Endpoint"]
+    mounts = [m.get("mountPath", "") for m in values["volumeMounts"] if isinstance(m, dict)]
+    for section, key in _LOCATION_KEYS:
+        value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str) and key != "output_dir":
+            check_pod_location(value, f"{config_path}: {section}.{key}", mounts)
+    cfg = config_mod.validate(raw, source=str(config_path))
+    save_dir = values["saveDir"] or raw.get("Global", {}).get("output_dir")
+    if not save_dir:
+        raise ConfigError("no save dir: pass --save-dir s3://bucket/prefix (or Global.output_dir)")
+    check_pod_location(save_dir, "the save dir (--save-dir / Global.output_dir)", mounts)
+    cfg.globals["output_dir"] = save_dir
+    return cfg, save_dir
+
+
+def container_command(values: LaunchValues, save_dir: str, run_id: str) -> list[str]:
+    """The command of every worker: the launcher of paddle, then ``clsact compress``."""
+    return [values["python"], "-m", "paddle.distributed.launch", "--log_dir", LAUNCH_LOG_DIR,
+            "--nproc_per_node", str(max(values["gpusPerWorker"], 1)), values["clsactBin"],
+            "compress", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_NAME}",
+            "--save-dir", save_dir, "--run-id", run_id]
+
+
+def _resources(values: LaunchValues) -> dict[str, Any]:
+    res = copy.deepcopy(values["resources"])
+    if values["gpusPerWorker"] > 0:
+        res.setdefault("limits", {})[values["gpuResource"]] = values["gpusPerWorker"]
+    return res
+
+
+def standard_labels(name: str, user: dict[str, str]) -> dict[str, str]:
+    """The user's labels plus ``app.kubernetes.io/*`` and the run id (ours win)."""
+    return {**user, "app.kubernetes.io/name": "clsact", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/component": "compress", "app.kubernetes.io/managed-by": "clsact",
+            "app.kubernetes.io/version": clsact.__version__, RUN_ID_LABEL: name}
+
+
+def render(config_path: str | Path, overrides: list[str], values: LaunchValues) -> Rendered:
+    """Render the ConfigMap and PaddleJob of one launch.
+
+    Raises:
+        ConfigError: invalid config or values (see :func:`resolve_config`).
+    """
+    operator = OPERATORS[values["operator"]]
+    name = job_name(values["name"] or Path(config_path).stem, operator.key)
+    cfg, save_dir = resolve_config(config_path, overrides, values)
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, *values["env"]]
+    context = {
+        "v": values.data, "name": name, "labels": standard_labels(name, values["labels"]),
+        "user_annotations": values["annotations"], "annotations": dict(values["annotations"]),
+        "command": container_command(values, save_dir, name), "env": env,
+        "resources": _resources(values), "config_map_name": f"{name}-config",
+        "config_mount_dir": CONFIG_MOUNT_DIR, "config_file_name": CONFIG_FILE_NAME,
+        "config_text": cfg.to_yaml(),
+        "ports": ([{"name": "master", "containerPort": KUBEFLOW_MASTER_PORT}]
+                  if operator.key == "kubeflow" else []),
+        "pod_deadline": values["activeDeadlineSeconds"] if operator.key == "paddle" else None,
+    }
+    objects = (render_template("configmap.yaml.j2", context)
+               + render_template(operator.template, context))
+    spec_hash = short_hash(json.dumps(objects, sort_keys=True), 16)
+    objects[-1]["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash
+    return Rendered(name=name, namespace=values["namespace"], operator=operator,
+                    objects=objects, spec_hash=spec_hash,
+                    secret=values["s3Secret"])
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the config in the ConfigMap) as readable ``|`` blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    """A YAML stream (``---`` between documents), keys in template order."""
+    return "---\n".join(yaml.dump(o, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                                  allow_unicode=True) for o in objects)
+
+
+def write_dir(objects: list[dict[str, Any]], directory: str | Path) -> list[Path]:
+    """Write one ``<index>-<kind>-<name>.yaml`` per object into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, obj in enumerate(objects):
+        path = out / f"{i:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        path.write_text(to_yaml([obj]), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def render_rbac(namespace: str, service_account: str, secret: str | None) -> list[dict]:
+    """The ServiceAccount, Role and RoleBinding a submitter needs (see ``k8s/rbac.yaml.j2``)."""
+    labels = {"app.kubernetes.io/name": "clsact", "app.kubernetes.io/component": "submitter",
+              "app.kubernetes.io/managed-by": "clsact"}
+    return render_template("rbac.yaml.j2", {"namespace": namespace, "labels": labels,
+                                            "service_account": service_account,
+                                            "secret": secret})

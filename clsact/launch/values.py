@@ -1,0 +1,196 @@
+"""Launch values: how a compression run becomes a PaddleJob (workers, GPUs, image, pod settings).
+
+Values come from an optional YAML file (``--values FILE``, keys named like the Kubernetes
+fields they fill: ``nodeSelector``, ``tolerations``, ...) overridden by command-line flags
+(``--workers``, ``--gpus-per-worker``, ``--image``, ...). :func:`resolve` checks them all and
+returns a :class:`LaunchValues`; nothing here talks to a cluster.
+
+Secrets never appear as values: S3 credentials come from the Secret named by ``s3Secret``
+(mounted with ``envFrom``), and a literal ``env`` value whose name looks like a credential is
+refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clsact.config import check_section
+from clsact.errors import ConfigError
+
+OPERATORS = ("paddle", "kubeflow")
+
+# key -> (type, default); types as in clsact.schema. Defaults of None are filled per operator.
+VALUES: dict[str, tuple[str, Any]] = {
+    "name": ("str|null", None),             # job name base (default: the config file's stem)
+    "namespace": ("str", "default"),
+    "operator": ("str", "paddle"),          # paddle: paddle-operator; kubeflow: training-operator
+    "image": ("str|null", None),            # required
+    "imagePullPolicy": ("str", "IfNotPresent"),
+    "workers": ("int", 1),                  # pods (nodes)
+    "gpusPerWorker": ("int", 1),            # one rank per GPU; 0: one CPU rank per pod
+    "gpuResource": ("str", "nvidia.com/gpu"),
+    "saveDir": ("str|null", None),          # default: Global.output_dir of the config
+    "s3Secret": ("str|null", "clsact-s3"),  # Secret with AWS_ACCESS_KEY_ID/... ; null: none
+    "s3Endpoint": ("str|null", None),       # written into the config (Global.s3_endpoint)
+    "resources": ("dict", {}),              # requests/limits of the training container
+    "shmSize": ("str", "8Gi"),              # memory emptyDir at /dev/shm (loader workers)
+    "nodeSelector": ("dict", {}),
+    "tolerations": ("list", []),
+    "affinity": ("dict", {}),
+    "imagePullSecrets": ("list", []),       # Secret names
+    "serviceAccountName": ("str|null", None),
+    "priorityClassName": ("str|null", None),
+    "env": ("dict|list", {}),               # NAME: value, or a list of EnvVar objects
+    "labels": ("dict", {}),
+    "annotations": ("dict", {}),
+    "volumes": ("list", []),
+    "volumeMounts": ("list", []),
+    "cleanPodPolicy": ("str|null", None),   # paddle: OnCompletion, kubeflow: Running
+    "ttlSecondsAfterFinished": ("int|null", 259200),
+    "activeDeadlineSeconds": ("int|null", None),
+    "backoffLimit": ("int", 3),
+    "clsactBin": ("str", "/usr/local/bin/clsact"),  # the console script inside the image
+    "python": ("str", "python"),
+}
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("values", "operator"): OPERATORS,
+    ("values", "imagePullPolicy"): ("Always", "IfNotPresent", "Never"),
+}
+CLEAN_POD_POLICIES = {"paddle": ("OnCompletion", "OnFailure", "Always", "Never"),
+                      "kubeflow": ("Running", "All", "None")}
+DEFAULT_CLEAN_POD_POLICY = {"paddle": "OnCompletion", "kubeflow": "Running"}
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")
+_SECRET_LIKE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|ACCESS_KEY|PRIVATE_KEY",
+                          re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LaunchValues:
+    """Every setting of one launch, checked (see :data:`VALUES` for the meaning of each)."""
+
+    data: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+
+def read_values_file(path: str | Path) -> dict[str, Any]:
+    """Parse a values YAML file.
+
+    Raises:
+        ConfigError: missing, unreadable, not YAML or not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"values file {path} does not exist (--values PATH to a YAML file)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"values file {path}:{where} is not valid YAML") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"values file {path} cannot be read: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"values file {path} must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _check_env(env: Any, src: str) -> list[dict[str, Any]]:
+    items = ([{"name": str(k), "value": v} for k, v in env.items()] if isinstance(env, dict)
+             else copy.deepcopy(env))
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError(f"{src}: env entries need a name: {item!r}")
+        name = item["name"]
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"{src}: env name {name!r} is not a valid variable name")
+        if "value" in item:
+            if _SECRET_LIKE.search(name):
+                raise ConfigError(
+                    f"{src}: env {name} looks like a secret; never put its value in values: "
+                    "put it in a Secret and use s3Secret or valueFrom.secretKeyRef")
+            value = item["value"]
+            if isinstance(value, bool) or value is None:
+                raise ConfigError(f"{src}: env {name} must be a string or number, got {value!r}")
+            item["value"] = str(value)
+        out.append(item)
+    return out
+
+
+def _check_names(v: dict[str, Any], src: str) -> None:
+    for key in ("namespace", "s3Secret", "serviceAccountName", "priorityClassName"):
+        value = v[key]
+        if value is not None and (len(value) > 63 or not _DNS_LABEL.match(value)):
+            raise ConfigError(
+                f"{src}: {key} {value!r} is not a valid Kubernetes name (lower-case letters, "
+                "digits and '-', at most 63 characters)")
+    for i, secret in enumerate(v["imagePullSecrets"]):
+        if not isinstance(secret, str) or not _DNS_LABEL.match(secret):
+            raise ConfigError(f"{src}: imagePullSecrets[{i}] must be a Secret name, got {secret!r}")
+
+
+def _check_numbers(v: dict[str, Any], src: str) -> None:
+    if v["workers"] < 1:
+        raise ConfigError(f"{src}: workers must be >= 1, got {v['workers']}")
+    if v["gpusPerWorker"] < 0:
+        raise ConfigError(f"{src}: gpus per worker must be >= 0, got {v['gpusPerWorker']}")
+    for key in ("ttlSecondsAfterFinished", "activeDeadlineSeconds"):
+        if v[key] is not None and v[key] < (0 if key.startswith("ttl") else 1):
+            raise ConfigError(f"{src}: {key} must be a positive number of seconds, got {v[key]}")
+    if v["backoffLimit"] < 0:
+        raise ConfigError(f"{src}: backoffLimit must be >= 0, got {v['backoffLimit']}")
+    if not _QUANTITY.match(v["shmSize"]):
+        raise ConfigError(f"{src}: shmSize {v['shmSize']!r} is not a quantity such as 8Gi")
+
+
+def _check_maps(v: dict[str, Any], src: str) -> None:
+    for key in ("nodeSelector", "labels", "annotations"):
+        for k, val in v[key].items():
+            if not isinstance(k, str) or not isinstance(val, str):
+                raise ConfigError(f"{src}: {key} must map strings to strings; quote {k}: {val!r}")
+    extra = set(v["resources"]) - {"requests", "limits"}
+    if extra:
+        raise ConfigError(f"{src}: resources takes requests and limits, not {sorted(extra)}")
+
+
+def resolve(file_values: dict[str, Any], flags: dict[str, Any],
+            src: str = "values") -> LaunchValues:
+    """Merge a values file with command-line flags (flags win) and check every value.
+
+    Raises:
+        ConfigError: unknown key (with a did-you-mean), wrong type, workers < 1, GPUs < 0,
+            an invalid Kubernetes name or quantity, no image, a literal secret in ``env``.
+    """
+    merged = dict(file_values)
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    checked = check_section("values", merged, VALUES, src, CHOICES)
+    v = {k: copy.deepcopy(checked.get(k, default)) for k, (_t, default) in VALUES.items()}
+    v["s3Secret"] = v["s3Secret"] or None   # "" (or null): no S3 Secret (e.g. IRSA)
+    if not v["image"]:
+        raise ConfigError(f"{src}: no image: pass --image REGISTRY/clsact:TAG (or image: in "
+                          "--values)")
+    _check_numbers(v, src)
+    _check_names(v, src)
+    _check_maps(v, src)
+    v["env"] = _check_env(v["env"], src)
+    allowed = CLEAN_POD_POLICIES[v["operator"]]
+    if v["cleanPodPolicy"] is None:
+        v["cleanPodPolicy"] = DEFAULT_CLEAN_POD_POLICY[v["operator"]]
+    elif v["cleanPodPolicy"] not in allowed:
+        raise ConfigError(f"{src}: cleanPodPolicy {v['cleanPodPolicy']!r} is not one of "
+                          f"{', '.join(allowed)} ({v['operator']} operator)")
+    return LaunchValues(v)

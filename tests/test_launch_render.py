@@ -1,0 +1,338 @@
+"""`clsact render`: launch values, names, the rendered ConfigMap + PaddleJob, validation
+(Kubernetes schemas, the real CRDs from ../shared), golden files, and the packaged templates.
+
+Set CLSACT_UPDATE_GOLDEN=1 to rewrite tests/golden/ after an intended change.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clsact import config as config_mod
+from clsact.errors import ConfigError
+from clsact.launch import render, validate, values
+from clsact.launch.names import MAX_JOB_NAME, job_name
+from tests.conftest import REPO, SHARED, run_cli
+
+GOLDEN = Path(__file__).parent / "golden"
+MBV3 = REPO / "configs" / "mbv3_qat_dis.yaml"
+S3_PATHS = ["Global.model_dir=s3://models/mbv3/fp32", "Global.data_dir=s3://datasets/ilsvrc2012"]
+PADDLE_CRD = SHARED / "reference" / "paddle-operator" / "crd-paddlejobs.batch.paddlepaddle.org.yaml"
+KUBEFLOW_CRD = SHARED / "reference" / "kubeflow" / "crd-paddlejobs.kubeflow.org-v1.9.4.yaml"
+needs_crds = pytest.mark.skipif(not PADDLE_CRD.is_file() or not KUBEFLOW_CRD.is_file(),
+                                reason="the PaddleJob CRDs live in ../shared/reference, absent")
+
+FULL_VALUES = {
+    "namespace": "ml-compression", "workers": 4, "gpusPerWorker": 8,
+    "image": "registry.example.com/ml/clsact:0.1.0", "saveDir": "s3://ml-models/clsact/mbv3",
+    "s3Endpoint": "https://minio.storage.svc:9000",
+    "resources": {"requests": {"cpu": "16", "memory": "96Gi"},
+                  "limits": {"cpu": "32", "memory": "128Gi"}},
+    "shmSize": "16Gi", "nodeSelector": {"nvidia.com/gpu.product": "A100"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}},
+    "imagePullSecrets": ["registry-pull"], "serviceAccountName": "clsact-job",
+    "priorityClassName": "batch-low", "env": {"FLAGS_cudnn_deterministic": "0", "N": 3},
+    "labels": {"team": "vision"}, "annotations": {"owner": "ml-platform@example.com"},
+    "activeDeadlineSeconds": 86400,
+}
+
+
+def make(flags=None, file_values=None, overrides=S3_PATHS, config=MBV3) -> render.Rendered:
+    v = values.resolve(file_values or {}, {"image": "reg.example.com/clsact:1",
+                                           "saveDir": "s3://out-bucket/run", **(flags or {})})
+    return render.render(config, list(overrides), v)
+
+
+def container(rendered: render.Rendered) -> dict:
+    return pod_spec(rendered)["containers"][0]
+
+
+def pod_spec(rendered: render.Rendered) -> dict:
+    return validate.pod_templates(rendered.job)[0][1]["spec"]
+
+
+# ---------------------------------------------------------------- values and names
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"workers": 0}, "workers must be >= 1"),
+    ({"gpusPerWorker": -1}, "gpus per worker must be >= 0"),
+    ({"namespace": "ML_Team"}, "namespace 'ML_Team' is not a valid Kubernetes name"),
+    ({"nodeselector": {"a": "b"}},
+     "unknown key values.nodeselector (did you mean 'nodeSelector'?)"),
+    ({"operator": "volcano"}, "choose one of paddle, kubeflow"),
+    ({"env": {"AWS_SECRET_ACCESS_KEY": "hunter2"}},
+     "env AWS_SECRET_ACCESS_KEY looks like a secret"),
+    ({"env": [{"name": "DB_PASSWORD", "value": "x"}]}, "looks like a secret"),
+    ({"shmSize": "lots"}, "shmSize 'lots' is not a quantity"),
+    ({"imagePullSecrets": [{"name": "x"}]}, "imagePullSecrets[0] must be a Secret name"),
+    ({"cleanPodPolicy": "Sometimes"}, "cleanPodPolicy 'Sometimes' is not one of"),
+    ({"workers": "2"}, "values.workers must be int"),
+    ({"labels": {"tier": 1}}, "labels must map strings to strings"),
+    ({"resources": {"limit": {}}}, "resources takes requests and limits"),
+])
+def test_bad_values_are_named(flags, message):
+    with pytest.raises(ConfigError) as err:
+        values.resolve({}, {"image": "i", **flags})
+    assert message in str(err.value)
+
+
+def test_an_image_is_required():
+    with pytest.raises(ConfigError, match="no image: pass --image"):
+        values.resolve({}, {})
+
+
+def test_flags_win_over_the_values_file():
+    v = values.resolve({"workers": 2, "image": "a"}, {"workers": 3, "namespace": None})
+    assert (v["workers"], v["image"], v["namespace"]) == (3, "a", "default")
+
+
+def test_secret_env_may_come_from_a_secret_ref():
+    ref = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert values.resolve({}, {"image": "i", "env": [ref]})["env"] == [ref]
+
+
+def test_job_names_are_deterministic_valid_and_distinct():
+    names = {base: job_name(base) for base in ("mbv3_qat_dis", "My_Job", "my-job", "123", "",
+                                               "x" * 300, "Ünïcode run")}
+    assert job_name("mbv3_qat_dis") == names["mbv3_qat_dis"]
+    assert len(set(names.values())) == len(names)
+    assert job_name("a") != job_name("a", "kubeflow"), "the operators' pods would collide"
+    for name in names.values():
+        assert len(name) <= MAX_JOB_NAME
+        assert name[0].isalpha() and name.replace("-", "").isalnum() and name == name.lower()
+
+
+# ---------------------------------------------------------------- what is rendered
+
+
+@pytest.mark.parametrize("operator, name", [("paddle", "clsact"), ("kubeflow", "paddle")])
+def test_the_job_runs_clsact_compress_under_the_paddle_launcher(operator, name):
+    r = make({"operator": operator, "workers": 3, "gpusPerWorker": 8,
+              "saveDir": "s3://out-bucket/run"})
+    c = container(r)
+    assert c["name"] == name, "paddle-operator injects its env into containers[0]"
+    assert c["command"] == ["python", "-m", "paddle.distributed.launch", "--log_dir",
+                            "/tmp/clsact-launch", "--nproc_per_node", "8",
+                            "/usr/local/bin/clsact", "compress", "--config",
+                            "/etc/clsact/config.yaml", "--save-dir", "s3://out-bucket/run",
+                            "--run-id", r.name]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert c["envFrom"] == [{"secretRef": {"name": "clsact-s3"}}]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/clsact"]["readOnly"] is True
+    vols = {v["name"]: v for v in pod_spec(r)["volumes"]}
+    assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    config_volume = vols[mounts["/etc/clsact"]["name"]]
+    assert config_volume["configMap"]["name"] == r.config_map["metadata"]["name"]
+    if operator == "paddle":
+        assert r.job["spec"]["worker"]["replicas"] == 3
+        assert r.job["spec"]["cleanPodPolicy"] == "OnCompletion"
+    else:
+        spec = r.job["spec"]
+        assert spec["paddleReplicaSpecs"]["Worker"]["replicas"] == 3
+        assert spec["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 3,
+                                     "ttlSecondsAfterFinished": 259200}
+        assert c["ports"] == [{"name": "master", "containerPort": 37777}]
+
+
+def test_the_config_map_holds_the_resolved_config_the_pods_read(tmp_path):
+    r = make({"saveDir": "s3://out-bucket/run", "s3Endpoint": "http://minio:9000"},
+             overrides=[*S3_PATHS, "TrainConfig.epochs=1"])
+    text = r.config_map["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(text)
+    cfg = config_mod.load(tmp_path / "config.yaml")
+    assert cfg.globals["model_dir"] == "s3://models/mbv3/fp32"
+    assert cfg.globals["s3_endpoint"] == "http://minio:9000"
+    assert cfg.globals["output_dir"] == "s3://out-bucket/run"
+    assert cfg.train["epochs"] == 1
+    assert "QuantAware" in cfg.data, "the resolved config keeps its strategies"
+
+
+def test_labels_and_annotations_are_on_every_object():
+    r = make({"labels": {"team": "vision"}, "annotations": {"owner": "me"}})
+    template = validate.pod_templates(r.job)[0][1]
+    for meta in (r.config_map["metadata"], r.job["metadata"], template["metadata"]):
+        assert meta["labels"]["clsact.io/run-id"] == r.name
+        assert meta["labels"]["app.kubernetes.io/instance"] == r.name
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "clsact"
+        assert meta["labels"]["team"] == "vision"
+        assert meta["annotations"]["owner"] == "me"
+    assert r.job["metadata"]["annotations"]["clsact.io/spec-hash"] == r.spec_hash
+
+
+def test_pass_throughs_reach_the_pod():
+    r = make(FULL_VALUES)
+    spec, c = pod_spec(r), container(r)
+    for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName",
+                "priorityClassName"):
+        assert spec[key] == FULL_VALUES[key]
+    assert spec["imagePullSecrets"] == [{"name": "registry-pull"}]
+    assert spec["activeDeadlineSeconds"] == 86400
+    assert {"name": "N", "value": "3"} in c["env"]
+    assert c["resources"] == {"requests": {"cpu": "16", "memory": "96Gi"},
+                              "limits": {"cpu": "32", "memory": "128Gi", "nvidia.com/gpu": 8}}
+    assert r.namespace == "ml-compression" == r.job["metadata"]["namespace"]
+
+
+def test_the_spec_hash_is_stable_and_follows_every_change():
+    base = make({"workers": 2})
+    assert make({"workers": 2}).spec_hash == base.spec_hash
+    assert make({"workers": 3}).spec_hash != base.spec_hash
+    assert make({"workers": 2}, overrides=[*S3_PATHS, "TrainConfig.epochs=1"]).spec_hash \
+        != base.spec_hash
+
+
+def test_no_secret_value_is_ever_rendered(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-from-env")
+    out = render.to_yaml(make(FULL_VALUES).objects)
+    assert "s3cr3t-value-from-env" not in out
+    assert "AWS_SECRET_ACCESS_KEY" not in out and "secretRef" in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("Global.model_dir=./models/mbv3", "Global.model_dir is the relative path './models/mbv3'"),
+    ("Global.data_dir=/data/imagenet", "which no volume mounts in the pod"),
+    ("Global.bogus=1", "unknown key Global.bogus"),
+])
+def test_locations_a_pod_cannot_reach_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        make(overrides=[*S3_PATHS, override])
+
+
+def test_local_paths_under_a_mounted_volume_are_allowed():
+    vol = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}}],
+           "volumeMounts": [{"name": "data", "mountPath": "/data"}], "saveDir": "/data/out"}
+    r = make(vol, overrides=["Global.model_dir=/data/mbv3", "Global.data_dir=/data/imagenet"])
+    assert "/data/out" in container(r)["command"]
+
+
+# ---------------------------------------------------------------- validation
+
+
+@needs_crds
+@pytest.mark.parametrize("operator, crd", [("paddle", PADDLE_CRD), ("kubeflow", KUBEFLOW_CRD)])
+def test_rendered_jobs_match_the_real_crds(operator, crd):
+    flags = dict(FULL_VALUES, operator=operator,
+                 cleanPodPolicy="OnCompletion" if operator == "paddle" else "Running")
+    r = make(flags)
+    checked = validate.validate_objects(r.objects, [validate.load_crd(crd)])
+    assert checked[-1].endswith(f"CRD {r.job['apiVersion']} openAPIV3Schema")
+
+
+@needs_crds
+def test_a_field_unknown_to_the_crd_is_refused():
+    r = make()
+    r.job["spec"]["worker"]["replica"] = 2
+    with pytest.raises(ConfigError, match=r"does not match the CRD paddlejobs.batch.paddlepaddle"
+                       r".org at spec.worker: .*'replica' was unexpected"):
+        validate.validate_objects(r.objects, [validate.load_crd(PADDLE_CRD)])
+
+
+def test_a_bad_pod_field_is_caught_by_the_kubernetes_schema():
+    r = make({"tolerations": [{"key": "gpu", "operater": "Exists"}]})
+    with pytest.raises(ConfigError, match=r"spec.worker.template: invalid at "
+                       r"template.spec.tolerations.0: .*'operater'"):
+        validate.validate_objects(r.objects)
+
+
+def test_the_rbac_manifests_validate():
+    objects = render.render_rbac("ml", "clsact-submitter", "clsact-s3")
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "Role", "RoleBinding"]
+    validate.validate_objects(objects)
+    rules = objects[1]["rules"]
+    assert {"resources": ["secrets"], "resourceNames": ["clsact-s3"], "verbs": ["get"],
+            "apiGroups": [""]} in rules
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
+
+
+# ---------------------------------------------------------------- golden files
+
+GOLDEN_SPECS = {
+    "paddle-minimal": {"saveDir": "s3://ml-models/clsact/run"},
+    "paddle-cpu-volume": {
+        "workers": 2, "gpusPerWorker": 0, "saveDir": "/results/mbv3", "s3Secret": "",
+        "volumes": [{"name": "results", "persistentVolumeClaim": {"claimName": "results"}}],
+        "volumeMounts": [{"name": "results", "mountPath": "/results"}],
+        "cleanPodPolicy": "Never"},
+    "kubeflow-full": dict(FULL_VALUES, operator="kubeflow", cleanPodPolicy="All",
+                          ttlSecondsAfterFinished=3600, backoffLimit=1),
+}
+
+
+@pytest.mark.parametrize("spec", sorted(GOLDEN_SPECS))
+def test_golden_files(spec):
+    text = render.to_yaml(make(GOLDEN_SPECS[spec]).objects)
+    path = GOLDEN / f"{spec}.yaml"
+    if os.environ.get("CLSACT_UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"{path} missing: run with CLSACT_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"rendering changed: diff against {path}"
+    for doc in yaml.safe_load_all(text):
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "clsact"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_render_cli_prints_a_valid_stream_and_writes_files(tmp_path):
+    args = ["render", "--config", str(MBV3), "--image", "reg/clsact:1", "--workers", "2",
+            "--save-dir", "s3://out-bucket/run", *[x for s in S3_PATHS for x in ("--set", s)]]
+    if PADDLE_CRD.is_file():
+        args += ["--crd", str(PADDLE_CRD)]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    docs = list(yaml.safe_load_all(proc.stdout))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "PaddleJob"]
+    assert "clsact: valid: PaddleJob/" in proc.stderr
+    proc = run_cli(*args, "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == [f"00-configmap-{docs[0]['metadata']['name']}.yaml",
+                     f"01-paddlejob-{docs[1]['metadata']['name']}.yaml"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "0"], "workers must be >= 1"),
+    (["--gpus-per-worker", "-2"], "gpus per worker must be >= 0"),
+    (["--namespace", "Bad_NS"], "is not a valid Kubernetes name"),
+    (["--values", "missing.yaml"], "values file missing.yaml does not exist"),
+    (["--crd", "nope.yaml"], "--crd nope.yaml: cannot be read"),
+    (["--set", "Global.model_dir=models"], "Global.model_dir is the relative path 'models'"),
+])
+def test_render_cli_errors_are_one_line(extra, message):
+    proc = run_cli("render", "--config", str(MBV3), "--image", "i", "--save-dir",
+                   "s3://out-bucket/run", *[x for s in S3_PATHS for x in ("--set", s)], *extra)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_the_wheel_ships_the_templates(tmp_path):
+    src = tmp_path / "src"   # a copy: building in the checkout would leave build/ behind
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("clsact", "k8s"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                           "-q", "-w", str(tmp_path), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("clsact-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for template in ("paddlejob.yaml.j2", "kubeflow-paddlejob.yaml.j2", "_pod.yaml.j2",
+                     "configmap.yaml.j2", "rbac.yaml.j2"):
+        assert f"clsact/k8s/{template}" in names
