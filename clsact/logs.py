@@ -23,6 +23,9 @@ def setup(verbose: bool = False) -> None:
     # (a retry that finally fails surfaces as clsact's own error)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # urllib3 warns about every connection retry (the Kubernetes client's too); the request
+    # that finally fails is reported as one clsact error
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     if not any(getattr(h, "_clsact", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(FORMAT, "%H:%M:%S"))

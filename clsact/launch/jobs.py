@@ -104,14 +104,20 @@ def _dropped_fields(sent: Any, got: Any, path: str = "") -> list[str]:
     return []
 
 
-def server_dry_run(cluster: Cluster, rendered: Rendered) -> None:
-    """Have the API server validate the job (``dryRun=All``) and refuse pruned fields.
+def server_dry_run(cluster: Cluster, rendered: Rendered, replacing: bool = False) -> None:
+    """Have the API server validate the job (``dryRun=All``) and refuse fields it would prune.
+
+    When ``replacing`` an existing job, the dry run creates it under a generated name (the
+    Role grants create, not update).
 
     Raises:
         ClusterError: the server refuses the object, or drops fields its CRD does not know
             (an operator older than the templates).
     """
     op, job = rendered.operator, rendered.job
+    if replacing:
+        meta = {k: v for k, v in job["metadata"].items() if k != "name"}
+        job = {**job, "metadata": {**meta, "generateName": f"{rendered.name}-"}}
     got = api_call(cluster, f"validating {op.kind} {rendered.namespace}/{rendered.name}",
                    cluster.custom.create_namespaced_custom_object, op.group, op.version,
                    rendered.namespace, op.plural, job, dry_run="All")
@@ -191,11 +197,10 @@ def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
                 f"vs {rendered.spec_hash}, created {existing['metadata'].get('creationTimestamp')}"
                 "): pass --replace to delete and resubmit it, or --name for a new job")
         action = "replaced"
-    secret = rendered.secret
-    warning = check_secret(cluster, ns, secret)
+    server_dry_run(cluster, rendered, replacing=existing is not None)  # namespace, schema
+    warning = check_secret(cluster, ns, rendered.secret)
     if warning:
         warn(warning)
-    server_dry_run(cluster, rendered)
     if existing is not None:
         delete_job(cluster, op, ns, name)
     created = api_call(cluster, f"creating {op.kind} {ns}/{name}",
