@@ -1,6 +1,9 @@
 """Multi-process runs on CPU (gloo) with real processes on loopback: `python -m
-paddle.distributed.launch clsact compress ...`, as one pod with two ranks and as two "pods"
-with exactly the environment each operator injects."""
+paddle.distributed.launch clsact compress ...`, as one pod with two ranks and as two "pods".
+
+The two-pod runs are the launcher's contract test: each "pod" runs the command and env of
+the container `clsact render` puts in the PaddleJob, with the ConfigMap's config at the
+mounted path, plus exactly the environment each operator injects."""
 
 import json
 import os
@@ -20,6 +23,7 @@ from clsact.act import ensure_evaluation, scale_learning_rate
 from clsact.compat import act_without_fleet
 from clsact.distributed import Group, aggregate_eval, check_launched
 from clsact.errors import DistributedError
+from clsact.launch import render, validate, values
 from clsact.runtime import RankInfo
 from tests.conftest import REPO, run_cli
 from tests.test_compress import small_config
@@ -117,16 +121,43 @@ def pod_env(operator: str, index: int, port: int) -> dict[str, str]:
     return env
 
 
+def rendered_container(tmp_path, operator, cfg, save) -> dict:
+    """containers[0] of the PaddleJob `clsact render` makes for this run: 2 CPU workers, the
+    local python and clsact script standing in for the image's, the test's folders mounted."""
+    glob = yaml.safe_load(cfg.read_text())["Global"]
+    shared_dir = os.path.commonpath([str(tmp_path), glob["model_dir"], glob["data_dir"]])
+    v = values.resolve({}, {
+        "image": "clsact:test", "operator": "paddle" if operator == "paddle-operator"
+        else "kubeflow", "workers": 2, "gpusPerWorker": 0, "python": sys.executable,
+        "clsactBin": CLSACT, "saveDir": str(save), "s3Secret": "",
+        "volumes": [{"name": "work", "hostPath": {"path": shared_dir}}],
+        "volumeMounts": [{"name": "work", "mountPath": shared_dir}]})
+    rendered = render.render(cfg, [], v)
+    validate.validate_objects(rendered.objects)
+    container = validate.pod_templates(rendered.job)[0][1]["spec"]["containers"][0]
+    # what the ConfigMap volume puts at /etc/clsact/config.yaml in the pod
+    mounted = tmp_path / "etc-clsact" / render.CONFIG_FILE_NAME
+    mounted.parent.mkdir(exist_ok=True)
+    mounted.write_text(rendered.config_map["data"][render.CONFIG_FILE_NAME])
+    container["command"] = [str(mounted) if a == f"{render.CONFIG_MOUNT_DIR}/"
+                            f"{render.CONFIG_FILE_NAME}" else a for a in container["command"]]
+    return container
+
+
 def start_pods(tmp_path, operator, cfg, save) -> list[subprocess.Popen]:
+    """Two "pods" running the rendered container's command and env, plus the env the
+    operator injects (which comes last, as in the pod); each pod has its own /tmp."""
+    container = rendered_container(tmp_path, operator, cfg, save)
     port = free_port()
     procs = []
     for i in range(2):
-        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir",
-               str(tmp_path / f"pod{i}"), CLSACT, "compress", "--config", str(cfg),
-               "--save-dir", str(save)]
-        procs.append(subprocess.Popen(cmd, env={**clean_env(), **pod_env(operator, i, port)},
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, start_new_session=True))
+        cmd = [str(tmp_path / f"pod{i}") if a == render.LAUNCH_LOG_DIR else a
+               for a in container["command"]]
+        env = {**clean_env(), **{e["name"]: e["value"] for e in container["env"]},
+               **pod_env(operator, i, port)}
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
     return procs
 
 
