@@ -428,3 +428,20 @@ def test_the_python_api_raises_cluster_errors(kube, ns):
     with pytest.raises(ClusterError, match="no PaddleJob"):
         jobs.find_job(cluster, render.OPERATORS["paddle"], ns, "nothing-here")
     assert sys.modules["clsact.launch.cluster"].REQUEST_TIMEOUT > 0
+
+
+def test_make_submit_maps_its_variables_to_flags(kube, admin, ns):
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig())}
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "submit", "IMAGE=reg.example.com/clsact:2",
+         "WORKERS=2", "GPUS=4", f"NAMESPACE={ns}", "OPERATOR=kubeflow",
+         "SAVE_DIR=s3://ml-models/clsact/make",
+         "ARGS=--set Global.model_dir=s3://models/mbv3 --set Global.data_dir=s3://datasets/in"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = get_job(admin, ns, job_name("mbv3_qat_dis", "kubeflow"), "kubeflow")
+    worker = job["spec"]["paddleReplicaSpecs"]["Worker"]
+    container = worker["template"]["spec"]["containers"][0]
+    assert worker["replicas"] == 2 and container["image"] == "reg.example.com/clsact:2"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert "s3://ml-models/clsact/make" in container["command"]
