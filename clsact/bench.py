@@ -81,7 +81,7 @@ def timed_pass(reader, samples: list[Sample], workers: int,
                          num_workers=workers, shuffle=False, block=block)
     try:
         list(loader.epoch(0))
-        pids = [os.getpid(), *(loader._pool._processes if loader._pool else {})]
+        pids = [os.getpid(), *loader.worker_pids()]
         cpu0 = sum(_cpu_seconds(p) for p in pids)
         times = []
         for _ in range(REPEATS):

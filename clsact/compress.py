@@ -38,7 +38,7 @@ from clsact.config import Config
 from clsact.data.build import make_loader, read_samples
 from clsact.data.listfile import Sample
 from clsact.distributed import Group, aggregate_eval
-from clsact.errors import ClsactError, ConfigError, ModelError
+from clsact.errors import ConfigError, ModelError
 from clsact.modelio import model_paths
 from clsact.runtime import rank_info, select_device
 from clsact.storage import publish
@@ -194,7 +194,9 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         src_model, teachers = fetch_model(cfg, work)
         group.start()
         run_id = group.broadcast_object(run_id, "agreeing on the run id")  # rank 0's
-        _check_save_dir(group, dest, overwrite)  # after the input checks: bad inputs create nothing
+        # after the input checks: bad inputs create nothing
+        group.on_rank0(lambda: publish.check_unfinished(dest, overwrite), "the save-dir check",
+                       f"rank 0 refused the save dir {dest.describe()}; see its log")
         resume = None
         if g["checkpoint"]:
             resume = group.broadcast_object(
@@ -224,38 +226,21 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
                      metrics["compressed"]["quant_ops"])
         rank_logs = group.gather_object((staging / "clsact.log").read_text(encoding="utf-8"),
                                         "collecting the rank logs")
-        error = None
-        if ranks.is_publisher:
-            try:
-                for rank, text in enumerate(rank_logs[1:], start=1):
-                    (staging / "logs").mkdir(exist_ok=True)
-                    (staging / "logs" / f"rank-{rank}.log").write_text(text, encoding="utf-8")
-                config_mod.save(cfg, staging / "config.yaml")
-                (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-                publish.publish(staging, dest, run_id, overwrite=overwrite)
-            except ClsactError as exc:
-                error = exc
-            else:
-                checkpoint.clear(dest)
-        if not group.agree(error is None, "publishing"):
-            raise error or ClsactError(f"rank 0 could not publish to {dest.describe()}; see "
-                                       "its log")
+
+        def publish_run() -> None:
+            for rank, text in enumerate(rank_logs[1:], start=1):
+                (staging / "logs").mkdir(exist_ok=True)
+                (staging / "logs" / f"rank-{rank}.log").write_text(text, encoding="utf-8")
+            config_mod.save(cfg, staging / "config.yaml")
+            (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+            publish.publish(staging, dest, run_id, overwrite=overwrite)
+            checkpoint.clear(dest)
+
+        group.on_rank0(publish_run, "publishing",
+                       f"rank 0 could not publish to {dest.describe()}; see its log")
         return metrics
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _check_save_dir(group: Group, dest, overwrite: bool) -> None:
-    """Rank 0 checks the save dir; every rank learns the outcome (all stop, or none)."""
-    error = None
-    if group.rank == 0:
-        try:
-            publish.check_unfinished(dest, overwrite)
-        except ClsactError as exc:
-            error = exc
-    if not group.agree(error is None, "the save-dir check"):
-        raise error or ClsactError(f"rank 0 refused the save dir {dest.describe()}; see its "
-                                   "log")
 
 
 def _evaluate(group: Group, model_dir: Path, loader, g: dict[str, Any], input_name: str,

@@ -27,13 +27,13 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from clsact.errors import DistributedError
+from clsact.errors import ClsactError, DistributedError
 from clsact.runtime import RankInfo
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,22 @@ class Group:
         """True only when ``ok`` on every rank (e.g. "my inputs are fine")."""
         flags = self.allreduce_sum(np.array([0 if ok else 1], np.int64), what)
         return int(flags[0]) == 0
+
+    def on_rank0(self, action: Callable[[], None], what: str, failed: str) -> None:
+        """Run ``action`` on rank 0 only; every rank learns whether it worked, so all ranks
+        stop or none does.
+
+        Raises:
+            ClsactError: on rank 0 its own error; on the others ``failed``.
+        """
+        error = None
+        if self.rank == 0:
+            try:
+                action()
+            except ClsactError as exc:
+                error = exc
+        if not self.agree(error is None, what):
+            raise error or ClsactError(failed)
 
 
 def check_launched(env, world: int) -> None:

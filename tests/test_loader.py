@@ -23,10 +23,14 @@ def test_workers_give_the_same_batches_as_in_process(small_digits_dir, train):
     samples = read_list(small_digits_dir, "small_val.txt")
     serial = loader(small_digits_dir, samples, workers=0, train=train)
     parallel = loader(small_digits_dir, samples, workers=2, train=train)
+    assert parallel.worker_pids() == []
     try:
         a, b = list(serial.epoch(1)), list(parallel.epoch(1))
+        pids = parallel.worker_pids()
+        assert len(pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pids)
     finally:
         parallel.close()
+    assert parallel.worker_pids() == []
     assert len(a) == len(b) == len(serial)
     for x, y in zip(a, b, strict=True):
         assert np.array_equal(x.images, y.images) and np.array_equal(x.labels, y.labels)

@@ -243,6 +243,10 @@ class BatchLoader:
                 yield batch
         self.passes += 1
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of the decode workers running now (none before the first pass)."""
+        return list(self._pool._processes) if self._pool is not None else []
+
     def close(self) -> None:
         """Stop the worker processes."""
         if self._pool is not None:
