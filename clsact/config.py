@@ -81,26 +81,36 @@ def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def parse_yaml_file(path: str | Path, what: str, flag: str) -> Any:
+    """Parse a local YAML file (``what`` names it in errors, ``flag`` says how to pass it);
+    None for an empty file.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not YAML (with line and column).
+    """
+    p = Path(path)
+    if is_uri(str(path)):
+        raise ConfigError(f"{what} {path}: give a local file path for {flag}")
+    if not p.is_file():
+        raise ConfigError(f"{what} file {path} does not exist (pass {flag} PATH to a YAML file)")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{what} {path}:{where} is not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a YAML config file into a dict.
 
     Raises:
         ConfigError: the file is missing, unreadable, not YAML, or not a mapping.
     """
-    p = Path(path)
-    if is_uri(str(path)):
-        raise ConfigError(f"config {path}: give a local file path for --config")
-    if not p.is_file():
-        raise ConfigError(f"config file {path} does not exist (pass --config PATH to a YAML file)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config {path}:{where} is not valid YAML: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config {path} cannot be read: {exc}") from None
+    data = parse_yaml_file(path, "config", "--config")
     if data is None:
         raise ConfigError(f"config {path} is empty; see configs/ for complete examples")
     if not isinstance(data, dict):

@@ -211,6 +211,18 @@ def test_locations_a_pod_cannot_reach_are_refused(override, message):
         make(overrides=[*S3_PATHS, override])
 
 
+@pytest.mark.parametrize("operator", ["paddle", "kubeflow"])
+def test_the_example_values_file_renders_valid_jobs(operator):
+    file_values = values.read_values_file(REPO / "configs" / "launch-values.yaml")
+    if operator == "kubeflow":
+        file_values["cleanPodPolicy"] = "Running"
+    v = values.resolve(file_values, {"operator": operator})
+    r = render.render(MBV3, S3_PATHS, v)
+    crds = [validate.load_crd(p) for p in (PADDLE_CRD, KUBEFLOW_CRD) if p.is_file()]
+    validate.validate_objects(r.objects, crds)
+    assert container(r)["resources"]["limits"]["nvidia.com/gpu"] == 8
+
+
 def test_local_paths_under_a_mounted_volume_are_allowed():
     vol = {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}}],
            "volumeMounts": [{"name": "data", "mountPath": "/data"}], "saveDir": "/data/out"}

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from clsact.config import check_section
+from clsact.config import check_section, parse_yaml_file
 from clsact.errors import ConfigError
 
 OPERATORS = ("paddle", "kubeflow")
@@ -90,17 +88,7 @@ def read_values_file(path: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: missing, unreadable, not YAML or not a mapping.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"values file {path} does not exist (--values PATH to a YAML file)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"values file {path}:{where} is not valid YAML") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"values file {path} cannot be read: {exc}") from None
+    data = parse_yaml_file(path, "values", "--values")
     if data is None:
         return {}
     if not isinstance(data, dict):
