@@ -127,7 +127,7 @@ def kube(tmp_path_factory):
         api = server.admin_client()
         for path in crds:
             kubeserver.install_crd(api, path)
-        server.crd_files = crds
+        server.crd_files = list(crds)
         yield server
     finally:
         server.stop()

@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,20 @@ class KubeServer:
     url: str
     ca_file: Path
     procs: list[subprocess.Popen]
+    apiserver_argv: list[str] = field(default_factory=list)
+    crd_files: list[Path] = field(default_factory=list)
+
+    def restart_apiserver(self, down_for: float) -> None:
+        """Stop kube-apiserver, wait ``down_for`` seconds, start it again (etcd keeps the
+        objects) and wait until it is ready: an outage as an upgrade would cause."""
+        old = self.procs[-1]
+        old.terminate()
+        old.wait(timeout=30)
+        time.sleep(down_for)
+        log = self.workdir / "apiserver.log"
+        self.procs[-1] = subprocess.Popen(self.apiserver_argv, stdout=log.open("a"),
+                                          stderr=subprocess.STDOUT)
+        _wait_ready(self.url, self.ca_file, self.procs[-1], log)
 
     def kubeconfig(self, name: str = "admin", token: str = ADMIN_TOKEN,
                    namespace: str = "default") -> Path:
@@ -139,20 +153,19 @@ def start(workdir: Path) -> KubeServer:
     (workdir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n')
     certs = workdir / "certs"
     log = workdir / "apiserver.log"
-    apiserver = subprocess.Popen(
-        [str(APISERVER), "--etcd-servers", f"http://127.0.0.1:{client}",
-         "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-         "--secure-port", str(secure), "--insecure-port", "0", "--cert-dir", str(certs),
-         "--token-auth-file", str(workdir / "tokens.csv"), "--authorization-mode", "RBAC",
-         "--service-account-key-file", str(key),
-         "--service-account-signing-key-file", str(key),
-         "--service-account-issuer", "https://kubernetes.default.svc",
-         "--api-audiences", "https://kubernetes.default.svc",
-         "--service-cluster-ip-range", "10.0.0.0/24",
-         "--disable-admission-plugins", "ServiceAccount", "--logtostderr", "--v", "0"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    argv = [str(APISERVER), "--etcd-servers", f"http://127.0.0.1:{client}",
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--secure-port", str(secure), "--insecure-port", "0", "--cert-dir", str(certs),
+            "--token-auth-file", str(workdir / "tokens.csv"), "--authorization-mode", "RBAC",
+            "--service-account-key-file", str(key),
+            "--service-account-signing-key-file", str(key),
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--api-audiences", "https://kubernetes.default.svc",
+            "--service-cluster-ip-range", "10.0.0.0/24",
+            "--disable-admission-plugins", "ServiceAccount", "--logtostderr", "--v", "0"]
+    apiserver = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT)
     server = KubeServer(workdir, f"https://127.0.0.1:{secure}", certs / "apiserver.crt",
-                        [etcd, apiserver])
+                        [etcd, apiserver], argv)
     try:
         _wait_ready(server.url, server.ca_file, apiserver, log)
     except BaseException:

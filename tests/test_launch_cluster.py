@@ -445,3 +445,24 @@ def test_make_submit_maps_its_variables_to_flags(kube, admin, ns):
     assert worker["replicas"] == 2 and container["image"] == "reg.example.com/clsact:2"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
     assert "s3://ml-models/clsact/make" in container["command"]
+
+
+def test_wait_rides_out_an_api_server_restart(kube, admin, ns):
+    """The API server goes away for a few seconds mid-wait (an upgrade): --wait warns once,
+    keeps polling, and still sees the job complete."""
+    name = job_name("mbv3_qat_dis")
+    assert cli(kube, "submit", *SPEC, "-n", ns).returncode == 0
+    set_status(admin, ns, name, {"phase": "Running"})
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "clsact", "submit", *SPEC, "-n", ns, "--wait", "--timeout",
+         "120", "--poll", "0.2", "--kubeconfig", str(kube.kubeconfig())],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    kube.restart_apiserver(down_for=3)
+    set_status(kube.admin_client(), ns, name, {"phase": "Completed"})
+    out, err = waiter.communicate(timeout=120)
+    assert waiter.returncode == 0, (out, err)
+    assert "cannot reach the Kubernetes API server" in err and "retrying for up to" in err
+    assert err.count("retrying for up to") == 1
+    assert out.rstrip().endswith(f"PaddleJob {ns}/{name} Completed")

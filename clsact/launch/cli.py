@@ -195,7 +195,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"{' --operator kubeflow' if rendered.operator.key == 'kubeflow' else ''}")
         return 0
     state = jobs.wait(cluster, rendered.operator, outcome.namespace, outcome.name,
-                      args.timeout, _print_state(outcome.name), poll=args.poll)
+                      args.timeout, _print_state(outcome.name), poll=args.poll,
+                      on_outage=lambda m: _note(f"warning: {m}"))
     if state is None:
         jobs.delete_job(cluster, rendered.operator, outcome.namespace, outcome.name)
         print(f"clsact: error: {ref} did not finish within {args.timeout:.0f}s; cancelled it "

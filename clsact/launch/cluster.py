@@ -35,6 +35,11 @@ class NotFound(ClusterError):
     """The object asked for does not exist (HTTP 404)."""
 
 
+class Unavailable(ClusterError):
+    """The API server cannot be reached or is overloaded (connection errors, 429, 5xx):
+    worth retrying while following a job."""
+
+
 @dataclass
 class Cluster:
     """The API clients of one connection, and where it points (for messages)."""
@@ -111,7 +116,7 @@ def translate(exc: Exception, cluster: Cluster, what: str) -> ClusterError:
     if isinstance(exc, ApiException):
         msg = _server_message(exc)
         if exc.status == 0 or exc.status is None:
-            return ClusterError(f"{what}: no answer from {cluster.host}: {msg}")
+            return Unavailable(f"{what}: no answer from {cluster.host}: {msg}")
         if exc.status == 401:
             return ClusterError(f"{what}: the API server at {cluster.host} rejected our "
                                 "credentials (401 Unauthorized): renew the token or "
@@ -123,10 +128,11 @@ def translate(exc: Exception, cluster: Cluster, what: str) -> ClusterError:
             return NotFound(f"{what}: not found: {msg}")
         if exc.status == 422:
             return ClusterError(f"{what}: the API server refused the object: {msg}")
-        return ClusterError(f"{what}: the API server answered {exc.status}: {msg}")
+        cls = Unavailable if exc.status == 429 or exc.status >= 500 else ClusterError
+        return cls(f"{what}: the API server answered {exc.status}: {msg}")
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
         reason = getattr(exc, "reason", None) or exc
-        return ClusterError(f"{what}: cannot reach the Kubernetes API server at {cluster.host} "
+        return Unavailable(f"{what}: cannot reach the Kubernetes API server at {cluster.host} "
                             f"({str(reason).splitlines()[0][:200]}); check the kubeconfig "
                             f"context{f' {cluster.context!r}' if cluster.context else ''} and "
                             "that the cluster is up")

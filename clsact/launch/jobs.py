@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from clsact.launch.cluster import Cluster, ClusterError, NotFound, api_call, ensure_crd
+from clsact.launch.cluster import (
+    Cluster,
+    ClusterError,
+    NotFound,
+    Unavailable,
+    api_call,
+    ensure_crd,
+)
 from clsact.launch.names import job_name
 from clsact.launch.operators import JobState, Operator, job_state
 from clsact.launch.render import RUN_ID_LABEL, SPEC_HASH_ANNOTATION, Rendered
@@ -215,18 +222,38 @@ def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
 
 
 def wait(cluster: Cluster, operator: Operator, namespace: str, name: str, timeout: float,
-         on_change: Callable[[JobState], None], poll: float = 2.0) -> JobState | None:
+         on_change: Callable[[JobState], None], poll: float = 2.0,
+         max_outage: float = 300.0, on_outage: Callable[[str], None] = lambda _msg: None
+         ) -> JobState | None:
     """Follow a job until it succeeds or fails; None after ``timeout`` seconds.
 
     ``on_change`` is called with every new state (phase or message), the first one included.
+    An API server that is unreachable or overloaded (restart, upgrade, network blip) is
+    retried for up to ``max_outage`` seconds in a row; ``on_outage`` hears of it once.
 
     Raises:
-        ClusterError: the job disappeared (cancelled elsewhere) or a request failed.
+        ClusterError: the job disappeared (cancelled elsewhere), a request was refused, or the
+            server stayed unavailable longer than ``max_outage``.
     """
     deadline = time.monotonic() + timeout
     last: JobState | None = None
+    outage_since: float | None = None
     while True:
-        obj = get_job(cluster, operator, namespace, name)
+        try:
+            obj = get_job(cluster, operator, namespace, name)
+        except Unavailable as exc:
+            now = time.monotonic()
+            if outage_since is None:
+                outage_since = now
+                on_outage(f"{exc}; retrying for up to {max_outage:.0f}s")
+            if now - outage_since > max_outage:
+                raise ClusterError(f"{exc} (for {now - outage_since:.0f}s, giving up; the job "
+                                   "may still be running)") from None
+            if now >= deadline:
+                return None
+            time.sleep(min(poll, 5.0))
+            continue
+        outage_since = None
         if obj is None:
             raise ClusterError(f"{operator.kind} {namespace}/{name} disappeared while waiting "
                                "(cancelled or deleted by someone else)")
