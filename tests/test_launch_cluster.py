@@ -403,6 +403,26 @@ def test_no_kubeconfig_anywhere(tmp_path):
     one_line_error(proc, f"kubeconfig {tmp_path / 'nope'} does not exist")
 
 
+def test_in_cluster_service_account(kube, admin, ns, tmp_path, monkeypatch):
+    """No kubeconfig, but the environment and files a pod has: the service account is used."""
+    import kubernetes.config.incluster_config as incluster
+
+    from clsact.launch.operators import OPERATORS
+
+    apply(admin, render.render_rbac(ns, "clsact-submitter", "clsact-s3"))
+    token = tmp_path / "token"
+    token.write_text(kubeserver.service_account_token(admin, ns, "clsact-submitter"))
+    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME", str(kube.ca_file))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", kube.url.rsplit(":", 1)[1])
+    cluster = connect()
+    assert cluster.host == kube.url
+    assert jobs.list_jobs(cluster, [OPERATORS["paddle"]], ns) == []
+
+
 def test_unknown_context(kube):
     one_line_error(cli(kube, "list", "--context", "prod"),
                    "has no context 'prod'; contexts: test")
