@@ -53,8 +53,12 @@ if [ ! -x "$BIN" ]; then
     grep -rl 'modern-go/reflect2 v1.0.1' "$SRC/go.mod" "$SRC/vendor/modules.txt" "$SRC"/staging/src/k8s.io/*/go.mod \
         | xargs sed -i 's#modern-go/reflect2 v1.0.1#modern-go/reflect2 v1.0.2#'
     mkdir -p "$CACHE/gohome"
-    (cd "$SRC" && HOME="$CACHE/gohome" GOCACHE="$CACHE/gocache" CGO_ENABLED=0 \
-        make WHAT=cmd/kube-apiserver >&2)
+    if ! (cd "$SRC" && HOME="$CACHE/gohome" GOCACHE="$CACHE/gocache" CGO_ENABLED=0 \
+            make WHAT=cmd/kube-apiserver) > "$CACHE/build.log" 2>&1; then
+        tail -40 "$CACHE/build.log" >&2
+        log "error: the build failed (full log: $CACHE/build.log)"
+        exit 1
+    fi
     install -m 0755 "$SRC/_output/bin/kube-apiserver" "$BIN.tmp"
     mv "$BIN.tmp" "$BIN"
     log "cached $BIN"
