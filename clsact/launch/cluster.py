@@ -35,6 +35,10 @@ class NotFound(ClusterError):
     """The object asked for does not exist (HTTP 404)."""
 
 
+class CrdMissing(ClusterError):
+    """The cluster does not serve the PaddleJob kind of the chosen operator."""
+
+
 class Unavailable(ClusterError):
     """The API server cannot be reached or is overloaded (connection errors, 429, 5xx):
     worth retrying while following a job."""
@@ -157,10 +161,10 @@ def ensure_crd(cluster: Cluster, operator: Operator) -> None:
     """Check that the cluster serves the operator's PaddleJob kind.
 
     Raises:
-        ClusterError: the API group or the kind is missing (with how to install the operator),
-            or the server cannot be reached.
+        CrdMissing: the API group or the kind is missing (with how to install the operator).
+        ClusterError: the server cannot be reached or refuses the request.
     """
-    missing = ClusterError(
+    missing = CrdMissing(
         f"the cluster at {cluster.host} does not know {operator.kind} "
         f"({operator.api_version}): {operator.install_hint}, or choose the installed operator "
         "with --operator paddle|kubeflow")

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from clsact.launch.cluster import (
     Cluster,
     ClusterError,
+    CrdMissing,
     NotFound,
     Unavailable,
     api_call,
@@ -279,12 +280,8 @@ def list_jobs(cluster: Cluster, operators: Iterable[Operator], namespace: str
     for op in operators:
         try:
             ensure_crd(cluster, op)
-        except NotFound:
+        except CrdMissing:
             continue
-        except ClusterError as exc:
-            if "does not know" in str(exc):
-                continue
-            raise
         installed += 1
         items = api_call(cluster, f"listing {op.kind} ({op.api_version}) in {namespace}",
                          cluster.custom.list_namespaced_custom_object, op.group, op.version,
