@@ -122,6 +122,11 @@ def test_resubmitting_the_same_spec_creates_nothing(kube, admin, ns):
     assert "already submitted with this spec; nothing created" in proc.stdout
     after = get_job(admin, ns, name)["metadata"]
     assert (after["uid"], after["resourceVersion"]) == (before["uid"], before["resourceVersion"])
+    client.CoreV1Api(admin).delete_namespaced_config_map(f"{name}-config", ns)
+    assert cli(kube, "submit", *SPEC, "-n", ns).returncode == 0
+    cm = get_config_map(admin, ns, name)
+    assert cm is not None and cm.metadata.owner_references[0].uid == before["uid"], \
+        "a ConfigMap deleted by hand is restored for the running job"
 
 
 def test_a_changed_spec_conflicts_unless_replaced(kube, admin, ns):

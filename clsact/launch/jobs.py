@@ -136,6 +136,15 @@ def server_dry_run(cluster: Cluster, rendered: Rendered, replacing: bool = False
             "server would silently drop it; upgrade the operator or remove the setting")
 
 
+def _config_map_exists(cluster: Cluster, namespace: str, name: str) -> bool:
+    try:
+        api_call(cluster, f"reading ConfigMap {namespace}/{name}",
+                 cluster.core.read_namespaced_config_map, name, namespace)
+    except NotFound:
+        return False
+    return True
+
+
 def _create_config_map(cluster: Cluster, rendered: Rendered, owner: dict[str, Any]) -> None:
     cm = dict(rendered.config_map)
     cm["metadata"] = {**cm["metadata"], "ownerReferences": [{
@@ -198,6 +207,8 @@ def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
     if existing is not None:
         old_hash = (existing["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
         if old_hash == rendered.spec_hash:
+            if not _config_map_exists(cluster, ns, rendered.config_map["metadata"]["name"]):
+                _create_config_map(cluster, rendered, existing)   # deleted by hand: restore
             return SubmitOutcome(name, ns, "unchanged", job_state(op, existing))
         if not replace:
             raise ClusterError(
