@@ -32,9 +32,9 @@ LAUNCH_LOG_DIR = "/tmp/clsact-launch"
 KUBEFLOW_MASTER_PORT = 37777
 RUN_ID_LABEL = "clsact.io/run-id"
 SPEC_HASH_ANNOTATION = "clsact.io/spec-hash"
-# Global keys and other config locations a pod must be able to reach
-_LOCATION_KEYS = (("Global", "model_dir"), ("Global", "data_dir"), ("Global", "output_dir"),
-                  ("Global", "scratch_dir"), ("Distillation", "teacher_model_dir"))
+# config locations a pod must be able to read (the save dir is checked on its own)
+_LOCATION_KEYS = (("Global", "model_dir"), ("Global", "data_dir"), ("Global", "scratch_dir"),
+                  ("Distillation", "teacher_model_dir"))
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def resolve_config(config_path: str | Path, overrides: list[str], values: Launch
     mounts = [m.get("mountPath", "") for m in values["volumeMounts"] if isinstance(m, dict)]
     for section, key in _LOCATION_KEYS:
         value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
-        if isinstance(value, str) and key != "output_dir":
+        if isinstance(value, str):
             check_pod_location(value, f"{config_path}: {section}.{key}", mounts)
     cfg = config_mod.validate(raw, source=str(config_path))
     save_dir = values["saveDir"] or raw.get("Global", {}).get("output_dir")
