@@ -491,3 +491,22 @@ def test_wait_rides_out_an_api_server_restart(kube, admin, ns):
     assert "cannot reach the Kubernetes API server" in err and "retrying for up to" in err
     assert err.count("retrying for up to") == 1
     assert out.rstrip().endswith(f"PaddleJob {ns}/{name} Completed")
+
+
+def test_a_submitter_racing_another_ends_unchanged(kube, ns, monkeypatch):
+    """Another submitter creates the same job between our look and our create (409): we
+    compare with theirs instead of failing."""
+    cluster = connect(str(kube.kubeconfig()))
+    v = values.resolve({}, {"image": "reg.example.com/clsact:1", "namespace": ns,
+                            "saveDir": "s3://ml-models/clsact/run"})
+    rendered = render.render(MBV3, ["Global.model_dir=s3://models/mbv3",
+                                    "Global.data_dir=s3://datasets/ilsvrc2012"], v)
+    assert jobs.submit(cluster, rendered).action == "created"
+    real_get, calls = jobs.get_job, []
+
+    def stale_first_look(*args):
+        calls.append(args)
+        return None if len(calls) == 1 else real_get(*args)
+    monkeypatch.setattr(jobs, "get_job", stale_first_look)
+    assert jobs.submit(cluster, rendered).action == "unchanged"
+    assert len(calls) == 2

@@ -35,6 +35,10 @@ class NotFound(ClusterError):
     """The object asked for does not exist (HTTP 404)."""
 
 
+class Conflict(ClusterError):
+    """The object already exists (HTTP 409)."""
+
+
 class CrdMissing(ClusterError):
     """The cluster does not serve the PaddleJob kind of the chosen operator."""
 
@@ -130,6 +134,8 @@ def translate(exc: Exception, cluster: Cluster, what: str) -> ClusterError:
                                 "`clsact rbac --namespace NS | kubectl apply -f -`)")
         if exc.status == 404:
             return NotFound(f"{what}: not found: {msg}")
+        if exc.status == 409:
+            return Conflict(f"{what}: {msg}")
         if exc.status == 422:
             return ClusterError(f"{what}: the API server refused the object: {msg}")
         cls = Unavailable if exc.status == 429 or exc.status >= 500 else ClusterError

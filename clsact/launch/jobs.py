@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from clsact.launch.cluster import (
     Cluster,
     ClusterError,
+    Conflict,
     CrdMissing,
     NotFound,
     Unavailable,
@@ -155,9 +156,7 @@ def _create_config_map(cluster: Cluster, rendered: Rendered, owner: dict[str, An
     try:
         api_call(cluster, f"creating ConfigMap {ns}/{name}",
                  cluster.core.create_namespaced_config_map, ns, cm)
-    except ClusterError as exc:
-        if "already exists" not in str(exc):
-            raise
+    except Conflict:
         # a leftover of an earlier job of this name (the job itself is gone): replace it
         api_call(cluster, f"replacing ConfigMap {ns}/{name}",
                  cluster.core.replace_namespaced_config_map, name, ns, cm)
@@ -193,7 +192,8 @@ def delete_job(cluster: Cluster, operator: Operator, namespace: str, name: str,
 
 
 def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
-           warn: Callable[[str], None] = lambda _msg: None) -> SubmitOutcome:
+           warn: Callable[[str], None] = lambda _msg: None,
+           _retried: bool = False) -> SubmitOutcome:
     """Create the job and its ConfigMap, unless the same spec is already there.
 
     Raises:
@@ -216,15 +216,21 @@ def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
                 f"vs {rendered.spec_hash}, created {existing['metadata'].get('creationTimestamp')}"
                 "): pass --replace to delete and resubmit it, or --name for a new job")
         action = "replaced"
-    server_dry_run(cluster, rendered, replacing=existing is not None)  # namespace, schema
-    warning = check_secret(cluster, ns, rendered.secret)
-    if warning:
-        warn(warning)
-    if existing is not None:
-        delete_job(cluster, op, ns, name)
-    created = api_call(cluster, f"creating {op.kind} {ns}/{name}",
-                       cluster.custom.create_namespaced_custom_object, op.group, op.version,
-                       ns, op.plural, rendered.job)
+    try:
+        server_dry_run(cluster, rendered, replacing=existing is not None)  # namespace, schema
+        warning = check_secret(cluster, ns, rendered.secret)
+        if warning:
+            warn(warning)
+        if existing is not None:
+            delete_job(cluster, op, ns, name)
+        created = api_call(cluster, f"creating {op.kind} {ns}/{name}",
+                           cluster.custom.create_namespaced_custom_object, op.group,
+                           op.version, ns, op.plural, rendered.job)
+    except Conflict:
+        if _retried:
+            raise
+        # another submitter created the job since we looked: compare with theirs
+        return submit(cluster, rendered, replace=False, warn=warn, _retried=True)
     try:
         _create_config_map(cluster, rendered, created)
     except ClusterError:
