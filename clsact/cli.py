@@ -1,5 +1,7 @@
-"""The ``clsact`` command line: ``compress``, ``eval``, ``verify``, ``dataset pack``, ``demo``,
-and the launcher's ``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``, ``rbac``
+"""clsact: compress image classifiers (QAT + distillation) and run them on Kubernetes.
+
+Commands: ``compress``, ``eval``, ``verify``, ``dataset pack``, ``demo``, and the launcher's
+``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``, ``rbac``
 (:mod:`clsact.launch.cli`).
 
 User mistakes (:class:`~clsact.errors.ClsactError`) end with one ``clsact: error: ...`` line
