@@ -221,12 +221,12 @@ def test_waiting_on_a_finished_identical_job_returns_at_once(kube, admin, ns):
 # ---------------------------------------------------------------- status, list, logs, cancel
 
 
-def make_pods(admin, ns, name, count, node=None, phase="Running"):
+def make_pods(admin, ns, name, count, node=None, phase="Running", container="clsact"):
     """Play the operator: worker pods carrying the template's labels."""
     core = client.CoreV1Api(admin)
     for i in range(count):
         pod = f"{name}-worker-{i}"
-        spec = {"containers": [{"name": "clsact", "image": "reg.example.com/clsact:1"}]}
+        spec = {"containers": [{"name": container, "image": "reg.example.com/clsact:1"}]}
         if node:
             spec["nodeName"] = node
         core.create_namespaced_pod(ns, {"metadata": {
@@ -278,6 +278,17 @@ def test_logs_of_every_worker_prefixed_with_the_pod(kube, admin, ns, kubelet):
                     if line.startswith(f"[{name}-worker-{i}] ")]
             assert mine == [f"[{name}-worker-{i}] rank {i} step {s}" for s in range(5)]
     assert any("follow=true" in r for r in kubelet.requests), "streamed through pods/log"
+
+
+def test_kubeflow_logs_read_the_paddle_container(kube, admin, ns, kubelet):
+    assert cli(kube, "submit", *SPEC, "-n", ns, "--operator", "kubeflow").returncode == 0
+    name = job_name("mbv3_qat_dis", "kubeflow")
+    make_pods(admin, ns, name, 1, node="node-1", container="paddle")
+    kubelet.logs[(ns, f"{name}-worker-0")] = ["from kubeflow"]
+    proc = cli(kube, "logs", "mbv3_qat_dis", "-n", ns, "--operator", "kubeflow")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"[{name}-worker-0] from kubeflow\n"
+    assert kubelet.requests[-1].startswith(f"/containerLogs/{ns}/{name}-worker-0/paddle")
 
 
 def test_logs_before_any_pod_is_clear(kube, ns):
