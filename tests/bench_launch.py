@@ -17,6 +17,7 @@ from pathlib import Path
 
 from clsact.launch import jobs, render, values
 from clsact.launch.cluster import connect
+from clsact.launch.names import job_name
 from tests import kubeserver
 from tests.conftest import REPO, SHARED
 
@@ -71,7 +72,7 @@ def run(repeat: int) -> dict[str, float]:
                                                              _launch_values("n0"))), repeat)
             r["cancel (in process)"] = _median_ms(
                 lambda i: jobs.delete_job(cluster, op, "default",
-                                          render.job_name(f"n{i}")), repeat)
+                                          job_name(f"n{i}")), repeat)
             spec = ["--config", str(CONFIG), "--image", "reg.example.com/clsact:1",
                     "--save-dir", "s3://ml-models/clsact/bench", "--s3-secret", "",
                     *[x for o in OVERRIDES for x in ("--set", o)]]

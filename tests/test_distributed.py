@@ -8,7 +8,6 @@ mounted path, plus exactly the environment each operator injects."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from clsact.errors import DistributedError
 from clsact.launch import render, validate, values
 from clsact.runtime import RankInfo
 from tests.conftest import REPO, run_cli
+from tests.kubeserver import free_port
 from tests.test_compress import small_config
 
 CLSACT = str(Path(sys.executable).parent / "clsact")  # the console script the image runs
@@ -82,12 +82,6 @@ def test_launch_env_is_required():
     with pytest.raises(DistributedError, match="python -m paddle.distributed.launch"):
         check_launched({"PADDLE_TRAINERS_NUM": "2"}, 2)
     check_launched({"PADDLE_CURRENT_ENDPOINT": "a:1", "PADDLE_TRAINER_ENDPOINTS": "a:1,b:1"}, 2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dist_config(tmp_path, mbv3_model, small_digits_dir, **glob) -> Path:

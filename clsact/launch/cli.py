@@ -13,6 +13,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from clsact.launch.operators import OPERATORS
+
 EXIT_JOB_FAILED = 1
 EXIT_TIMEOUT = 124
 
@@ -39,7 +41,7 @@ def _add_job_ref(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="job name as submit printed it (or the --name "
                    "/ config stem it was made from)")
     p.add_argument("--namespace", "-n", default="default")
-    p.add_argument("--operator", choices=("paddle", "kubeflow"), default="paddle")
+    p.add_argument("--operator", choices=tuple(OPERATORS), default="paddle")
     _add_cluster_flags(p)
 
 
@@ -53,7 +55,7 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-worker", type=int, help="GPUs (= ranks) per pod; 0 for one CPU "
                    "rank; default 1")
     p.add_argument("--image", help="container image holding clsact")
-    p.add_argument("--operator", choices=("paddle", "kubeflow"),
+    p.add_argument("--operator", choices=tuple(OPERATORS),
                    help="paddle-operator (default) or the Kubeflow training-operator")
     p.add_argument("--name", help="job name base (default: the config file's stem); the job "
                    "is named <sanitised name>-<hash>")
@@ -98,7 +100,7 @@ def add_parsers(sub: Any) -> None:
     _add_job_ref(p)
     p = sub.add_parser("list", help="clsact's jobs in a namespace")
     p.add_argument("--namespace", "-n", default="default")
-    p.add_argument("--operator", choices=("paddle", "kubeflow"), help="only this kind "
+    p.add_argument("--operator", choices=tuple(OPERATORS), help="only this kind "
                    "(default: both that are installed)")
     _add_cluster_flags(p)
     p = sub.add_parser("logs", help="logs of every worker pod, prefixed with the pod name")
@@ -213,7 +215,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """``clsact status``: the job's phase and its pods."""
     from clsact.launch import jobs
-    from clsact.launch.operators import OPERATORS, job_state
+    from clsact.launch.operators import job_state
 
     op = OPERATORS[args.operator]
     cluster = _connect(args)
@@ -245,7 +247,7 @@ def _age(created: str | None) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     """``clsact list``: a table of clsact's jobs."""
     from clsact.launch import jobs
-    from clsact.launch.operators import OPERATORS, job_state
+    from clsact.launch.operators import job_state
 
     ops = [OPERATORS[args.operator]] if args.operator else list(OPERATORS.values())
     cluster = _connect(args)
@@ -263,7 +265,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     """``clsact logs``."""
     from clsact.launch import jobs
-    from clsact.launch.operators import OPERATORS
 
     jobs.stream_logs(_connect(args), OPERATORS[args.operator], args.namespace, args.name,
                      args.follow, sys.stdout)
@@ -273,7 +274,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``clsact cancel``: delete the job and its ConfigMap."""
     from clsact.launch import jobs
-    from clsact.launch.operators import OPERATORS
 
     op = OPERATORS[args.operator]
     cluster = _connect(args)

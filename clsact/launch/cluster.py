@@ -35,6 +35,10 @@ class NotFound(ClusterError):
     """The object asked for does not exist (HTTP 404)."""
 
 
+class Forbidden(ClusterError):
+    """RBAC refused the request (HTTP 403)."""
+
+
 class Conflict(ClusterError):
     """The object already exists (HTTP 409)."""
 
@@ -130,7 +134,7 @@ def translate(exc: Exception, cluster: Cluster, what: str) -> ClusterError:
                                 "credentials (401 Unauthorized): renew the token or "
                                 "certificate of the kubeconfig context")
         if exc.status == 403:
-            return ClusterError(f"{what}: forbidden: {msg} (bind the clsact submitter Role: "
+            return Forbidden(f"{what}: forbidden: {msg} (bind the clsact submitter Role: "
                                 "`clsact rbac --namespace NS | kubectl apply -f -`)")
         if exc.status == 404:
             return NotFound(f"{what}: not found: {msg}")

@@ -20,12 +20,13 @@ from clsact.launch.cluster import (
     ClusterError,
     Conflict,
     CrdMissing,
+    Forbidden,
     NotFound,
     Unavailable,
     api_call,
     ensure_crd,
 )
-from clsact.launch.names import job_name
+from clsact.launch.names import config_map_name, job_name
 from clsact.launch.operators import JobState, Operator, job_state
 from clsact.launch.render import RUN_ID_LABEL, SPEC_HASH_ANNOTATION, Rendered
 
@@ -91,11 +92,9 @@ def check_secret(cluster: Cluster, namespace: str, secret: str | None) -> str | 
             f"{namespace}: kubectl -n {namespace} create secret generic {secret} "
             "--from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...") \
             from None
-    except ClusterError as exc:
-        if "forbidden" in str(exc):
-            return (f"cannot check that Secret {secret!r} exists (no get permission); the "
-                    "pods will wait for it if it is missing")
-        raise
+    except Forbidden:
+        return (f"cannot check that Secret {secret!r} exists (no get permission); the "
+                "pods will wait for it if it is missing")
     return None
 
 
@@ -178,8 +177,8 @@ def delete_job(cluster: Cluster, operator: Operator, namespace: str, name: str,
     except NotFound:
         existed = False
     try:
-        api_call(cluster, f"deleting ConfigMap {namespace}/{name}-config",
-                 cluster.core.delete_namespaced_config_map, f"{name}-config", namespace)
+        api_call(cluster, f"deleting ConfigMap {namespace}/{config_map_name(name)}",
+                 cluster.core.delete_namespaced_config_map, config_map_name(name), namespace)
     except NotFound:
         pass
     deadline = time.monotonic() + timeout

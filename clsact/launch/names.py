@@ -16,6 +16,11 @@ def short_hash(text: str, n: int = 6) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
+def config_map_name(job: str) -> str:
+    """The ConfigMap that holds a job's config."""
+    return f"{job}-config"
+
+
 def job_name(base: str, operator: str = "paddle") -> str:
     """``<sanitised base>-<6 hex of sha256(operator/base)>``: the same base and operator give
     the same name.

@@ -21,7 +21,7 @@ import yaml
 import clsact
 from clsact import config as config_mod
 from clsact.errors import ConfigError
-from clsact.launch.names import job_name, short_hash
+from clsact.launch.names import config_map_name, job_name, short_hash
 from clsact.launch.operators import OPERATORS, Operator
 from clsact.launch.values import LaunchValues
 from clsact.storage import is_uri
@@ -171,7 +171,7 @@ def render(config_path: str | Path, overrides: list[str], values: LaunchValues) 
         "v": values.data, "name": name, "labels": standard_labels(name, values["labels"]),
         "user_annotations": values["annotations"], "annotations": dict(values["annotations"]),
         "command": container_command(values, save_dir, name), "env": env,
-        "resources": _resources(values), "config_map_name": f"{name}-config",
+        "resources": _resources(values), "config_map_name": config_map_name(name),
         "config_mount_dir": CONFIG_MOUNT_DIR, "config_file_name": CONFIG_FILE_NAME,
         "config_text": cfg.to_yaml(),
         "ports": ([{"name": "master", "containerPort": KUBEFLOW_MASTER_PORT}]

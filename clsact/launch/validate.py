@@ -158,8 +158,8 @@ def validate_objects(objects: list[dict[str, Any]], crds: list[dict[str, Any]] |
     checked = []
     for obj in objects:
         name = f"{obj['kind']}/{obj['metadata']['name']}"
-        if "." not in obj["apiVersion"].split("/")[0] or obj["apiVersion"].startswith(
-                ("rbac.authorization.k8s.io/", "apps/", "batch/")):
+        group = obj["apiVersion"].rpartition("/")[0]
+        if "." not in group or group.endswith(".k8s.io"):  # core, apps, batch, rbac...
             validate_builtin(obj, k8s_version)
             checked.append(f"{name}: Kubernetes {k8s_version} schema")
             continue

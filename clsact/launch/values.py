@@ -20,8 +20,7 @@ from typing import Any
 
 from clsact.config import check_section, parse_yaml_file
 from clsact.errors import ConfigError
-
-OPERATORS = ("paddle", "kubeflow")
+from clsact.launch.operators import OPERATORS
 
 # key -> (type, default); types as in clsact.schema. Defaults of None are filled per operator.
 VALUES: dict[str, tuple[str, Any]] = {
@@ -58,7 +57,7 @@ VALUES: dict[str, tuple[str, Any]] = {
 }
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("values", "operator"): OPERATORS,
+    ("values", "operator"): tuple(OPERATORS),
     ("values", "imagePullPolicy"): ("Always", "IfNotPresent", "Never"),
 }
 CLEAN_POD_POLICIES = {"paddle": ("OnCompletion", "OnFailure", "Always", "Never"),
