@@ -2,12 +2,22 @@
 
 ACT owns the training loop; clsact owns what ACT calls back into: the training data
 generator (where, between two steps, the ranks average their state — see
-:mod:`clsact.distributed`) and the evaluation callback (sharded, aggregated, broadcast).
+:mod:`clsact.distributed` — and rank 0 takes checkpoints at their cadence) and the evaluation
+callback (sharded, aggregated, broadcast; a checkpoint after each evaluation).
+
+With more than one rank every rank takes the same steps: a batch whose every image was
+unreadable is replaced by a stand-in (the rank's previous batch) that the next average
+weighs 0, so no rank meets the others' collectives one step early.
+
+ACT's pre-training check of ``TrainConfig.origin_metric`` calls the eval callback on the fp32
+model before training starts; clsact answers it with the baseline top-1 it measured already
+(no second evaluation, no checkpoint, not counted as an ACT evaluation).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +27,8 @@ from clsact import checkpoint, compat, logs
 from clsact.config import Config
 from clsact.distributed import Group, aggregate_eval, average_state, state_digest, state_names
 from clsact.errors import ClsactError
-from clsact.storage import Store
 
 log = logging.getLogger(__name__)
-
-
-def scale_learning_rate(cfg: Config, world: int) -> float:
-    """Apply ``Global.lr_scaling`` for ``world`` ranks to ``TrainConfig.learning_rate`` (a
-    number or a scheduler mapping with ``learning_rate``), in place; returns the factor."""
-    factor = float(world) if cfg.globals["lr_scaling"] == "linear" else 1.0
-    if factor == 1.0:
-        return 1.0
-    lr = cfg.train.get("learning_rate")
-    if isinstance(lr, (int, float)):
-        cfg.train["learning_rate"] = lr * factor
-    elif isinstance(lr, dict) and isinstance(lr.get("learning_rate"), (int, float)):
-        lr["learning_rate"] = lr["learning_rate"] * factor
-    else:
-        return 1.0
-    return factor
 
 
 def ensure_evaluation(cfg: Config, steps_per_epoch: int) -> int:
@@ -58,13 +51,15 @@ def ensure_evaluation(cfg: Config, steps_per_epoch: int) -> int:
 
 
 class _RankSync:
-    """Averages the student's state across ranks when it changed since the last average."""
+    """Averages the student's state across ranks when it changed since the last average,
+    weighting each rank by the samples of its last step."""
 
     def __init__(self, group: Group) -> None:
         self.group = group
         self.names: list[str] | None = None
         self.program = None  # ACT's training program, captured when its loop starts
         self.dirty = False
+        self.weight = 1.0
         self.syncs = 0
 
     def _scope_and_place(self):
@@ -73,7 +68,8 @@ class _RankSync:
         return paddle.static.global_scope(), paddle.framework._current_expected_place()
 
     def ensure_names(self) -> list[str]:
-        """The variables that make up the training state (the same list on every rank)."""
+        """The variables that make up the training state (the same list on every rank;
+        every rank must call this the first time: it compares the lists)."""
         if self.names is None:
             scope, _ = self._scope_and_place()
             names = state_names(scope, self.program)
@@ -90,15 +86,17 @@ class _RankSync:
         return self.names
 
     def sync(self) -> None:
+        """Average the state if a step changed it since the last average."""
         if not self.group.active or not self.dirty:
             self.dirty = False
             return
         scope, place = self._scope_and_place()
-        average_state(self.group, scope, self.ensure_names(), place)
+        average_state(self.group, scope, self.ensure_names(), place, self.weight)
         self.dirty = False
         self.syncs += 1
 
     def digest(self) -> str | None:
+        """sha256 of this rank's state (None before training)."""
         if self.names is None:
             return None
         scope, _ = self._scope_and_place()
@@ -121,20 +119,48 @@ class _RankSync:
         if missing or any(state[n].shape != tuple(scope.find_var(n).get_tensor().shape())
                           for n in names):
             raise ClsactError(f"the checkpoint does not match this model/config ({len(missing)}"
-                              " variables missing or reshaped); use another --run-id to start "
-                              "over")
+                              " variables missing or reshaped); start over with --overwrite")
         for name in names:
             scope.find_var(name).get_tensor().set(state[name], place)
         return len(names)
 
 
-def _eval_callback(group: Group, sync: _RankSync, val_loader, input_name: str,
-                   history: list[dict[str, Any]], saver):
+@dataclass
+class RunState:
+    """What one ACT run has done so far (shared by the generator and the callbacks)."""
+
+    offset: int = 0  # steps done before this process started (resume)
+    started: bool = False  # ACT entered its training loop
+    feeding: bool = False  # batches pulled now are training steps (not ACT's peek)
+    batches: int = 0
+    images: int = 0
+    stand_ins: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    earlier: list[float] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        """Steps done in the whole run."""
+        return self.offset + self.batches
+
+
+def _snapshot(run: RunState, run_id: str, sync: _RankSync,
+              fingerprint: dict[str, Any]) -> checkpoint.Checkpoint:
+    return checkpoint.Checkpoint(run_id, run.step, run.earlier + [h["top1"] for h in run.history],
+                                 sync.state(), fingerprint)
+
+
+def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
+                   input_name: str, baseline_top1: float, save):
     from clsact.evaluate import evaluate_program
 
     def callback(exe, program, feed_names, fetch_targets) -> float:
+        if not run.started:
+            log.info("ACT's origin_metric check: the baseline top-1 %.4f measured before "
+                     "(not evaluated again)", baseline_top1)
+            return baseline_top1
         sync.sync()
-        mine = evaluate_program(exe, program, input_name, fetch_targets[0], val_loader)
+        mine = evaluate_program(exe, program, input_name, fetch_targets[0], select_loader)
         result = aggregate_eval(group, mine, "an evaluation")
         # decided once: rank 0's number, on every rank (equal anyway: summed integer counts)
         result["top1"] = group.broadcast_object(result["top1"], "the evaluation result")
@@ -142,37 +168,60 @@ def _eval_callback(group: Group, sync: _RankSync, val_loader, input_name: str,
         if digest is not None:
             result["state_digests"] = group.gather_object(digest, "the state digests")
             log.info("state digest after %d syncs: %s", sync.syncs, digest[:16])
-        history.append(result)
-        log.info("ACT evaluation %d: top1=%.4f top5=%.4f (%d images)", len(history),
-                 result["top1"], result["top5"], result["samples"])
-        saver()
+        run.history.append(result)
+        log.info("ACT evaluation %d after %d steps: top1=%.4f top5=%.4f (%d images)",
+                 len(run.history), run.step, result["top1"], result["top5"],
+                 result["samples"])
+        save()
         return result["top1"]
 
     return callback
 
 
-def _capture_train_program(act, sync: _RankSync) -> None:
-    """Let ``sync`` see ACT's training program (the variables to average): ACT builds it
-    inside ``single_strategy_compress`` and hands it only to ``_start_train``."""
-    original = act._start_train
+def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSync,
+                     checkpointer: checkpoint.Checkpointer, save):
+    """ACT's training data: one call is one epoch of this rank's batches."""
+    last: dict[str, np.ndarray] = {}
+    side = train_loader.spec.img_size
 
-    def start_train(train_program_info, test_program_info, strategy, train_config):
-        program = train_program_info.program
-        sync.program = getattr(program, "_program", program)  # CompiledProgram or Program
-        return original(train_program_info, test_program_info, strategy, train_config)
+    def train_data():
+        for batch in train_loader:
+            if not run.feeding:  # ACT's constructor peeks at one batch
+                yield {input_name: batch.images}
+                continue
+            sync.sync()  # the previous step changed this rank's state
+            if checkpointer.due(run.step):
+                save()
+            images, weight = batch.images, len(batch.labels)
+            if weight == 0:
+                run.stand_ins += 1
+                log.warning("rank %d: batch %d had no readable image; stepping on a stand-in "
+                            "batch that the rank average weighs 0, so every rank takes the "
+                            "same steps", sync.group.rank, run.step)
+                images = last.get("images", np.zeros((1, 3, side, side), np.float32))
+            else:
+                last["images"] = images
+            sync.weight = float(weight)
+            sync.dirty = True  # the step ACT runs on this batch will change the state
+            run.batches += 1
+            run.images += weight
+            yield {input_name: images}
 
-    act._start_train = start_train
+    return train_data
 
 
-def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, val_loader,
+def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_loader,
             input_name: str, group: Group, overrides: dict[str, Any] | None = None, *,
-            run_id: str = "", resume: checkpoint.Checkpoint | None = None,
-            checkpoints: Store | None = None) -> dict[str, Any]:
+            run_id: str = "", baseline_top1: float = 0.0,
+            resume: checkpoint.Checkpoint | None = None,
+            checkpointer: checkpoint.Checkpointer | None = None,
+            fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
 
-    The compressed model lands in ``act_dir`` (on rank 0: ACT saves there only). With
-    ``resume``, training continues from that checkpoint (state, data position); with
-    ``checkpoints`` (rank 0), a checkpoint is written at every evaluation.
+    The compressed model lands in ``act_dir`` (on rank 0: ACT saves there only). ACT's
+    evaluations run on ``select_loader``. With ``resume``, training continues from that
+    checkpoint (state, data position); ``checkpointer`` (enabled on rank 0) writes one after
+    every evaluation and at its cadence.
 
     Raises:
         ClsactError: the ranks or the checkpoint do not match the training program.
@@ -180,56 +229,56 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, val_loade
     from paddleslim.auto_compression import AutoCompression
 
     compat.act_without_fleet(AutoCompression)
+    compat.fast_ir_graph_links()
     logs.adopt_paddleslim_loggers()
-    history: list[dict[str, Any]] = []
-    fed = {"batches": 0, "images": 0}
+    checkpointer = checkpointer or checkpoint.Checkpointer(None)
     sync = _RankSync(group)
-    training = {"on": False, "restore": resume}
-    offset = resume.steps if resume else 0
-    earlier = list(resume.evaluations) if resume else []
+    run = RunState(offset=resume.steps if resume else 0,
+                   earlier=list(resume.evaluations) if resume else [])
+    train_loader.keep_empty = group.active
 
-    def train_data():
-        for batch in train_loader:
-            if training["on"]:
-                if training["restore"] is not None:
-                    n = sync.restore(training["restore"].state)
-                    log.info("resumed at step %d: restored %d state variables", offset, n)
-                    training["restore"] = None
-                sync.sync()  # the previous step changed this rank's state
-                sync.dirty = True  # the step ACT runs on this batch will
-                fed["batches"] += 1
-                fed["images"] += len(batch.labels)
-            yield {input_name: batch.images}
+    def save() -> None:
+        if checkpointer.enabled:
+            checkpointer.write(_snapshot(run, run_id, sync, fingerprint or {}))
 
-    def eval_images():
-        for batch in val_loader.epoch(0):
-            yield {input_name: batch.images}
-
-    def save_checkpoint():
-        if checkpoints is not None:
-            checkpoint.save(checkpoints, checkpoint.Checkpoint(
-                run_id, offset + fed["batches"], earlier + [h["top1"] for h in history],
-                sync.state()))
+    def on_start(program) -> None:
+        sync.program = program
+        sync.ensure_names()  # every rank, before any rank-0-only use
+        if resume is not None:
+            n = sync.restore(resume.state)
+            log.info("resumed at step %d: restored %d state variables", run.offset, n)
+        run.started = True
+        log.info("training: %s steps from step %d", cfg.train.get("train_iter") or "all",
+                 run.offset)
 
     g = cfg.globals
     act_config = cfg.act_config()
     for section, values in (overrides or {}).items():
         act_config[section].update(values)
+    log.info("paddleslim is building the compression graphs (quantization, distillation); "
+             "this takes about a minute for a small model, longer for a large one")
     act = AutoCompression(
         model_dir=str(model_dir), model_filename=g["model_filename"],
         params_filename=g["params_filename"], save_dir=str(act_dir), config=act_config,
-        train_dataloader=train_data, eval_dataloader=eval_images,
-        eval_callback=_eval_callback(group, sync, val_loader, input_name, history,
-                                     save_checkpoint),
+        train_dataloader=_train_generator(train_loader, input_name, run, sync, checkpointer,
+                                          save),
+        eval_dataloader=lambda: ({input_name: b.images} for b in select_loader.epoch(0)),
+        eval_callback=_eval_callback(group, sync, run, select_loader, input_name,
+                                     baseline_top1, save),
         deploy_hardware=None)
-    _capture_train_program(act, sync)
+    compat.on_act_train_start(act, on_start)
     per_epoch = len(train_loader)
-    train_loader.continue_at(offset // per_epoch, offset % per_epoch)
-    training["on"] = True  # ACT's constructor peeked at one batch; steps start now
+    train_loader.continue_at(run.offset // per_epoch, run.offset % per_epoch)
+    run.feeding = True  # ACT's constructor peeked at one batch; steps start now
     sync.dirty = True  # make the ranks' starting states identical at the first step
-    act.compress()
-    return {"strategies": list(act._strategy), "train_steps": fed["batches"],
-            "train_images": fed["images"], "evaluations": [h["top1"] for h in history],
+    try:
+        act.compress()
+    finally:
+        checkpointer.close()
+    history = run.history
+    return {"strategies": list(act._strategy), "train_steps": run.batches,
+            "train_images": run.images, "stand_in_steps": run.stand_ins,
+            "evaluations": [h["top1"] for h in history],
             "best_top1": max((h["top1"] for h in history), default=None),
-            "rank_syncs": sync.syncs,
+            "rank_syncs": sync.syncs, "checkpoints": checkpointer.summary(),
             "state_digests_last_eval": history[-1].get("state_digests") if history else None}

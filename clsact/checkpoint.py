@@ -1,39 +1,55 @@
 """Checkpoints that let a preempted run resume instead of starting over.
 
-At every ACT evaluation (when the ranks' states are equal) rank 0 writes the student's
-training state — the same variables the ranks average: weights, optimizer accumulators, BN
-and quantizer state — to ``<save-dir>/_checkpoint/`` (local or S3): first
-``state-<step>.npz``, then ``progress.json`` naming it with its sha256 (the marker), then
-the previous state file is deleted. A run restarted with the same ``--run-id`` loads it:
+Rank 0 writes the student's training state — the variables the ranks average: weights,
+optimizer accumulators, BN and quantizer state — to ``<save-dir>/_checkpoint/`` (local or
+S3) at every ACT evaluation and, between evaluations, every
+``Global.checkpoint_every_steps`` steps and/or ``Global.checkpoint_every_minutes`` minutes
+(at a point where every rank holds the same state). The state is copied synchronously and
+uploaded by a background thread (:class:`Checkpointer`), so a slow store never stalls the
+other ranks' collectives; a failed upload is a warning, and the next checkpoint tries again.
+Files: ``state-<step>.npz``, then ``progress.json`` naming it with its sha256 (the marker),
+then the previous state file is deleted.
 
-* weights and optimizer state from the last evaluation (ACT keeps no other: steps after it
-  are redone),
-* ``TrainConfig.train_iter`` reduced by the steps done, a scheduler's position restored
-  (``last_epoch``), the data order continued at the same epoch and batch,
-* ``metrics.json`` says so (``resumed``), and the checkpoint is deleted once the run is
-  published.
+A run restarted with the same ``--run-id`` loads it (:func:`load`) only when the
+:func:`fingerprint` of what determines training — the resolved config, the world size, the
+data lists and the model files — is the one the checkpoint was made with; any difference is
+refused with one line naming it. Then: weights and optimizer state, ``TrainConfig.train_iter``
+reduced by the steps done, the scheduler's position, the data order continued at the same
+epoch and batch; ``metrics.json`` says so (``resumed``), and the checkpoint is deleted once
+the run is published.
 
-What is not restored: ACT's "best model so far" (the final model is the best evaluated
-after the restart) and the random state of augmentations, which is a pure function of
-(seed, epoch, sample) anyway.
+Not restored: ACT's "best model so far" (the final model is the best evaluated after the
+restart) and the random state of augmentations, which is a pure function of (seed, epoch,
+sample) anyway.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clsact.errors import ClsactError
 from clsact.storage import Store
 
 log = logging.getLogger(__name__)
 DIR = "_checkpoint"
 PROGRESS = f"{DIR}/progress.json"
+# Global keys that do not change what training computes (where things are, how fast they
+# are read, how failures are handled): left out of the fingerprint.
+NEUTRAL_GLOBAL = ("model_dir", "data_dir", "output_dir", "scratch_dir", "s3_endpoint",
+                  "s3_max_attempts", "io_threads", "num_workers", "collective_timeout",
+                  "checkpoint", "checkpoint_every_steps", "checkpoint_every_minutes", "device")
+NEUTRAL_TRAIN = ("logging_iter",)
 
 
 @dataclass
@@ -44,6 +60,83 @@ class Checkpoint:
     steps: int
     evaluations: list[float] = field(default_factory=list)
     state: dict[str, np.ndarray] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key in value:
+            _flatten(value[key], f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = value
+
+
+def _digest(items) -> str:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(repr(item).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """Hex sha256 of a local file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(data: dict[str, Any], world: int, samples: dict[str, list],
+                model_files: list[Path]) -> dict[str, Any]:
+    """What determines a run's training, comparable between a checkpoint and a restart.
+
+    ``data`` is the validated config before clsact adapts it to the run (LR scaling,
+    evaluation cadence); ``samples`` maps a list's name to its samples (path and label
+    of each, in order); ``model_files`` are the input model's files.
+    """
+    cfg = copy.deepcopy(data)
+    for key in NEUTRAL_GLOBAL:
+        cfg.get("Global", {}).pop(key, None)
+    for key in NEUTRAL_TRAIN:
+        (cfg.get("TrainConfig") or {}).pop(key, None)
+    flat: dict[str, Any] = {}
+    _flatten(cfg, "", flat)
+    return {"config": {k: flat[k] for k in sorted(flat)}, "world_size": world,
+            "data": {name: _digest((s.path, s.label) for s in items)
+                     for name, items in sorted(samples.items())},
+            "model": _digest(file_digest(p) for p in model_files)}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints (empty when they match)."""
+    out = []
+    if old.get("world_size") != new.get("world_size"):
+        out.append(f"world size {old.get('world_size')} -> {new.get('world_size')} ranks")
+    old_cfg, new_cfg = old.get("config", {}), new.get("config", {})
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
+            out.append(f"{key} {old_cfg.get(key, '<unset>')!r} -> {new_cfg.get(key, '<unset>')!r}")
+    old_data, new_data = old.get("data", {}), new.get("data", {})
+    for name in sorted(set(old_data) | set(new_data)):
+        if old_data.get(name) != new_data.get(name):
+            out.append(f"the samples of {name}")
+    if old.get("model") != new.get("model"):
+        out.append("the model files")
+    return out
+
+
+def encode(ckpt: Checkpoint) -> tuple[bytes, dict[str, Any]]:
+    """The state file's bytes and the progress record naming it."""
+    buf = io.BytesIO()
+    np.savez(buf, **ckpt.state)
+    data = buf.getvalue()
+    progress = {"run_id": ckpt.run_id, "steps": ckpt.steps, "evaluations": ckpt.evaluations,
+                "state": f"{DIR}/state-{ckpt.steps:09d}.npz",
+                "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                "fingerprint": ckpt.fingerprint}
+    return data, progress
 
 
 def save(store: Store, ckpt: Checkpoint) -> None:
@@ -52,19 +145,14 @@ def save(store: Store, ckpt: Checkpoint) -> None:
     Raises:
         StorageError: a write failed (the previous checkpoint stays valid).
     """
-    buf = io.BytesIO()
-    np.savez(buf, **ckpt.state)
-    data = buf.getvalue()
-    name = f"{DIR}/state-{ckpt.steps:09d}.npz"
+    data, progress = encode(ckpt)
     old = _read_progress(store)
-    store.put_bytes(name, data)
-    progress = {"run_id": ckpt.run_id, "steps": ckpt.steps, "evaluations": ckpt.evaluations,
-                "state": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    store.put_bytes(progress["state"], data)
     store.put_bytes(PROGRESS, (json.dumps(progress) + "\n").encode())
-    if old and old.get("state") not in (None, name):
+    if old and old.get("state") not in (None, progress["state"]):
         store.delete(old["state"])
-    log.info("checkpoint after %d steps: %s (%.1f MB)", ckpt.steps, store.describe(name),
-             len(data) / 2**20)
+    log.info("checkpoint after %d steps: %s (%.1f MB)", ckpt.steps,
+             store.describe(progress["state"]), len(data) / 2**20)
 
 
 def _read_progress(store: Store) -> dict[str, Any] | None:
@@ -77,21 +165,31 @@ def _read_progress(store: Store) -> dict[str, Any] | None:
         return None
 
 
-def load(store: Store, run_id: str) -> Checkpoint | None:
+def load(store: Store, run_id: str, expected: dict[str, Any]) -> Checkpoint | None:
     """The checkpoint of run ``run_id`` in ``store``, or None (none, another run's, or
     damaged — each logged).
 
     Raises:
+        ClsactError: the checkpoint was made with another config, world size, data or model
+            than ``expected`` (its fingerprint): continuing it would silently train
+            something else.
         StorageError: the store cannot be read.
     """
     progress = _read_progress(store)
     if progress is None:
         return None
     if progress.get("run_id") != run_id:
-        log.warning("%s holds a checkpoint of run %s, not %s: starting from the beginning "
-                    "(pass --run-id %s to resume it)", store.describe(DIR),
-                    progress.get("run_id"), run_id, progress.get("run_id"))
+        log.warning("%s holds a checkpoint of run %s, not %s: starting from the beginning",
+                    store.describe(DIR), progress.get("run_id"), run_id)
         return None
+    changed = differences(progress.get("fingerprint") or {}, expected)
+    if changed:
+        shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4
+                                          else "")
+        raise ClsactError(
+            f"the checkpoint of run {run_id} in {store.describe(DIR)} was made with other "
+            f"settings ({shown}): resume with the settings it was made with, or start over "
+            "with --overwrite (discards it) or another --save-dir")
     try:
         data = store.read_bytes(progress["state"])
     except FileNotFoundError:
@@ -105,7 +203,7 @@ def load(store: Store, run_id: str) -> Checkpoint | None:
     with np.load(io.BytesIO(data)) as npz:
         state = {name: npz[name] for name in npz.files}
     return Checkpoint(run_id, int(progress["steps"]), list(progress.get("evaluations", [])),
-                      state)
+                      state, progress.get("fingerprint") or {})
 
 
 def clear(store: Store) -> None:
@@ -117,11 +215,76 @@ def clear(store: Store) -> None:
         log.warning("could not delete the checkpoint in %s: %s", store.describe(DIR), exc)
 
 
-def resume_config(train: dict[str, Any], steps: int) -> None:
-    """Shift ``TrainConfig`` (in place) so that ACT runs only the remaining steps, with a
-    learning-rate scheduler continuing where it was."""
-    if train.get("train_iter"):
-        train["train_iter"] = max(1, int(train["train_iter"]) - steps)
-    lr = train.get("learning_rate")
-    if isinstance(lr, dict):
-        lr["last_epoch"] = steps - 1
+class Checkpointer:
+    """Writes checkpoints in the background at a cadence (rank 0 only).
+
+    :meth:`due` says whether the cadence asks for one after ``step`` steps; :meth:`write`
+    snapshots nothing itself (the caller hands a copied state) and uploads on a thread,
+    skipping a checkpoint while the previous one is still uploading. Upload failures are
+    logged as warnings; :meth:`close` waits for the last upload.
+    """
+
+    def __init__(self, store: Store | None, every_steps: int | None = None,
+                 every_minutes: float | None = None, clock=time.monotonic) -> None:
+        self.store = store
+        self.every_steps = every_steps
+        self.every_seconds = every_minutes * 60 if every_minutes else None
+        self.clock = clock
+        self.last_step = 0
+        self.last_time = clock()
+        self.written = 0
+        self.failed = 0
+        self.skipped = 0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this process writes checkpoints."""
+        return self.store is not None
+
+    def due(self, step: int) -> bool:
+        """Whether the cadence wants a checkpoint after ``step`` steps."""
+        if not self.enabled or step <= self.last_step:
+            return False
+        if self.every_steps and step - self.last_step >= self.every_steps:
+            return True
+        return bool(self.every_seconds and self.clock() - self.last_time >= self.every_seconds)
+
+    def busy(self) -> bool:
+        """An upload is still running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def write(self, ckpt: Checkpoint) -> bool:
+        """Upload ``ckpt`` in the background; False when skipped (an upload is running)."""
+        if not self.enabled:
+            return False
+        if self.busy():
+            self.skipped += 1
+            log.warning("checkpoint after %d steps skipped: the previous one is still "
+                        "uploading", ckpt.steps)
+            return False
+        self.last_step, self.last_time = ckpt.steps, self.clock()
+        self._thread = threading.Thread(target=self._upload, args=(ckpt,),
+                                        name="clsact-checkpoint", daemon=True)
+        self._thread.start()
+        return True
+
+    def _upload(self, ckpt: Checkpoint) -> None:
+        try:
+            save(self.store, ckpt)
+            self.written += 1
+        except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not end the run
+            self.failed += 1
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("checkpoint after %d steps failed (%s); the run goes on and the next "
+                        "checkpoint tries again", ckpt.steps, first[:300])
+
+    def close(self) -> None:
+        """Wait for the running upload, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def summary(self) -> dict[str, int]:
+        """Counts for ``metrics.json``."""
+        return {"written": self.written, "failed": self.failed, "skipped_busy": self.skipped}

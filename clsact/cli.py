@@ -219,5 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clsact: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("clsact: interrupted; nothing was published", file=sys.stderr)
+        from clsact.storage.publish import published
+
+        done = published()
+        print(f"clsact: interrupted after publishing to {', '.join(done)} (complete)" if done
+              else "clsact: interrupted; nothing was published", file=sys.stderr)
         return 130

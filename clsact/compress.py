@@ -3,7 +3,9 @@
 One run, in order (every check that can fail cheaply comes before any heavy work):
 
 1. validate inputs: list files parse, model files exist, labels fit the model, the model's
-   input size matches ``Global.img_size``; refuse to overwrite a finished run;
+   input size matches ``Global.img_size``, the optimizer suits the number of ranks; claim
+   the save dir (refused when another run owns it or it holds a finished run); find this
+   run's checkpoint (refused when it was made with other settings);
 2. evaluate the baseline model as given (exact top-1/top-5) and check
    ``TrainConfig.origin_metric`` against it;
 3. copy the model (ACT rewrites its input in place), apply :mod:`clsact.compat` fixes to
@@ -31,14 +33,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from clsact import __version__, checkpoint, compat, logs, storage
+from clsact import __version__, checkpoint, compat, logs, optim, storage
 from clsact import config as config_mod
-from clsact.act import ensure_evaluation, run_act, scale_learning_rate
+from clsact.act import ensure_evaluation, run_act
 from clsact.config import Config
 from clsact.data.build import make_loader, read_samples
 from clsact.data.listfile import Sample
 from clsact.distributed import Group, aggregate_eval
-from clsact.errors import ConfigError, ModelError
+from clsact.errors import ConfigError, DataError, ModelError
 from clsact.modelio import model_paths
 from clsact.runtime import rank_info, select_device
 from clsact.storage import publish
@@ -184,24 +186,26 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     g = cfg.globals
     run_id = run_id or new_run_id()
     ranks = rank_info()
+    optim.check_data_parallel(cfg, ranks.world)
     group = Group(ranks, timeout=g["collective_timeout"])
     apply_storage_settings(g, s3_endpoint)
     dest = storage.open_store(save_dir or g["output_dir"], "--save-dir")
     train_samples = read_samples(g, "train")
     val_samples = read_samples(g, "val")
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
+    group.scratch.append(work)
     try:
         src_model, teachers = fetch_model(cfg, work)
         group.start()
         run_id = group.broadcast_object(run_id, "agreeing on the run id")  # rank 0's
         # after the input checks: bad inputs create nothing
-        group.on_rank0(lambda: publish.check_unfinished(dest, overwrite), "the save-dir check",
+        group.on_rank0(lambda: _claim(dest, run_id, overwrite), "claiming the save dir",
                        f"rank 0 refused the save dir {dest.describe()}; see its log")
-        resume = None
-        if g["checkpoint"]:
-            resume = group.broadcast_object(
-                checkpoint.load(dest, run_id) if group.rank == 0 else None,
-                "sharing the checkpoint")
+        fingerprint = checkpoint.fingerprint(
+            cfg.data, group.world, {"train": train_samples, "val": val_samples},
+            list(model_paths(src_model, g["model_filename"], g["params_filename"])))
+        resume = _load_checkpoint(group, dest, run_id, fingerprint, overwrite) \
+            if g["checkpoint"] else None
         staging = work / "publish"
         staging.mkdir()
         with logs.log_file(staging / "clsact.log"):
@@ -212,9 +216,12 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             if resume is not None:
                 log.info("resuming run %s from its checkpoint after %d steps", run_id,
                          resume.steps)
-            saver = dest if g["checkpoint"] and group.rank == 0 else None
+            checkpointer = checkpoint.Checkpointer(
+                dest if g["checkpoint"] and group.rank == 0 else None,
+                g["checkpoint_every_steps"], g["checkpoint_every_minutes"])
             metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
-                           val_samples, timer, group, run_id, resume, saver)
+                           val_samples, timer, group, run_id, resume, checkpointer,
+                           fingerprint)
             metrics["run_id"] = run_id
             metrics["save_dir"] = dest.describe()
             metrics["started_at"] = started.isoformat(timespec="seconds")
@@ -243,6 +250,33 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _claim(dest: storage.Store, run_id: str, overwrite: bool) -> None:
+    """Claim the save dir; with ``overwrite`` a previous run's checkpoint is discarded."""
+    how = publish.claim(dest, run_id, overwrite)
+    if overwrite:
+        checkpoint.clear(dest)
+    log.info("save dir %s: %s", dest.describe(), {
+        "new": f"claimed for run {run_id}", "same run": f"already claimed by run {run_id} "
+        "(continuing it)", "taken over": f"taken over by run {run_id} (--overwrite)"}[how])
+
+
+def _load_checkpoint(group: Group, dest: storage.Store, run_id: str,
+                     fingerprint: dict[str, Any], overwrite: bool):
+    """Rank 0 reads the run's checkpoint; every rank gets it (or None), or every rank stops.
+
+    Raises:
+        ClsactError: the checkpoint was made with other settings (on every rank).
+    """
+    box: list[Any] = [None]
+
+    def read() -> None:
+        box[0] = None if overwrite else checkpoint.load(dest, run_id, fingerprint)
+
+    group.on_rank0(read, "reading the checkpoint",
+                   f"rank 0 refused the checkpoint in {dest.describe()}; see its log")
+    return group.broadcast_object(box[0], "sharing the checkpoint")
+
+
 def _evaluate(group: Group, model_dir: Path, loader, g: dict[str, Any], input_name: str,
               what: str) -> dict[str, Any]:
     from clsact.evaluate import evaluate_model_dir
@@ -266,7 +300,8 @@ def _share_model(group: Group, model_dir: Path, g: dict[str, Any]) -> None:
 
 def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
          train_samples, val_samples, timer: Timer, group: Group, run_id: str,
-         resume: checkpoint.Checkpoint | None, saver) -> dict[str, Any]:
+         resume: checkpoint.Checkpoint | None, checkpointer: checkpoint.Checkpointer,
+         fingerprint: dict[str, Any]) -> dict[str, Any]:
     from clsact.modelio import copy_model, count_ops, inspect_model
 
     g = cfg.globals
@@ -285,11 +320,17 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
     train_loader = make_loader(g, train_samples, train=True, batch_size=g["batch_size"], **shard)
     val_loader = make_loader(g, val_samples, train=False, batch_size=cfg.eval_batch_size,
                              **shard)
-    lr_factor = scale_learning_rate(cfg, group.world)
+    if len(train_loader) == 0:
+        raise DataError(f"{g['train_list']} has {len(train_samples)} training images for "
+                        f"{group.world} ranks: every rank needs at least one; use more images "
+                        "or fewer ranks")
+    lr_factor = optim.scale_learning_rate(cfg, group.world)
     total_steps = ensure_evaluation(cfg, len(train_loader))
+    for filled in optim.complete_schedule(cfg.train, total_steps):
+        log.info("set %s", filled)
     if resume is not None:
         cfg.train["train_iter"] = cfg.train.get("train_iter") or total_steps
-        checkpoint.resume_config(cfg.train, resume.steps)
+        optim.resume_position(cfg.train, resume.steps)
         ensure_evaluation(cfg, len(train_loader))
     try:
         baseline = _evaluate(group, src_model, val_loader, g, info.input_name,
@@ -302,7 +343,8 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         fixed = compat.fix_dropout_mask(student / g["model_filename"])
         act_dir = work / "act"
         act_info = run_act(cfg, student, act_dir, train_loader, val_loader, info.input_name,
-                           group, teachers, run_id=run_id, resume=resume, checkpoints=saver)
+                           group, teachers, run_id=run_id, baseline_top1=baseline["top1"],
+                           resume=resume, checkpointer=checkpointer, fingerprint=fingerprint)
         t = timer.phase("compress", t)
 
         out_model = staging / MODEL_SUBDIR if group.rank == 0 else work / "shared-model"
@@ -328,7 +370,7 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
                         "lr_scale": lr_factor, "lr_scaling": g["lr_scaling"],
                         "steps_planned": total_steps},
         "resumed": ({"from_step": resume.steps, "earlier_evaluations": resume.evaluations,
-                     "note": "training state of the last evaluation before the restart; "
+                     "note": "training state of the last checkpoint before the restart; "
                              "the final model is the best evaluated after it"}
                     if resume is not None else None),
         "compat": {"dropout_masks_fixed": fixed},

@@ -357,6 +357,10 @@ def _check_global_values(g: dict[str, Any], src: str) -> None:
         raise ConfigError(f"{src}: Global.std values must be > 0")
     if g["collective_timeout"] <= 0:
         raise ConfigError(f"{src}: Global.collective_timeout must be > 0 seconds")
+    for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
+        if g[key] is not None and g[key] <= 0:
+            raise ConfigError(f"{src}: Global.{key} must be > 0 (or null for no such "
+                              f"cadence), got {g[key]}")
     for key in ("s3_max_attempts", "io_threads"):
         if g[key] < 1:
             raise ConfigError(f"{src}: Global.{key} must be >= 1, got {g[key]}")

@@ -7,8 +7,10 @@ the ranks itself, outside ACT's training loop:
 * after every training step (when ACT pulls the next batch from clsact's data generator)
   and before every evaluation, all ranks **average their training state** — every float
   persistable of the student (weights, optimizer accumulators, BN statistics, quantizer
-  state) — with one all-reduce; for SGD/Momentum this is exactly gradient averaging, and it
-  keeps the ranks bit-identical;
+  state) — with one all-reduce, each rank weighted by the samples it trained on; for
+  SGD/Momentum this is exactly gradient averaging (other optimizers are refused:
+  :mod:`clsact.optim`), and it keeps the ranks bit-identical. Every rank takes the same
+  steps: a rank whose batch had no readable image steps on a stand-in with weight 0;
 * evaluation is sharded: each rank scores its disjoint slice, the correct/total counts are
   summed, so every rank gets the same exact metric, and rank 0's value is broadcast, so
   early stopping and best-model decisions are identical everywhere (no rank left waiting);
@@ -25,10 +27,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +68,9 @@ class Group:
         self.world = ranks.world
         self.timeout = timeout
         self._started = False
+        # local scratch directories (model copies, staging) removed if the watchdog ends
+        # the process: os._exit skips every ``finally``
+        self.scratch: list[Path] = []
 
     @property
     def active(self) -> bool:
@@ -101,6 +108,8 @@ class Group:
         for handler in logging.getLogger().handlers:
             handler.flush()
         print(msg, file=sys.stderr, flush=True)
+        for path in self.scratch:
+            shutil.rmtree(path, ignore_errors=True)
         os._exit(EXIT_RANK_LOST)
 
     def start(self) -> None:
@@ -208,14 +217,30 @@ def state_names(scope, program) -> list[str]:
     return sorted(names)
 
 
-def average_state(group: Group, scope, names: list[str], place) -> None:
-    """Replace each of ``names`` in ``scope`` by its mean over all ranks (one all-reduce)."""
+def weighted_mean(group: Group, flat: np.ndarray, weight: float, what: str) -> np.ndarray:
+    """The mean of ``flat`` over the ranks, each weighted by its ``weight`` (e.g. the samples
+    it trained on), in one all-reduce; the plain mean when every weight is 0.
+
+    Weighting by samples makes the mean of the ranks' states after one SGD/Momentum step the
+    state after one step on the mean gradient of all their samples, batches of unequal size
+    (or a rank with none) included.
+    """
+    payload = np.concatenate([flat * flat.dtype.type(weight), np.array([weight], flat.dtype)])
+    total = group.allreduce_sum(payload, what)
+    if total[-1] > 0:
+        return total[:-1] / total[-1]
+    return group.allreduce_sum(flat, what) / group.world
+
+
+def average_state(group: Group, scope, names: list[str], place, weight: float = 1.0) -> None:
+    """Replace each of ``names`` in ``scope`` by its ``weight``-weighted mean over all ranks
+    (:func:`weighted_mean`)."""
     if not group.active or not names:
         return
     arrays = [np.array(scope.find_var(n).get_tensor()) for n in names]
     dtype = np.result_type(*arrays)  # float32 for fp32 models: no wider than needed
     flat = np.concatenate([a.astype(dtype, copy=False).ravel() for a in arrays])
-    mean = group.allreduce_sum(flat, "the training-state all-reduce") / group.world
+    mean = weighted_mean(group, flat, weight, "the training-state all-reduce")
     offset = 0
     for name, arr in zip(names, arrays, strict=True):
         part = mean[offset: offset + arr.size].reshape(arr.shape).astype(arr.dtype)

@@ -33,13 +33,30 @@ def setup(verbose: bool = False) -> None:
         root.addHandler(handler)
 
 
+# paddleslim lines that dump whole config dicts with object reprs (~1,000 characters each)
+DEBUG_PREFIXES = ("quant_aware config", "convert config")
+
+
+class _DemoteToDebug(logging.Filter):
+    """Turn paddleslim's config dumps into DEBUG records (shown only with --verbose)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(DEBUG_PREFIXES):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("clsact").isEnabledFor(logging.DEBUG)
+
+
 def adopt_paddleslim_loggers() -> None:
     """paddleslim gives each module logger its own stdout handler and no propagation; route
-    them through ours instead (one format, and into the run's log file)."""
+    them through ours instead (one format, and into the run's log file), with its config
+    dumps demoted to DEBUG."""
     for name, logger in list(logging.root.manager.loggerDict.items()):
         if name.startswith("paddleslim") and isinstance(logger, logging.Logger):
             logger.handlers.clear()
             logger.propagate = True
+            if not any(isinstance(f, _DemoteToDebug) for f in logger.filters):
+                logger.addFilter(_DemoteToDebug())
 
 
 @contextmanager

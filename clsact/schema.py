@@ -51,9 +51,12 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     # used as is), and how long a rank waits for the others before failing the run.
     "lr_scaling": ("str", "linear"),
     "collective_timeout": ("float", 600.0),
-    # write a checkpoint to <save-dir>/_checkpoint/ at every evaluation, so that a run
-    # restarted with the same --run-id resumes (clsact.checkpoint)
+    # write a checkpoint to <save-dir>/_checkpoint/ at every evaluation and, between them,
+    # every N steps and/or M minutes, so that a run restarted with the same --run-id
+    # resumes (clsact.checkpoint)
     "checkpoint": ("bool", True),
+    "checkpoint_every_steps": ("int|null", None),
+    "checkpoint_every_minutes": ("float|null", 15.0),
 }
 
 STRATEGIES: dict[str, dict[str, tuple[str, Any]]] = {

@@ -60,6 +60,23 @@ def mbv3_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clas_model(tmp_path_factory) -> Path:
+    """The same MobileNetV3Small ending in a softmax, as PaddleClas exports its inference
+    models (the shipped configs name its output ``softmax_0.tmp_0`` as a distillation node)."""
+    import paddle
+
+    from clsact.demo import build_model
+
+    paddle.disable_static()
+    out = tmp_path_factory.mktemp("clas")
+    model = paddle.nn.Sequential(build_model(), paddle.nn.Softmax())
+    model.eval()
+    spec = paddle.static.InputSpec([None, 3, 32, 32], "float32", "inputs")
+    paddle.jit.save(model, str(out / "inference"), input_spec=[spec])
+    return out
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto server) on loopback for the whole session."""
     from clsact.s3server import LocalS3Server

@@ -1,5 +1,6 @@
 """The dropout Mask workaround (paddleslim #1927 / PR #1859) on a real paddle.jit.save model."""
 
+import re
 import shutil
 
 import numpy as np
@@ -59,3 +60,81 @@ def test_fix_keeps_inference_results(mbv3_model, tmp_path):
             prog, feeds, fetches = paddle.static.load_inference_model(str(d / "inference"), exe)
             outs.append(exe.run(prog, feed={feeds[0]: x}, fetch_list=fetches)[0])
     assert np.array_equal(outs[0], outs[1])
+
+
+def test_act_evaluates_before_training_only_for_the_origin_metric_check():
+    """act.py answers an eval callback that comes before ``_start_train`` with the measured
+    baseline (compat.on_act_train_start): both facts about paddleslim 2.6.0 hold."""
+    import inspect
+
+    from paddleslim.auto_compression import AutoCompression
+
+    from clsact.compat import act_checks_origin_metric_before_training
+
+    assert act_checks_origin_metric_before_training(AutoCompression)
+    params = list(inspect.signature(AutoCompression._start_train).parameters)
+    assert params == ["self", "train_program_info", "test_program_info", "strategy",
+                      "train_config"]
+
+
+def _quantized_program(fast: bool) -> list:
+    """A small conv net through the QAT passes ACT runs, with or without the fast links: its
+    ops (type, inputs, outputs, sorted). The passes visit ops in set order, so the numbers
+    of their ``state_N``, ``accum_N``, ``scale_state@_N`` ... variables vary between any two
+    runs: they are left out."""
+    from paddle.base.framework import IrGraph
+    from paddle.static.quantization import OutScaleForTrainingPass, QuantizationTransformPassV2
+
+    from clsact import compat
+
+    compat.fast_ir_graph_links()
+    fast_link = IrGraph.link_to
+    if not fast:
+        IrGraph.link_to = IrGraph._clsact_original_link_to
+    try:
+        paddle.enable_static()
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        names = paddle.utils.unique_name.guard()  # the passes name new variables too
+        names.__enter__()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [None, 3, 8, 8], "float32")
+            y = paddle.static.nn.conv2d(x, 4, 3, act="relu")
+            y = paddle.static.nn.conv2d(y, 4, 3)
+            paddle.static.nn.fc(paddle.flatten(y, 1), 10)
+        scope = paddle.static.Scope()
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            exe.run(startup)
+            graph = IrGraph(paddle.base.core.Graph(main.desc), for_test=False)
+            QuantizationTransformPassV2(scope=scope, place=paddle.CPUPlace()).apply(graph)
+            OutScaleForTrainingPass(scope=scope, place=paddle.CPUPlace()).apply(graph)
+            program = graph.to_program()
+    finally:
+        names.__exit__(None, None, None)
+        IrGraph.link_to = fast_link
+
+    def canon(args):
+        return sorted(re.sub(r"^(state|accum|scale_state@|scale_accum@)_\d+$", r"\1", a)
+                      for a in args)
+
+    return sorted((op.type, canon(op.input_arg_names), canon(op.output_arg_names))
+                  for op in program.global_block().ops)
+
+
+def test_fast_graph_links_build_the_same_program():
+    import ast
+    import inspect
+    import textwrap
+
+    from paddle.base.framework import IrGraph
+
+    from clsact import compat
+
+    compat.fast_ir_graph_links()
+    original = IrGraph._clsact_original_link_to
+    body = ast.parse(textwrap.dedent(inspect.getsource(original))).body[0].body
+    kinds = [type(node).__name__ for node in body[1:]]  # after the docstring
+    calls = [ast.unparse(node) for node in body if isinstance(node, ast.Expr)][1:]
+    assert kinds == ["Assert", "Assert", "Expr", "Expr"], "paddle's link_to changed"
+    assert calls == ["node_in.append_output(node_out)", "node_out.append_input(node_in)"]
+    assert _quantized_program(fast=True) == _quantized_program(fast=False)

@@ -18,11 +18,12 @@ import pytest
 import yaml
 
 from clsact import config
-from clsact.act import ensure_evaluation, scale_learning_rate
+from clsact.act import ensure_evaluation
 from clsact.compat import act_without_fleet
 from clsact.distributed import Group, aggregate_eval, check_launched
 from clsact.errors import DistributedError
 from clsact.launch import render, validate, values
+from clsact.optim import scale_learning_rate
 from clsact.runtime import RankInfo
 from tests.conftest import REPO, run_cli
 from tests.kubeserver import free_port

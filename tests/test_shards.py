@@ -9,7 +9,7 @@ import pytest
 
 from clsact.data.build import make_loader
 from clsact.data.loader import shard_indices
-from clsact.data.shards import read_index
+from clsact.data.shards import FORMAT, read_index
 from clsact.errors import DataError
 from clsact.storage import open_store
 from tests.conftest import list_keys, run_cli, upload_tree
@@ -129,3 +129,12 @@ def test_pack_errors(tmp_path, small_digits_dir):
         read_index(open_store(tmp_path, "x"), "nope.shards.json")
     bad = run_cli("dataset", "pack", str(small_digits_dir), "gs://x/y")
     assert bad.returncode == 2 and "unsupported scheme gs://" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["../elsewhere/shard-00000.tar", "/abs/shard.tar", "a/../../x"])
+def test_an_index_cannot_point_outside_its_directory(tmp_path, name):
+    index = {"format": FORMAT, "shards": [{"name": name}],
+             "members": [[0, 0, 10, 1, "train/x.jpg"]]}
+    (tmp_path / "train.shards.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="is not a plain relative path inside"):
+        read_index(open_store(str(tmp_path), "x"), "train.shards.json")

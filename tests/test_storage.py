@@ -123,3 +123,17 @@ def test_input_dir_downloads_a_scratch_copy(tmp_path, s3_server, bucket):
     local = tmp_path / "local"
     local.mkdir()
     assert input_dir(str(local), "Global.model_dir", [], tmp_path / "s4") == local
+
+
+@pytest.mark.parametrize("rel", ["../outside.txt", "a/../../outside.txt", "/etc/passwd"])
+def test_stores_stay_inside_their_root(tmp_path, rel):
+    """Path traversal: a store never reads or writes outside its directory or prefix."""
+    (tmp_path / "outside.txt").write_text("secret")
+    local = LocalStore(tmp_path / "root")
+    for action in (lambda: local.read_bytes(rel), lambda: local.put_bytes(rel, b"x")):
+        with pytest.raises(StorageError, match="is outside"):
+            action()
+    assert (tmp_path / "outside.txt").read_text() == "secret"
+    assert local.path("a/./b.txt") == tmp_path / "root" / "a/./b.txt"
+    with pytest.raises(StorageError, match="is outside s3://bkt/pre"):
+        parse_s3("s3://bkt/pre", "x").join(rel)

@@ -158,6 +158,9 @@ class BatchLoader:
         self.name = name
         self.bad_total = 0
         self.passes = 0
+        # yield batches whose every image was bad (empty) instead of skipping them: ranks
+        # that must take the same number of steps stand in for them (clsact.act)
+        self.keep_empty = False
         self._next_epoch = 0
         self._next_start = 0
         self._pool: ProcessPoolExecutor | None = None
@@ -217,7 +220,7 @@ class BatchLoader:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Yield the batches of one epoch (from batch ``start``); bad samples are skipped and
-        counted.
+        counted, and a batch left empty is skipped unless :attr:`keep_empty`.
 
         Raises:
             DataError: more than ``max_bad_fraction`` of this pass's samples were bad.
@@ -239,7 +242,7 @@ class BatchLoader:
                     f"{path}: {reason}. Fix or remove them from the list file, or raise "
                     "Global.max_bad_fraction"
                 )
-            if len(batch.labels):
+            if len(batch.labels) or self.keep_empty:
                 yield batch
         self.passes += 1
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clsact.data.listfile import Sample, read_list
+from clsact.data.listfile import Sample, read_list, safe_relpath
 from clsact.errors import DataError, StorageError
 from clsact.storage import AlreadyExists, Store, open_store
 
@@ -192,7 +192,14 @@ def read_index(store: Store, name: str) -> list[Sample]:
         raise DataError(f"packed index {where} cannot be read: {exc}") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise DataError(f"{where} is not a clsact shard index (format {FORMAT})")
-    shards = [s["name"] for s in body["shards"]]
+    try:
+        shards = [str(s["name"]) for s in body["shards"]]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{where}: malformed shard table ({exc})") from None
+    for shard in shards:
+        if safe_relpath(shard) != shard:
+            raise DataError(f"{where}: shard name {shard!r} is not a plain relative path inside "
+                            f"{store.describe()}; re-pack the dataset with `clsact dataset pack`")
     try:
         samples = [Sample(path, int(label), shards[shard], int(offset), int(size))
                    for shard, offset, size, label, path in body["members"]]

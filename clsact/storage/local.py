@@ -26,8 +26,21 @@ class LocalStore(Store):
         return f"LocalStore({str(self.root)!r})"
 
     def path(self, rel: str) -> Path:
-        """The local path of ``rel``."""
-        return self.root / rel if rel else self.root
+        """The local path of ``rel``.
+
+        Raises:
+            StorageError: ``rel`` is absolute or climbs out of the root (``..``): a store
+                never reads or writes outside its directory.
+        """
+        if not rel:
+            return self.root
+        root = os.path.normpath(self.root)
+        full = os.path.normpath(os.path.join(root, rel))
+        if os.path.isabs(rel) or not (full == root or full.startswith(root.rstrip(os.sep)
+                                                                      + os.sep)):
+            raise StorageError(f"{rel!r} is outside {self.root}: paths in a store must stay "
+                               "inside it")
+        return self.root / rel
 
     def describe(self, rel: str = "") -> str:
         return str(self.path(rel))

@@ -2,12 +2,16 @@
 
 Protocol (the same on local disk and S3):
 
-1. before any work: :func:`check_unfinished` refuses a destination holding ``_SUCCESS``
-   unless ``overwrite``, and checks it is writable;
-2. :func:`publish` uploads every staged file, then ``manifest.json`` (each file's size and
-   sha256, the run id), then ``_SUCCESS`` with an exclusive write (S3: conditional put,
-   ``If-None-Match: *``). A run interrupted at any point leaves no ``_SUCCESS``; a completed
-   run is never overwritten by accident, even by a concurrent run.
+1. before any work: :func:`claim` checks the destination is writable, refuses one holding
+   ``_SUCCESS`` unless ``overwrite``, and claims it for this run: ``_CLAIM`` (the run id) is
+   written with an exclusive write (S3: conditional put, ``If-None-Match: *``). A claim by
+   the same run id is continued (a resumed or restarted run); another run's claim is refused
+   unless ``overwrite``, which takes the destination over explicitly. So a second run never
+   starts work in a save dir that another run owns;
+2. :func:`publish` checks the claim is still this run's, uploads every staged file, then
+   ``manifest.json`` (each file's size and sha256, the run id), checks the claim again, then
+   writes ``_SUCCESS`` exclusively. A run interrupted at any point leaves no ``_SUCCESS``; a
+   run that lost its claim (taken over with ``--overwrite``) uploads nothing more;
 3. :func:`verify` checks a published run against its manifest.
 """
 
@@ -26,7 +30,15 @@ from clsact.storage.base import AlreadyExists, Store
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SUCCESS = "_SUCCESS"
+CLAIM = "_CLAIM"
 FORMAT = "clsact-run/1"
+# locations this process published a run to (so an interrupt after publishing says so)
+_PUBLISHED: list[str] = []
+
+
+def published() -> list[str]:
+    """The locations this process has published runs to."""
+    return list(_PUBLISHED)
 
 
 def sha256_file(path: Path) -> str:
@@ -65,6 +77,50 @@ def check_unfinished(dest: Store, overwrite: bool) -> None:
                            "choose another --save-dir or pass --overwrite")
 
 
+def claim(dest: Store, run_id: str, overwrite: bool) -> str:
+    """Claim ``dest`` for run ``run_id`` before any work (see the module docstring).
+
+    Returns ``"new"`` (claimed now), ``"same run"`` (this run id's claim: resume) or
+    ``"taken over"`` (another run's claim replaced, with ``overwrite``).
+
+    Raises:
+        StorageError: ``dest`` cannot be written, holds a finished run (without
+            ``overwrite``), or is claimed by another run (without ``overwrite``).
+    """
+    check_unfinished(dest, overwrite)
+    body = {"run_id": run_id, "claimed_at": datetime.now(timezone.utc).isoformat(
+        timespec="seconds")}
+    data = (json.dumps(body) + "\n").encode()
+    try:
+        dest.put_bytes(CLAIM, data, exclusive=True)
+        return "new"
+    except AlreadyExists:
+        pass
+    theirs = _read_json(dest, CLAIM) or {}
+    owner = theirs.get("run_id")
+    if owner == run_id:
+        return "same run"
+    if not overwrite:
+        state = "finished" if dest.exists(SUCCESS) else "unfinished"
+        raise StorageError(
+            f"{dest.describe()} belongs to run {owner or 'unknown'} ({state}, claimed "
+            f"{theirs.get('claimed_at', '?')}): resume it with --run-id {owner}, take it over "
+            "with --overwrite, or choose another --save-dir")
+    log.warning("--overwrite: %s belonged to run %s; run %s takes it over", dest.describe(),
+                owner, run_id)
+    dest.put_bytes(CLAIM, data)
+    return "taken over"
+
+
+def check_claim(dest: Store, run_id: str) -> None:
+    """Raise StorageError unless ``dest``'s claim (if any) is run ``run_id``'s."""
+    owner = (_read_json(dest, CLAIM) or {}).get("run_id")
+    if owner not in (None, run_id):
+        raise StorageError(f"run {owner} took {dest.describe()} over (--overwrite) while run "
+                           f"{run_id} was running; run {run_id} did not publish: choose "
+                           "another --save-dir for it")
+
+
 def _read_json(store: Store, rel: str) -> dict | None:
     try:
         return json.loads(store.read_bytes(rel))
@@ -79,9 +135,10 @@ def publish(staging: Path, dest: Store, run_id: str, *, overwrite: bool = False)
     a marker over mixed files) and its files that this run does not replace are deleted.
 
     Raises:
-        StorageError: an upload failed (no ``_SUCCESS`` is written), or another run finished
-            into ``dest`` first.
+        StorageError: an upload failed (no ``_SUCCESS`` is written), another run claimed
+            ``dest`` (nothing more is uploaded), or another run finished into ``dest`` first.
     """
+    check_claim(dest, run_id)
     old_files: list[str] = []
     if dest.exists(SUCCESS):
         if not overwrite:
@@ -99,6 +156,7 @@ def publish(staging: Path, dest: Store, run_id: str, *, overwrite: bool = False)
         if rel not in new and rel not in (MANIFEST, SUCCESS):
             dest.delete(rel)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
+    check_claim(dest, run_id)
     dest.put_bytes(MANIFEST, body)
     marker = {"run_id": run_id, "manifest_sha256": hashlib.sha256(body).hexdigest(),
               "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -111,6 +169,7 @@ def publish(staging: Path, dest: Store, run_id: str, *, overwrite: bool = False)
                 f"another run ({theirs.get('run_id', 'unknown')}) finished into "
                 f"{dest.describe()} while this one was publishing; this run's files may have "
                 "replaced some of its files: publish runs to distinct --save-dir") from None
+    _PUBLISHED.append(dest.describe())
     log.info("published %d files to %s (run %s)", len(manifest["files"]), dest.describe(),
              run_id)
     return manifest

@@ -28,7 +28,16 @@ class S3Location:
         return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
 
     def join(self, *parts: str) -> S3Location:
-        """The location of ``parts`` (relative, ``/``-separated) under this one."""
+        """The location of ``parts`` (relative, ``/``-separated) under this one.
+
+        Raises:
+            StorageError: a part is absolute or has a ``..`` segment (S3-compatible servers
+                and proxies may normalise it to a key outside this prefix).
+        """
+        for part in parts:
+            if part.startswith("/") or ".." in part.split("/"):
+                raise StorageError(f"{part!r} is outside {self.uri()}: paths in a store must "
+                                   "stay inside it")
         key = posixpath.join(self.key, *parts) if self.key else posixpath.join(*parts)
         return S3Location(self.bucket, key.strip("/"))
 
