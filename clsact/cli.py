@@ -43,15 +43,21 @@ def _add_s3_endpoint(p) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="top-1/top-5 of an inference model on a list file")
-    p.add_argument("--model-dir", required=True, help="a path or s3://bucket/prefix")
-    p.add_argument("--data-dir", required=True, help="a path or s3://bucket/prefix")
-    p.add_argument("--val-list", default="val_list.txt")
-    p.add_argument("--model-filename", default="inference.pdmodel")
-    p.add_argument("--params-filename", default="inference.pdiparams")
+    p = sub.add_parser("eval", help="top-1/top-5 of an inference model on a list file",
+                       description="Evaluate a published run (its save dir or model/ folder: "
+                       "sizes, mean/std, data dir and val list come from its config.yaml) or a "
+                       "bare inference model directory (sizes from the flags).")
+    p.add_argument("--model-dir", required=True, help="a run's save dir, its model/ folder, "
+                   "or a model directory; a path or s3://bucket/prefix")
+    p.add_argument("--data-dir", help="a path or s3://bucket/prefix (default: the run's)")
+    p.add_argument("--val-list", help="list file or packed index (default: the run's, else "
+                   "val_list.txt)")
+    p.add_argument("--model-filename", help="default: the run's, else inference.pdmodel")
+    p.add_argument("--params-filename", help="default: the run's, else inference.pdiparams")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--resize-size", type=int, default=256)
+    p.add_argument("--img-size", type=int, help="center crop (default: the run's, else 224)")
+    p.add_argument("--resize-size", type=int, help="short side before the crop (default: the "
+                   "run's, else 256)")
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--output", help="also write the JSON result to this file")
@@ -129,30 +135,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from clsact import config, storage
-    from clsact.compress import apply_storage_settings
     from clsact.data.build import make_loader, read_samples
+    from clsact.evalsettings import check_model_input, plan
     from clsact.evaluate import evaluate_model_dir
+    from clsact.modelio import inspect_model, model_paths
     from clsact.runtime import select_device
 
+    storage.configure(endpoint_url=args.s3_endpoint)
+    chosen = plan({"model_dir": args.model_dir, "data_dir": args.data_dir,
+                   "val_list": args.val_list, "img_size": args.img_size,
+                   "resize_size": args.resize_size, "model_filename": args.model_filename,
+                   "params_filename": args.params_filename})
     g = config.complete_global(
-        {"model_dir": args.model_dir, "data_dir": args.data_dir, "val_list": args.val_list,
-         "img_size": args.img_size, "resize_size": args.resize_size,
-         "batch_size": args.batch_size, "num_workers": args.num_workers, "device": args.device,
-         "model_filename": args.model_filename, "params_filename": args.params_filename},
-        "clsact eval")
-    apply_storage_settings(g, args.s3_endpoint)
+        {**chosen.settings, "batch_size": args.batch_size, "num_workers": args.num_workers,
+         "device": args.device}, chosen.run_config or "clsact eval")
     samples = read_samples(g, "val")
     with tempfile.TemporaryDirectory(prefix="clsact-eval-") as scratch:
         model_dir = storage.input_dir(g["model_dir"], "--model-dir",
                                       [g["model_filename"], g["params_filename"]],
                                       Path(scratch) / "model")
+        model_file, _ = model_paths(model_dir, g["model_filename"], g["params_filename"])
+        info = inspect_model(model_file, g["input_name"])
+        check_model_input(info.input_shape, g["img_size"], g["model_dir"])
         select_device(g["device"])
         loader = make_loader(g, samples, train=False, batch_size=g["batch_size"])
         try:
             result = evaluate_model_dir(model_dir, loader, model_filename=g["model_filename"],
-                                        params_filename=g["params_filename"])
+                                        params_filename=g["params_filename"],
+                                        input_name=g["input_name"])
         finally:
             loader.close()
+    result["settings"] = {"from": chosen.run_config or "flags", "img_size": g["img_size"],
+                          "resize_size": g["resize_size"], "val_list": g["val_list"]}
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

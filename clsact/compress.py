@@ -37,7 +37,7 @@ from clsact import __version__, checkpoint, compat, logs, optim, storage
 from clsact import config as config_mod
 from clsact.act import ensure_evaluation, run_act
 from clsact.config import Config
-from clsact.data.build import make_loader, read_samples
+from clsact.data.build import make_loader, read_samples, selection
 from clsact.data.listfile import Sample
 from clsact.distributed import Group, aggregate_eval
 from clsact.errors import ConfigError, DataError, ModelError
@@ -124,7 +124,7 @@ def apply_storage_settings(g: dict[str, Any], endpoint: str | None = None) -> No
 
 def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
     """The local directory of the model to compress, and the Distillation overrides that
-    point teachers stored in S3 at local scratch copies.
+    point teachers at local directories (scratch copies of S3 ones) with their file names.
 
     Raises:
         StorageError: a model location is malformed, unreachable or lacks the model files.
@@ -141,13 +141,18 @@ def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
         if not dirs:
             continue
         single = isinstance(dirs, str)
-        local = []
+        local, models, params = [], [], []
         for i, where in enumerate([dirs] if single else dirs):
             names = [_pick(conf.get("teacher_model_filename"), i, g["model_filename"]),
                      _pick(conf.get("teacher_params_filename"), i, g["params_filename"])]
             local.append(str(storage.input_dir(where, f"{section}.teacher_model_dir", names,
                                                work / f"teacher-{i}")))
-        overrides[section] = {"teacher_model_dir": local[0] if single else local}
+            models.append(names[0])
+            params.append(names[1])
+        # the file names too: without them paddleslim reads "<teacher_model_dir>.pdmodel"
+        overrides[section] = {"teacher_model_dir": local[0] if single else local,
+                              "teacher_model_filename": models[0] if single else models,
+                              "teacher_params_filename": params[0] if single else params}
     return model, overrides
 
 
@@ -192,6 +197,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     dest = storage.open_store(save_dir or g["output_dir"], "--save-dir")
     train_samples = read_samples(g, "train")
     val_samples = read_samples(g, "val")
+    train_samples, select_samples, select_info = selection(g, train_samples, val_samples)
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
     group.scratch.append(work)
     try:
@@ -202,7 +208,8 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         group.on_rank0(lambda: _claim(dest, run_id, overwrite), "claiming the save dir",
                        f"rank 0 refused the save dir {dest.describe()}; see its log")
         fingerprint = checkpoint.fingerprint(
-            cfg.data, group.world, {"train": train_samples, "val": val_samples},
+            cfg.data, group.world, {"train": train_samples, "val": val_samples,
+                                    "selection": select_samples or []},
             list(model_paths(src_model, g["model_filename"], g["params_filename"])))
         resume = _load_checkpoint(group, dest, run_id, fingerprint, overwrite) \
             if g["checkpoint"] else None
@@ -220,8 +227,8 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
                 dest if g["checkpoint"] and group.rank == 0 else None,
                 g["checkpoint_every_steps"], g["checkpoint_every_minutes"])
             metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
-                           val_samples, timer, group, run_id, resume, checkpointer,
-                           fingerprint)
+                           val_samples, (select_samples, select_info), timer, group, run_id,
+                           resume, checkpointer, fingerprint)
             metrics["run_id"] = run_id
             metrics["save_dir"] = dest.describe()
             metrics["started_at"] = started.isoformat(timespec="seconds")
@@ -277,6 +284,18 @@ def _load_checkpoint(group: Group, dest: storage.Store, run_id: str,
     return group.broadcast_object(box[0], "sharing the checkpoint")
 
 
+def _selection_record(info: dict[str, Any], act_info: dict[str, Any]) -> dict[str, Any]:
+    """How the published model was chosen, for ``metrics.json``."""
+    competed = len(act_info["evaluations"])
+    note = ("ACT kept the best of its evaluations on the validation set itself, so the "
+            "published top-1 is optimistic (more so the more evaluations competed); set "
+            "Global.selection_holdout or Global.selection_list for an unbiased number"
+            if info["set"] == "val" and competed > 1 else
+            "the published top-1 is measured once, on a validation set the choice never saw"
+            if info["set"] != "val" else "one evaluation: nothing to choose from")
+    return {**info, "evaluations_competed": competed, "note": note}
+
+
 def _evaluate(group: Group, model_dir: Path, loader, g: dict[str, Any], input_name: str,
               what: str) -> dict[str, Any]:
     from clsact.evaluate import evaluate_model_dir
@@ -299,7 +318,7 @@ def _share_model(group: Group, model_dir: Path, g: dict[str, Any]) -> None:
 
 
 def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
-         train_samples, val_samples, timer: Timer, group: Group, run_id: str,
+         train_samples, val_samples, select: tuple, timer: Timer, group: Group, run_id: str,
          resume: checkpoint.Checkpoint | None, checkpointer: checkpoint.Checkpointer,
          fingerprint: dict[str, Any]) -> dict[str, Any]:
     from clsact.modelio import copy_model, count_ops, inspect_model
@@ -320,6 +339,11 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
     train_loader = make_loader(g, train_samples, train=True, batch_size=g["batch_size"], **shard)
     val_loader = make_loader(g, val_samples, train=False, batch_size=cfg.eval_batch_size,
                              **shard)
+    select_samples, select_info = select
+    if select_samples is not None:
+        check_labels(select_samples, info.num_classes, "selection")
+    select_loader = val_loader if select_samples is None else make_loader(
+        g, select_samples, train=False, batch_size=cfg.eval_batch_size, **shard)
     if len(train_loader) == 0:
         raise DataError(f"{g['train_list']} has {len(train_samples)} training images for "
                         f"{group.world} ranks: every rank needs at least one; use more images "
@@ -342,8 +366,16 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         student = copy_model(src_model, work / "input", g["model_filename"], g["params_filename"])
         fixed = compat.fix_dropout_mask(student / g["model_filename"])
         act_dir = work / "act"
-        act_info = run_act(cfg, student, act_dir, train_loader, val_loader, info.input_name,
-                           group, teachers, run_id=run_id, baseline_top1=baseline["top1"],
+        select_top1 = baseline["top1"]
+        act_overrides = dict(teachers)
+        if select_samples is not None and cfg.train.get("origin_metric") is not None:
+            # ACT compares origin_metric with its evaluations (pre-check, early stop): give
+            # it the baseline on the set it evaluates on
+            select_top1 = _evaluate(group, src_model, select_loader, g, info.input_name,
+                                    "the baseline on the selection set")["top1"]
+            act_overrides["TrainConfig"] = {"origin_metric": select_top1}
+        act_info = run_act(cfg, student, act_dir, train_loader, select_loader, info.input_name,
+                           group, act_overrides, run_id=run_id, baseline_top1=select_top1,
                            resume=resume, checkpointer=checkpointer, fingerprint=fingerprint)
         t = timer.phase("compress", t)
 
@@ -356,8 +388,8 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         compressed["quant_ops"] = count_ops(out_model / g["model_filename"])
         timer.phase("compressed_eval", t)
     finally:
-        train_loader.close()
-        val_loader.close()
+        for loader in {id(x): x for x in (train_loader, val_loader, select_loader)}.values():
+            loader.close()
     if "QuantAware" in cfg.data and compressed["quant_ops"] == 0:
         raise ModelError("QuantAware is configured but the compressed model has no quantize "
                          "ops; nothing was published")
@@ -373,6 +405,7 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
                      "note": "training state of the last checkpoint before the restart; "
                              "the final model is the best evaluated after it"}
                     if resume is not None else None),
+        "selection": _selection_record(select_info, act_info),
         "compat": {"dropout_masks_fixed": fixed},
         "model_dir": MODEL_SUBDIR, "versions": versions(),
     }

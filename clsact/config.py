@@ -357,6 +357,12 @@ def _check_global_values(g: dict[str, Any], src: str) -> None:
         raise ConfigError(f"{src}: Global.std values must be > 0")
     if g["collective_timeout"] <= 0:
         raise ConfigError(f"{src}: Global.collective_timeout must be > 0 seconds")
+    if g["selection_holdout"] < 0:
+        raise ConfigError(f"{src}: Global.selection_holdout must be >= 0 (images of the train "
+                          f"list held out for ACT's model selection), got {g['selection_holdout']}")
+    if g["selection_holdout"] and g["selection_list"]:
+        raise ConfigError(f"{src}: set Global.selection_list or Global.selection_holdout, not "
+                          "both")
     for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
         if g[key] is not None and g[key] <= 0:
             raise ConfigError(f"{src}: Global.{key} must be > 0 (or null for no such "

@@ -55,6 +55,11 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     # every N steps and/or M minutes, so that a run restarted with the same --run-id
     # resumes (clsact.checkpoint)
     "checkpoint": ("bool", True),
+    # what ACT's evaluations (its choice of the best model) run on: null = the validation
+    # list (upstream; the published val number is then optimistic), a list file / packed
+    # index under data_dir, or selection_holdout train images held out of training
+    "selection_list": ("str|null", None),
+    "selection_holdout": ("int", 0),
     "checkpoint_every_steps": ("int|null", None),
     "checkpoint_every_minutes": ("float|null", 15.0),
 }

@@ -52,9 +52,9 @@ def _cli(*args: str, kubeconfig: Path) -> None:
 
 def run(repeat: int) -> dict[str, float]:
     """Every measurement in ms (medians)."""
-    crds = [SHARED / "reference" / "paddle-operator" /
-            "crd-paddlejobs.batch.paddlepaddle.org.yaml"]
     with tempfile.TemporaryDirectory(prefix="clsact-bench-kube-") as tmp:
+        (Path(tmp) / "crds").mkdir()
+        crds, _upstream = kubeserver.crd_files(SHARED / "reference", Path(tmp) / "crds")
         server = kubeserver.start(Path(tmp) / "kube")
         try:
             kubeserver.install_crd(server.admin_client(), crds[0])

@@ -69,6 +69,7 @@ class KubeServer:
     procs: list[subprocess.Popen]
     apiserver_argv: list[str] = field(default_factory=list)
     crd_files: list[Path] = field(default_factory=list)
+    upstream_crds: bool = True
 
     def restart_apiserver(self, down_for: float) -> None:
         """Stop kube-apiserver, wait ``down_for`` seconds, start it again (etcd keeps the
@@ -172,6 +173,46 @@ def start(workdir: Path) -> KubeServer:
         server.stop()
         raise
     return server
+
+
+def minimal_crd(operator) -> dict:
+    """The PaddleJob CRD of ``operator`` (:mod:`clsact.launch.operators`) as clsact uses it:
+    group, version, kind, plural, namespaced, a status subresource, fields kept as sent.
+
+    For a checkout without ../shared/reference (the upstream CRDs): the cluster tests still
+    run against the real API server; only checks of the upstream schemas skip.
+    """
+    open_object = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": operator.crd_name},
+        "spec": {"group": operator.group, "scope": "Namespaced",
+                 "names": {"kind": operator.kind, "plural": operator.plural,
+                           "singular": operator.kind.lower(),
+                           "listKind": f"{operator.kind}List"},
+                 "versions": [{"name": operator.version, "served": True, "storage": True,
+                               "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {
+                                   "type": "object", "properties": {
+                                       "spec": open_object, "status": open_object}}}}]}}
+
+
+def crd_files(reference: Path, folder: Path) -> tuple[list[Path], bool]:
+    """The PaddleJob CRD files to install (paddle-operator's, then Kubeflow's): the upstream
+    ones under ``reference`` when present, else :func:`minimal_crd` ones written to
+    ``folder``; and whether they are the upstream ones."""
+    from clsact.launch.operators import KUBEFLOW, PADDLE
+
+    upstream = [reference / "paddle-operator" / "crd-paddlejobs.batch.paddlepaddle.org.yaml",
+                reference / "kubeflow" / "crd-paddlejobs.kubeflow.org-v1.9.4.yaml"]
+    if all(p.is_file() for p in upstream):
+        return upstream, True
+    files = []
+    for op in (PADDLE, KUBEFLOW):
+        path = folder / f"{op.crd_name}.yaml"
+        path.write_text(yaml.safe_dump(minimal_crd(op)))
+        files.append(path)
+    return files, False
 
 
 def install_crd(api_client, path: Path) -> str:

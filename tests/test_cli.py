@@ -146,3 +146,41 @@ def test_ranks_without_the_launcher_are_refused_clearly(tmp_path, small_digits_d
                                   str(tmp_path / "o")),
                           "PADDLE_TRAINERS_NUM=2 but PADDLE_CURRENT_ENDPOINT",
                           "python -m paddle.distributed.launch")
+
+
+def test_eval_of_a_published_run_uses_the_runs_preprocessing(tmp_path, mbv3_model,
+                                                             small_digits_dir):
+    """README's `clsact eval --model-dir RUN/model`: a 32 px run is scored at 32 px (the
+    ImageNet defaults would crop 224 and report a meaningless number)."""
+    import json
+    import shutil
+
+    from clsact import config
+
+    run = tmp_path / "run"
+    shutil.copytree(mbv3_model, run / "model")
+    config.save(config.load(config_file(tmp_path, run / "model", small_digits_dir)),
+                run / "config.yaml")
+    (run / "manifest.json").write_text("{}")
+    explicit = run_cli("eval", "--model-dir", str(mbv3_model), "--data-dir",
+                       str(small_digits_dir), "--val-list", "small_val.txt", "--img-size", "32",
+                       "--resize-size", "36")
+    assert explicit.returncode == 0, explicit.stderr[-2000:]
+    for where in (run, run / "model"):
+        proc = run_cli("eval", "--model-dir", str(where))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        got = json.loads(proc.stdout)
+        assert got["top1"] == json.loads(explicit.stdout)["top1"] and got["samples"] == 64
+        assert got["settings"] == {"from": f"{run}/config.yaml", "img_size": 32,
+                                   "resize_size": 36, "val_list": "small_val.txt"}
+    assert_one_line_error(run_cli("eval", "--model-dir", str(run / "model"), "--img-size",
+                                  "224"),
+                          "--img-size 224 differs from Global.img_size 32 of the run in",
+                          "drop the flag")
+
+
+def test_eval_refuses_a_crop_the_model_cannot_take(mbv3_model, small_digits_dir):
+    assert_one_line_error(run_cli("eval", "--model-dir", str(mbv3_model), "--data-dir",
+                                  str(small_digits_dir), "--val-list", "small_val.txt"),
+                          "takes 32x32 inputs but the evaluation would crop 224x224",
+                          "pass --img-size 32")

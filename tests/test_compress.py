@@ -141,3 +141,27 @@ def test_compress_s3_to_s3(tmp_path, s3_server, bucket, mbv3_model, small_digits
     again = run_cli(*args)
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert list_keys(client, bucket, "runs/nightly-1/") == keys
+
+
+def test_a_held_out_slice_chooses_the_model_and_val_is_measured_once(
+        tmp_path, mbv3_model, small_digits_dir):
+    """Global.selection_holdout: ACT's evaluations (its choice of the best model) run on
+    train images held out of training; metrics.json says so and how many competed."""
+    out = tmp_path / "run"
+    base = run_cli("eval", "--model-dir", str(mbv3_model), "--data-dir", str(small_digits_dir),
+                   "--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36")
+    origin = json.loads(base.stdout)["top1"]
+    cfg = small_config(tmp_path, mbv3_model, small_digits_dir, train_iter=4, eval_iter=2,
+                       origin_metric=origin)
+    proc = run_cli("compress", "--config", str(cfg), "--save-dir", str(out),
+                   "--set", "Global.selection_holdout=16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["data"]["train_samples"] == 80, "the held-out images are not trained on"
+    sel = m["selection"]
+    assert (sel["set"], sel["samples"], sel["evaluations_competed"]) == ("holdout", 16, 2)
+    assert "measured once" in sel["note"]
+    assert m["compressed"]["samples"] == 64, "the published number is on the val list"
+    bad = run_cli("compress", "--config", str(cfg), "--save-dir", str(tmp_path / "x"),
+                  "--set", "Global.selection_holdout=96")
+    assert bad.returncode == 2 and "leaves none of the 96 training images" in bad.stderr

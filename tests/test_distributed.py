@@ -126,6 +126,7 @@ def rendered_container(tmp_path, operator, cfg, save) -> dict:
         else "kubeflow", "workers": 2, "gpusPerWorker": 0, "python": sys.executable,
         "clsactBin": CLSACT, "saveDir": str(save), "s3Secret": "",
         "volumes": [{"name": "work", "hostPath": {"path": shared_dir}}],
+        "allow": {"hostPath": True},
         "volumeMounts": [{"name": "work", "mountPath": shared_dir}]})
     rendered = render.render(cfg, [], v)
     validate.validate_objects(rendered.objects)

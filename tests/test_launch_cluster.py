@@ -331,6 +331,13 @@ def test_the_shipped_role_is_enough_and_no_more(kube, admin, ns, kubelet, tmp_pa
                kubeconfig=kc).returncode == 0
     assert cli(kube, "cancel", name, "-n", ns, kubeconfig=kc).returncode == 0
     assert get_job(admin, ns, name) is None and get_config_map(admin, ns, name) is None
+    # a leftover ConfigMap of an earlier job of this name is replaced (the Role's `update`)
+    client.CoreV1Api(admin).create_namespaced_config_map(
+        ns, {"metadata": {"name": f"{name}-config"}, "data": {"stale": "yes"}})
+    proc = cli(kube, "submit", *SPEC, "-n", ns, kubeconfig=kc)
+    assert proc.returncode == 0, proc.stderr
+    cm = get_config_map(admin, ns, name)
+    assert "stale" not in cm.data and cm.metadata.owner_references[0].name == name
 
     # and nothing more: other Secrets, other kinds, other verbs, other namespaces
     api = connect(str(kc))

@@ -7,6 +7,7 @@ Set CLSACT_UPDATE_GOLDEN=1 to rewrite tests/golden/ after an intended change.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,7 @@ FULL_VALUES = {
     "imagePullSecrets": ["registry-pull"], "serviceAccountName": "clsact-job",
     "priorityClassName": "batch-low", "env": {"FLAGS_cudnn_deterministic": "0", "N": 3},
     "labels": {"team": "vision"}, "annotations": {"owner": "ml-platform@example.com"},
-    "activeDeadlineSeconds": 86400,
+    "activeDeadlineSeconds": 86400, "allow": {"serviceAccount": True},
 }
 
 
@@ -98,9 +99,38 @@ def test_flags_win_over_the_values_file():
     assert (v["workers"], v["image"], v["namespace"]) == (3, "a", "default")
 
 
-def test_secret_env_may_come_from_a_secret_ref():
+def test_secret_env_may_come_from_an_allowed_secret_ref():
     ref = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
-    assert values.resolve({}, {"image": "i", "env": [ref]})["env"] == [ref]
+    v = values.resolve({"allow": {"secrets": ["hf"]}}, {"image": "i", "env": [ref]})
+    assert v["env"] == [ref]
+    s3 = {"name": "K", "valueFrom": {"secretKeyRef": {"name": "clsact-s3", "key": "k"}}}
+    assert values.resolve({}, {"image": "i", "env": [s3]})["env"] == [s3], "the S3 Secret is"
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"volumes": [{"name": "h", "hostPath": {"path": "/var/lib"}}]},
+     "volumes[0] mounts the node's path /var/lib: set allow.hostPath: true in the values"),
+    ({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "db", "key": "p"}}}]},
+     "env T reads the Secret 'db': list it in allow.secrets"),
+    ({"volumes": [{"name": "s", "secret": {"secretName": "tls"}}]},
+     "volumes[0] reads the Secret 'tls': list it in allow.secrets"),
+    ({"volumes": [{"name": "p", "projected": {"sources": [{"secret": {"name": "x"}}]}}]},
+     "volumes[0] (projected) reads the Secret 'x'"),
+    ({"volumes": [{"name": "p", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "t"}}]}}]}, "mounts a service-account token"),
+    ({"serviceAccountName": "admin-sa"},
+     "serviceAccountName 'admin-sa' makes the pods act with that account's token"),
+    ({"allow": {"hostpath": True}}, "unknown key allow.hostpath (did you mean 'hostPath'?)"),
+])
+def test_pod_access_beyond_the_s3_secret_is_refused_unless_allowed(given, message):
+    """Whoever creates pods in a namespace can read its Secrets through them; the values
+    refuse it unless `allow` says this namespace's submitters may."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        values.resolve(given, {"image": "i"})
+    key = next(iter(given))
+    if key != "allow":
+        allow = {"hostPath": True, "secrets": ["db", "tls", "x"], "serviceAccount": True}
+        values.resolve({**given, "allow": allow}, {"image": "i"})
 
 
 def test_job_names_are_deterministic_valid_and_distinct():

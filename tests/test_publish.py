@@ -12,7 +12,15 @@ import pytest
 
 from clsact.errors import StorageError
 from clsact.storage import LocalStore, S3Store
-from clsact.storage.publish import MANIFEST, SUCCESS, check_unfinished, publish, verify
+from clsact.storage.publish import (
+    CLAIM,
+    MANIFEST,
+    SUCCESS,
+    check_unfinished,
+    claim,
+    publish,
+    verify,
+)
 from clsact.storage.s3 import S3Settings
 from clsact.storage.uri import parse_s3
 from tests.conftest import REPO, list_keys, run_cli
@@ -75,6 +83,53 @@ def test_a_concurrent_finish_is_detected(tmp_path, s3_server, bucket):
         with pytest.raises(StorageError, match=r"another run \(other\) finished into"):
             publish(staging(tmp_path, "a"), racer, "mine")
         assert json.loads(dest.read_bytes(SUCCESS))["run_id"] == "other"
+
+
+def test_a_claim_keeps_other_runs_out_of_a_save_dir(tmp_path, s3_server, bucket):
+    for dest in both(tmp_path, s3_server, bucket):
+        assert claim(dest, "run-a", overwrite=False) == "new"
+        assert claim(dest, "run-a", overwrite=False) == "same run", "a restart continues"
+        with pytest.raises(StorageError, match=r"belongs to run run-a \(unfinished, claimed .*\): "
+                           r"resume it with --run-id run-a, take it over with --overwrite"):
+            claim(dest, "run-b", overwrite=False)
+        assert claim(dest, "run-b", overwrite=True) == "taken over"
+        before = dest.list()
+        with pytest.raises(StorageError, match=r"run run-b took .* over \(--overwrite\) while "
+                           r"run run-a was running; run run-a did not publish"):
+            publish(staging(tmp_path, "a"), dest, "run-a")
+        assert dest.list() == before, "the run that lost its claim uploads nothing"
+        publish(staging(tmp_path, "b"), dest, "run-b")
+        assert verify(dest).ok and verify(dest).run_id == "run-b"
+        with pytest.raises(StorageError, match="already holds a finished run"):
+            claim(dest, "run-b", overwrite=False)
+
+
+def test_two_racing_runs_leave_the_finished_one_intact(tmp_path, mbv3_model, small_digits_dir):
+    """Run A trains; run B into the same save dir is refused before any work; run C takes
+    it over with --overwrite while A trains. A publishes nothing (before the claim it would
+    have uploaded its model and manifest over C's), C's run verifies."""
+    from tests.test_compress import small_config
+
+    cfg = small_config(tmp_path, mbv3_model, small_digits_dir, train_iter=6, eval_iter=3)
+    save = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "clsact", "compress", "--config", str(cfg), "--save-dir",
+           str(save), "--set", "Global.num_workers=1"]
+    a = subprocess.Popen([*cmd, "--run-id", "run-a"], env=env, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (save / CLAIM).exists():
+        time.sleep(0.05)
+    b = run_cli(*cmd[3:], "--run-id", "run-b")
+    assert b.returncode == 2 and "belongs to run run-a (unfinished" in b.stderr.splitlines()[-1]
+    c = run_cli(*cmd[3:], "--run-id", "run-c", "--overwrite")
+    assert c.returncode == 0, c.stderr[-3000:]
+    a_err = a.communicate(timeout=600)[1]
+    assert a.returncode == 2, a_err[-3000:]
+    assert "run run-c took" in a_err.splitlines()[-1] and "Traceback" not in a_err
+    ok = run_cli("verify", str(save))
+    assert ok.returncode == 0 and "run run-c" in ok.stdout, ok.stderr
+    assert json.loads((save / "metrics.json").read_text())["run_id"] == "run-c"
 
 
 def test_cli_verify(tmp_path, s3_server, bucket):

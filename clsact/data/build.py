@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from clsact.data.listfile import Sample, read_list
 from clsact.data.loader import BatchLoader
 from clsact.data.shards import ShardReader, is_index, read_index
 from clsact.data.transforms import TransformSpec
+from clsact.errors import DataError
 from clsact.storage import open_store
 
 
@@ -43,6 +46,33 @@ def read_samples(g: dict[str, Any], which: str) -> list[Sample]:
     if is_index(name):
         return read_index(open_store(g["data_dir"], "Global.data_dir"), name)
     return read_list(g["data_dir"], name)
+
+
+def selection(g: dict[str, Any], train: list[Sample], val: list[Sample]
+              ) -> tuple[list[Sample], list[Sample] | None, dict[str, Any]]:
+    """Split off what ACT selects its best model on (``Global.selection_list`` /
+    ``selection_holdout``): returns (train samples left for training, selection samples or
+    None for the validation list, a description for ``metrics.json``).
+
+    Raises:
+        DataError: the holdout leaves no training images, or the selection list is bad.
+        StorageError: the selection list cannot be read.
+    """
+    holdout = g["selection_holdout"]
+    if holdout:
+        if holdout >= len(train):
+            raise DataError(f"Global.selection_holdout {holdout} leaves none of the "
+                            f"{len(train)} training images; hold out fewer")
+        picked = set(np.random.default_rng([g["seed"], 104729]).permutation(len(train))[:holdout]
+                     .tolist())
+        return ([s for i, s in enumerate(train) if i not in picked],
+                [s for i, s in enumerate(train) if i in picked],
+                {"set": "holdout", "samples": holdout, "source": g["train_list"]})
+    if g["selection_list"]:
+        name = g["selection_list"]
+        chosen = read_samples({**g, "val_list": name}, "val")
+        return train, chosen, {"set": "list", "samples": len(chosen), "source": name}
+    return train, None, {"set": "val", "samples": len(val), "source": g["val_list"]}
 
 
 def make_loader(g: dict[str, Any], samples: list[Sample], *, train: bool, batch_size: int,

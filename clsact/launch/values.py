@@ -54,6 +54,14 @@ VALUES: dict[str, tuple[str, Any]] = {
     "backoffLimit": ("int", 3),
     "clsactBin": ("str", "/usr/local/bin/clsact"),  # the console script inside the image
     "python": ("str", "python"),
+    # what the pods may reach beyond the S3 Secret; refused unless allowed here (whoever may
+    # create pods in a namespace can read its Secrets through them: see README, Permissions)
+    "allow": ("dict", {}),
+}
+ALLOW: dict[str, tuple[str, Any]] = {
+    "hostPath": ("bool", False),        # hostPath volumes (the node's files)
+    "secrets": ("list", []),            # Secret names env/envFrom/volumes may reference
+    "serviceAccount": ("bool", False),  # serviceAccountName (the pods act with its token)
 }
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -118,6 +126,57 @@ def _check_env(env: Any, src: str) -> list[dict[str, Any]]:
     return out
 
 
+def _secret_refs(v: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, Secret name) of every Secret the pod spec would reference, but s3Secret."""
+    refs = []
+    for item in v["env"]:
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if isinstance(ref, dict):
+            refs.append((f"env {item['name']}", str(ref.get("name"))))
+    for i, vol in enumerate(v["volumes"]):
+        if not isinstance(vol, dict):
+            continue
+        if "secret" in vol:
+            refs.append((f"volumes[{i}]", str((vol["secret"] or {}).get("secretName"))))
+        for source in (vol.get("projected") or {}).get("sources") or []:
+            if isinstance(source, dict) and "secret" in source:
+                refs.append((f"volumes[{i}] (projected)", str(source["secret"].get("name"))))
+    return refs
+
+
+def _check_access(v: dict[str, Any], src: str) -> dict[str, Any]:
+    """Refuse what would let the pods read more than the S3 Secret, unless ``allow``s it.
+
+    Raises:
+        ConfigError: a hostPath volume, a reference to another Secret, a service-account
+            token volume, or a serviceAccountName that ``allow`` does not permit.
+    """
+    allow = check_section("allow", v["allow"], ALLOW, src)
+    allow = {k: allow.get(k, default) for k, (_t, default) in ALLOW.items()}
+    how = "in the values if submitters of this namespace may do that (README: Permissions)"
+    for i, vol in enumerate(v["volumes"]):
+        if isinstance(vol, dict) and "hostPath" in vol and not allow["hostPath"]:
+            raise ConfigError(f"{src}: volumes[{i}] mounts the node's path "
+                              f"{(vol['hostPath'] or {}).get('path')}: set allow.hostPath: "
+                              f"true {how}")
+        sources = (vol.get("projected") or {}).get("sources") or [] if isinstance(vol, dict) \
+            else []
+        if any(isinstance(x, dict) and "serviceAccountToken" in x for x in sources) \
+                and not allow["serviceAccount"]:
+            raise ConfigError(f"{src}: volumes[{i}] mounts a service-account token: set "
+                              f"allow.serviceAccount: true {how}")
+    permitted = {v["s3Secret"], *allow["secrets"]}
+    for where, name in _secret_refs(v):
+        if name not in permitted:
+            raise ConfigError(f"{src}: {where} reads the Secret {name!r}: list it in "
+                              f"allow.secrets {how}")
+    if v["serviceAccountName"] and not allow["serviceAccount"]:
+        raise ConfigError(f"{src}: serviceAccountName {v['serviceAccountName']!r} makes the "
+                          "pods act with that account's token: set allow.serviceAccount: "
+                          f"true {how}")
+    return allow
+
+
 def _check_names(v: dict[str, Any], src: str) -> None:
     for key in ("namespace", "s3Secret", "serviceAccountName", "priorityClassName"):
         value = v[key]
@@ -160,7 +219,8 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any],
 
     Raises:
         ConfigError: unknown key (with a did-you-mean), wrong type, workers < 1, GPUs < 0,
-            an invalid Kubernetes name or quantity, no image, a literal secret in ``env``.
+            an invalid Kubernetes name or quantity, no image, a literal secret in ``env``,
+            pod access beyond the S3 Secret that ``allow`` does not permit.
     """
     merged = dict(file_values)
     merged.update({k: v for k, v in flags.items() if v is not None})
@@ -174,6 +234,7 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any],
     _check_names(v, src)
     _check_maps(v, src)
     v["env"] = _check_env(v["env"], src)
+    v["allow"] = _check_access(v, src)
     allowed = CLEAN_POD_POLICIES[v["operator"]]
     if v["cleanPodPolicy"] is None:
         v["cleanPodPolicy"] = DEFAULT_CLEAN_POD_POLICY[v["operator"]]
