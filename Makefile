@@ -41,8 +41,9 @@ test: $(STAMP) kube-apiserver ## every test (real Paddle + PaddleSlim on CPU, S3
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check clsact tests
 
-bench: $(STAMP) kube-apiserver ## loader throughput vs upstream, launcher latency; tables + bench-results/*.json
+bench: $(STAMP) kube-apiserver ## loader throughput vs upstream, QAT graph building, launcher latency; tables + bench-results/*.json
 	$(PY) -m clsact.bench --output bench-results/loader.json
+	$(PY) -m clsact.bench_graph --output bench-results/graph.json
 	$(PY) -m tests.bench_launch --output bench-results/launch.json
 
 submit: $(STAMP) ## submit CONFIG as a PaddleJob: make submit IMAGE=reg/clsact:tag [WORKERS= GPUS= NAMESPACE= OPERATOR= VALUES= SAVE_DIR= ARGS=]

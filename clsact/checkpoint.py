@@ -40,6 +40,7 @@ import numpy as np
 
 from clsact.errors import ClsactError
 from clsact.storage import Store
+from clsact.storage.publish import sha256_file
 
 log = logging.getLogger(__name__)
 DIR = "_checkpoint"
@@ -79,15 +80,6 @@ def _digest(items) -> str:
     return digest.hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    """Hex sha256 of a local file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fingerprint(data: dict[str, Any], world: int, samples: dict[str, list],
                 model_files: list[Path]) -> dict[str, Any]:
     """What determines a run's training, comparable between a checkpoint and a restart.
@@ -106,7 +98,7 @@ def fingerprint(data: dict[str, Any], world: int, samples: dict[str, list],
     return {"config": {k: flat[k] for k in sorted(flat)}, "world_size": world,
             "data": {name: _digest((s.path, s.label) for s in items)
                      for name, items in sorted(samples.items())},
-            "model": _digest(file_digest(p) for p in model_files)}
+            "model": _digest(sha256_file(p) for p in model_files)}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -198,14 +198,21 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     train_samples = read_samples(g, "train")
     val_samples = read_samples(g, "val")
     train_samples, select_samples, select_info = selection(g, train_samples, val_samples)
+    if len(train_samples) < ranks.world:
+        raise DataError(f"{g['train_list']} has {len(train_samples)} training images for "
+                        f"{ranks.world} ranks: every rank needs at least one; use more images "
+                        "or fewer ranks")
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
     group.scratch.append(work)
+    claimed: list[str] = []
+    checkpointer: checkpoint.Checkpointer | None = None
     try:
         src_model, teachers = fetch_model(cfg, work)
         group.start()
         run_id = group.broadcast_object(run_id, "agreeing on the run id")  # rank 0's
         # after the input checks: bad inputs create nothing
-        group.on_rank0(lambda: _claim(dest, run_id, overwrite), "claiming the save dir",
+        group.on_rank0(lambda: claimed.append(_claim(dest, run_id, overwrite)),
+                       "claiming the save dir",
                        f"rank 0 refused the save dir {dest.describe()}; see its log")
         fingerprint = checkpoint.fingerprint(
             cfg.data, group.world, {"train": train_samples, "val": val_samples,
@@ -213,6 +220,9 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             list(model_paths(src_model, g["model_filename"], g["params_filename"])))
         resume = _load_checkpoint(group, dest, run_id, fingerprint, overwrite) \
             if g["checkpoint"] else None
+        checkpointer = checkpoint.Checkpointer(
+            dest if g["checkpoint"] and group.rank == 0 else None,
+            g["checkpoint_every_steps"], g["checkpoint_every_minutes"])
         staging = work / "publish"
         staging.mkdir()
         with logs.log_file(staging / "clsact.log"):
@@ -223,9 +233,6 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             if resume is not None:
                 log.info("resuming run %s from its checkpoint after %d steps", run_id,
                          resume.steps)
-            checkpointer = checkpoint.Checkpointer(
-                dest if g["checkpoint"] and group.rank == 0 else None,
-                g["checkpoint_every_steps"], g["checkpoint_every_minutes"])
             metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
                            val_samples, (select_samples, select_info), timer, group, run_id,
                            resume, checkpointer, fingerprint)
@@ -253,18 +260,25 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         group.on_rank0(publish_run, "publishing",
                        f"rank 0 could not publish to {dest.describe()}; see its log")
         return metrics
+    except BaseException:
+        # a run that failed before leaving anything to resume gives its save dir back
+        if claimed == ["new"] and (checkpointer is None or not checkpointer.written):
+            publish.release_claim(dest, run_id)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _claim(dest: storage.Store, run_id: str, overwrite: bool) -> None:
-    """Claim the save dir; with ``overwrite`` a previous run's checkpoint is discarded."""
+def _claim(dest: storage.Store, run_id: str, overwrite: bool) -> str:
+    """Claim the save dir (returns how: see :func:`publish.claim`); with ``overwrite`` a
+    previous run's checkpoint is discarded."""
     how = publish.claim(dest, run_id, overwrite)
     if overwrite:
         checkpoint.clear(dest)
     log.info("save dir %s: %s", dest.describe(), {
         "new": f"claimed for run {run_id}", "same run": f"already claimed by run {run_id} "
         "(continuing it)", "taken over": f"taken over by run {run_id} (--overwrite)"}[how])
+    return how
 
 
 def _load_checkpoint(group: Group, dest: storage.Store, run_id: str,
@@ -344,10 +358,6 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         check_labels(select_samples, info.num_classes, "selection")
     select_loader = val_loader if select_samples is None else make_loader(
         g, select_samples, train=False, batch_size=cfg.eval_batch_size, **shard)
-    if len(train_loader) == 0:
-        raise DataError(f"{g['train_list']} has {len(train_samples)} training images for "
-                        f"{group.world} ranks: every rank needs at least one; use more images "
-                        "or fewer ranks")
     lr_factor = optim.scale_learning_rate(cfg, group.world)
     total_steps = ensure_evaluation(cfg, len(train_loader))
     for filled in optim.complete_schedule(cfg.train, total_steps):

@@ -184,3 +184,48 @@ def test_eval_refuses_a_crop_the_model_cannot_take(mbv3_model, small_digits_dir)
                                   str(small_digits_dir), "--val-list", "small_val.txt"),
                           "takes 32x32 inputs but the evaluation would crop 224x224",
                           "pass --img-size 32")
+
+
+def test_fewer_training_images_than_ranks(tmp_path, small_digits_dir, mbv3_model):
+    import os
+
+    data = tmp_path / "data"
+    lines = (small_digits_dir / "small_train.txt").read_text().splitlines()[:3]
+    copy_images(small_digits_dir, data, lines)
+    (data / "small_train.txt").write_text("\n".join(lines) + "\n")
+    (data / "small_val.txt").write_text("\n".join(lines) + "\n")
+    cfg = config_file(tmp_path, mbv3_model, data)
+    env = {**os.environ, "PADDLE_TRAINERS_NUM": "4", "PADDLE_TRAINER_ID": "0"}
+    assert_one_line_error(run_cli("compress", "--config", str(cfg), "--save-dir",
+                                  str(tmp_path / "run"), env=env),
+                          "small_train.txt has 3 training images for 4 ranks")
+
+
+def test_an_interrupt_after_publishing_says_the_run_is_complete(monkeypatch, capsys):
+    from clsact import cli
+    from clsact.storage import publish
+
+    def compress(_args):
+        publish._PUBLISHED.append("s3://b/runs/x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "compress", compress)
+    monkeypatch.setattr(publish, "_PUBLISHED", [])
+    assert cli.main(["compress", "--config", "c.yaml"]) == 130
+    assert "interrupted after publishing to s3://b/runs/x (complete)" in capsys.readouterr().err
+
+
+def test_the_watchdog_removes_the_scratch_copies_before_it_exits(tmp_path):
+    """os._exit skips every `finally`: the rank's model copies must not be left behind."""
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "clsact-work-x"
+    (scratch / "source-model").mkdir(parents=True)
+    code = ("import sys; from pathlib import Path; from clsact.distributed import Group;"
+            "from clsact.runtime import RankInfo; g = Group(RankInfo(0, 2), timeout=1);"
+            "g.scratch.append(Path(sys.argv[1])); g._abort('a test')")
+    proc = subprocess.run([sys.executable, "-c", code, str(scratch)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 3 and "no answer from the other ranks" in proc.stderr
+    assert not scratch.exists()

@@ -112,6 +112,16 @@ def claim(dest: Store, run_id: str, overwrite: bool) -> str:
     return "taken over"
 
 
+def release_claim(dest: Store, run_id: str) -> None:
+    """Remove ``dest``'s claim if it is run ``run_id``'s (best effort: a run that failed
+    before it left anything to resume gives the save dir back)."""
+    try:
+        if (_read_json(dest, CLAIM) or {}).get("run_id") == run_id:
+            dest.delete(CLAIM)
+    except StorageError as exc:
+        log.warning("could not remove the claim %s: %s", dest.describe(CLAIM), exc)
+
+
 def check_claim(dest: Store, run_id: str) -> None:
     """Raise StorageError unless ``dest``'s claim (if any) is run ``run_id``'s."""
     owner = (_read_json(dest, CLAIM) or {}).get("run_id")
