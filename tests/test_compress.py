@@ -42,8 +42,9 @@ def test_compress_then_eval(tmp_path, mbv3_model, small_digits_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compressed top1" in proc.stdout
 
-    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "clsact.log", "config.yaml",
-                                                     "manifest.json", "metrics.json", "model"]
+    assert sorted(p.name for p in out.iterdir()) == ["_CLAIM", "_SUCCESS", "clsact.log",
+                                                     "config.yaml", "manifest.json",
+                                                     "metrics.json", "model"]
     verified = run_cli("verify", str(out))
     assert verified.returncode == 0 and "5 files" in verified.stdout
     assert sha(mbv3_model / "inference.pdmodel") == before, "the input model must stay as it was"
@@ -127,7 +128,7 @@ def test_compress_s3_to_s3(tmp_path, s3_server, bucket, mbv3_model, small_digits
     assert f"results in {save} (run nightly-1)" in proc.stdout
     keys = list_keys(client, bucket, "runs/nightly-1/")
     assert [k.split("nightly-1/")[1] for k in keys] == [
-        "_SUCCESS", "clsact.log", "config.yaml", "manifest.json", "metrics.json",
+        "_CLAIM", "_SUCCESS", "clsact.log", "config.yaml", "manifest.json", "metrics.json",
         "model/inference.pdiparams", "model/inference.pdmodel"]
     manifest = json.loads(client.get_object(Bucket=bucket, Key="runs/nightly-1/manifest.json")
                           ["Body"].read())
