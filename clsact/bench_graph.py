@@ -97,7 +97,7 @@ def format_report(out: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--output", default="bench-results/graph.json")
     args = parser.parse_args(argv)
     out = run(args.repeats)

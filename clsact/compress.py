@@ -384,6 +384,10 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
             select_top1 = _evaluate(group, src_model, select_loader, g, info.input_name,
                                     "the baseline on the selection set")["top1"]
             act_overrides["TrainConfig"] = {"origin_metric": select_top1}
+        if cfg.train.get("origin_metric") is not None and select_top1 == 0:
+            # ACT's early stop divides by the baseline metric (ZeroDivisionError)
+            log.warning("the baseline top-1 is 0: ACT's origin_metric early stop is off")
+            act_overrides["TrainConfig"] = {"origin_metric": None}
         act_info = run_act(cfg, student, act_dir, train_loader, select_loader, info.input_name,
                            group, act_overrides, run_id=run_id, baseline_top1=select_top1,
                            resume=resume, checkpointer=checkpointer, fingerprint=fingerprint)

@@ -81,8 +81,10 @@ def build_model(num_classes: int = CLASSES):
     return model
 
 
-def train_baseline(g: dict, out_dir: Path, epochs: int) -> float:
-    """Train the demo baseline with clsact's loader and export it with ``paddle.jit.save``.
+def train_baseline(g: dict, out_dir: Path, epochs: int, model=None, head=None,
+                   lr: float = 5e-3) -> float:
+    """Train the demo baseline (or ``model``) with clsact's loader and export it with
+    ``paddle.jit.save`` (followed by ``head``, e.g. a softmax, when given).
 
     Returns the final validation top-1 measured in dygraph.
     """
@@ -96,10 +98,10 @@ def train_baseline(g: dict, out_dir: Path, epochs: int) -> float:
     warnings.filterwarnings("ignore", message="When training, we now always track")
 
     paddle.disable_static()
-    model = build_model()
+    model = model if model is not None else build_model()
     train = make_loader(g, read_samples(g, "train"), train=True, batch_size=g["batch_size"])
     val = make_loader(g, read_samples(g, "val"), train=False, batch_size=256)
-    sched = paddle.optimizer.lr.CosineAnnealingDecay(5e-3, T_max=epochs * len(train))
+    sched = paddle.optimizer.lr.CosineAnnealingDecay(lr, T_max=epochs * len(train))
     opt = paddle.optimizer.Adam(learning_rate=sched, parameters=model.parameters())
     top1 = 0.0
     try:
@@ -126,7 +128,9 @@ def train_baseline(g: dict, out_dir: Path, epochs: int) -> float:
         train.close()
         val.close()
     spec = paddle.static.InputSpec([None, 3, g["img_size"], g["img_size"]], "float32", "inputs")
-    paddle.jit.save(model, str(out_dir / "inference"), input_spec=[spec])
+    exported = model if head is None else paddle.nn.Sequential(model, head)
+    exported.eval()
+    paddle.jit.save(exported, str(out_dir / "inference"), input_spec=[spec])
     return top1
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from clsact import config
-from clsact.errors import ConfigError
+from clsact.errors import ConfigError, StorageError
 from clsact.storage import open_store
 
 RUN_CONFIG = "config.yaml"
@@ -46,30 +46,33 @@ def _parent(location: str) -> str:
     return head if sep and head not in ("s3:/", "s3:") else trimmed
 
 
-def find_run(model_dir: str) -> tuple[str, str] | None:
-    """(run location, model location) when ``model_dir`` is a published run or its
-    ``model/`` folder; None for a bare model directory.
+def find_run(model_dir: str) -> tuple[str, str, dict[str, Any]] | None:
+    """(run location, model location, the run's ``Global``) when ``model_dir`` is a
+    published run or its ``model/`` folder; None for a bare model directory (or a run whose
+    files this reader may not see: the model files' own reads then say why).
 
     Raises:
-        StorageError: the location is malformed or cannot be read.
+        StorageError: the location is malformed.
+        ConfigError: the run's config.yaml is not a clsact config.
     """
     for run, model in ((model_dir, f"{model_dir.rstrip('/')}/model"),
                        (_parent(model_dir), model_dir)):
         store = open_store(run, "--model-dir")
-        if store.exists(RUN_CONFIG) and store.exists(RUN_MANIFEST):
-            return run, model
+        try:
+            text = store.read_bytes(RUN_CONFIG)
+            store.read_bytes(RUN_MANIFEST)
+        except (OSError, StorageError):  # missing, or not readable with these credentials
+            continue
+        return run, model, _run_global(text, store.describe(RUN_CONFIG))
     return None
 
 
-def _run_global(run: str) -> dict[str, Any]:
-    store = open_store(run, "--model-dir")
-    where = store.describe(RUN_CONFIG)
+def _run_global(text: bytes, where: str) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(store.read_bytes(RUN_CONFIG))
-        return config.validate(raw, source=where).globals
+        return config.validate(yaml.safe_load(text), source=where).globals
     except (yaml.YAMLError, ConfigError, AttributeError) as exc:
         raise ConfigError(f"{where} is not a readable clsact config ({exc}); pass the "
-                          "model folder itself with the sizes flags") from None
+                          "model folder itself with the size flags") from None
 
 
 def plan(flags: dict[str, Any]) -> EvalPlan:
@@ -87,8 +90,7 @@ def plan(flags: dict[str, Any]) -> EvalPlan:
             raise ConfigError("--data-dir is required for a model that is not a published "
                               "clsact run")
         return EvalPlan(flags["model_dir"], settings)
-    run, model = found
-    g = _run_global(run)
+    run, model, g = found
     for key in FROM_RUN:
         if key in given and given[key] != g[key]:
             flag = "--" + key.replace("_", "-")

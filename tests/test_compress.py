@@ -112,13 +112,13 @@ def test_corrupt_validation_images_fail_clearly_and_publish_nothing(
     assert list(out.iterdir()) == []
 
 
-def test_compress_s3_to_s3(tmp_path, s3_server, bucket, mbv3_model, small_digits_dir):
+def test_compress_s3_to_s3(tmp_path, s3_server, bucket, clas_model, small_digits_dir):
     """Model and images read from S3, results published to S3 with manifest + _SUCCESS."""
     from tests.conftest import list_keys
     from tests.test_s3_cli import upload_inputs
 
     client = s3_server.client()
-    upload_inputs(client, bucket, small_digits_dir, mbv3_model)
+    upload_inputs(client, bucket, small_digits_dir, clas_model)
     cfg = small_config(tmp_path, f"s3://{bucket}/model", f"s3://{bucket}/data")
     save = f"s3://{bucket}/runs/nightly-1"
     args = ("compress", "--config", str(cfg), "--save-dir", save, "--run-id", "nightly-1",
@@ -145,14 +145,14 @@ def test_compress_s3_to_s3(tmp_path, s3_server, bucket, mbv3_model, small_digits
 
 
 def test_a_held_out_slice_chooses_the_model_and_val_is_measured_once(
-        tmp_path, mbv3_model, small_digits_dir):
+        tmp_path, clas_model, small_digits_dir):
     """Global.selection_holdout: ACT's evaluations (its choice of the best model) run on
     train images held out of training; metrics.json says so and how many competed."""
     out = tmp_path / "run"
-    base = run_cli("eval", "--model-dir", str(mbv3_model), "--data-dir", str(small_digits_dir),
+    base = run_cli("eval", "--model-dir", str(clas_model), "--data-dir", str(small_digits_dir),
                    "--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36")
     origin = json.loads(base.stdout)["top1"]
-    cfg = small_config(tmp_path, mbv3_model, small_digits_dir, train_iter=4, eval_iter=2,
+    cfg = small_config(tmp_path, clas_model, small_digits_dir, train_iter=4, eval_iter=2,
                        origin_metric=origin)
     proc = run_cli("compress", "--config", str(cfg), "--save-dir", str(out),
                    "--set", "Global.selection_holdout=16")

@@ -195,8 +195,8 @@ def check_published_run(save: Path, small_digits_dir: Path) -> dict:
     return m
 
 
-def test_two_ranks_in_one_pod(tmp_path, mbv3_model, small_digits_dir):
-    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir)
+def test_two_ranks_in_one_pod(tmp_path, clas_model, small_digits_dir):
+    cfg = dist_config(tmp_path, clas_model, small_digits_dir)
     save = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
                            "2", "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
@@ -210,8 +210,8 @@ def test_two_ranks_in_one_pod(tmp_path, mbv3_model, small_digits_dir):
 
 
 @pytest.mark.parametrize("operator", ["paddle-operator", "kubeflow"])
-def test_two_pods_with_the_operator_env(tmp_path, mbv3_model, small_digits_dir, operator):
-    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir)
+def test_two_pods_with_the_operator_env(tmp_path, clas_model, small_digits_dir, operator):
+    cfg = dist_config(tmp_path, clas_model, small_digits_dir)
     save = tmp_path / "run"
     procs = start_pods(tmp_path, operator, cfg, save)
     codes = [p.wait(timeout=900) for p in procs]
@@ -222,8 +222,8 @@ def test_two_pods_with_the_operator_env(tmp_path, mbv3_model, small_digits_dir, 
     assert len(runs) == 1, f"all ranks agree on one run id: {runs}"
 
 
-def test_a_lost_rank_fails_the_run_in_bounded_time(tmp_path, mbv3_model, small_digits_dir):
-    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir, collective_timeout=20)
+def test_a_lost_rank_fails_the_run_in_bounded_time(tmp_path, clas_model, small_digits_dir):
+    cfg = dist_config(tmp_path, clas_model, small_digits_dir, collective_timeout=20)
     raw = yaml.safe_load(cfg.read_text())
     raw["TrainConfig"].update(train_iter=400, eval_iter=400)
     cfg.write_text(yaml.safe_dump(raw))

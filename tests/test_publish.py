@@ -104,13 +104,13 @@ def test_a_claim_keeps_other_runs_out_of_a_save_dir(tmp_path, s3_server, bucket)
             claim(dest, "run-b", overwrite=False)
 
 
-def test_two_racing_runs_leave_the_finished_one_intact(tmp_path, mbv3_model, small_digits_dir):
+def test_two_racing_runs_leave_the_finished_one_intact(tmp_path, clas_model, small_digits_dir):
     """Run A trains; run B into the same save dir is refused before any work; run C takes
     it over with --overwrite while A trains. A publishes nothing (before the claim it would
     have uploaded its model and manifest over C's), C's run verifies."""
     from tests.test_compress import small_config
 
-    cfg = small_config(tmp_path, mbv3_model, small_digits_dir, train_iter=6, eval_iter=3)
+    cfg = small_config(tmp_path, clas_model, small_digits_dir, train_iter=6, eval_iter=3)
     save = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "clsact", "compress", "--config", str(cfg), "--save-dir",

@@ -1,5 +1,5 @@
 """Every config we ship runs to a published, verified run: only the model, the data and the
-sizes are overridden to the small test case (a PaddleClas-like MobileNetV3 on digits)."""
+sizes are overridden to the small test case (a small PaddleClas-like net on digits)."""
 
 import json
 
