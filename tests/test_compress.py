@@ -160,7 +160,9 @@ def test_a_held_out_slice_chooses_the_model_and_val_is_measured_once(
     m = json.loads((out / "metrics.json").read_text())
     assert m["data"]["train_samples"] == 80, "the held-out images are not trained on"
     sel = m["selection"]
-    assert (sel["set"], sel["samples"], sel["evaluations_competed"]) == ("holdout", 16, 2)
+    assert (sel["set"], sel["samples"]) == ("holdout", 16)
+    # 1 or 2: ACT stops early when the first one is within 0.5% of the baseline
+    assert sel["evaluations_competed"] == len(m["act"]["evaluations"]) >= 1
     assert "measured once" in sel["note"]
     assert m["compressed"]["samples"] == 64, "the published number is on the val list"
     bad = run_cli("compress", "--config", str(cfg), "--save-dir", str(tmp_path / "x"),
