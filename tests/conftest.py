@@ -71,6 +71,7 @@ def clas_model(tmp_path_factory, small_digits_dir) -> Path:
     from clsact import config
     from clsact.demo import train_baseline
 
+    paddle.disable_static()  # earlier tests may have left static mode on
     paddle.seed(0)
     nn = paddle.nn
     out = tmp_path_factory.mktemp("clas")
