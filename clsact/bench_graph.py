@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--output", default="bench-results/graph.json")
     args = parser.parse_args(argv)
+    from clsact import compat
+
+    compat.quiet_native_output()  # before paddle imports tqdm
     out = run(args.repeats)
     print(format_report(out))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
