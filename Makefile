@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml docker/constraints.txt docker/install.sh | sha256sum | cut -c1-12)
 
-.PHONY: help venv kube-apiserver demo test lint bench submit clean
+.PHONY: help venv kube-apiserver demo test test-image-gpu lint bench submit image image-cpu push lock clean
 
 # make submit: each variable maps to a `clsact submit` flag; empty ones fall back to the
 # values file (VALUES) and clsact's defaults. ARGS takes any other flag.
@@ -21,10 +21,10 @@ ARGS      ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/constraints.txt docker/install.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	sh docker/install.sh $(PY) -e '.[cpu,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP) ## create .venv/ and install clsact with its pinned dependencies
@@ -35,8 +35,24 @@ demo: $(STAMP) ## the whole job on a real small dataset (sklearn digits), result
 kube-apiserver: ## build (once, cached in ~/.cache/clsact) the real kube-apiserver + etcd the tests use
 	@bash tests/infra/kube-apiserver.sh >/dev/null
 
-test: $(STAMP) kube-apiserver ## every test (real Paddle + PaddleSlim on CPU, S3 and Kubernetes API servers)
+test: $(STAMP) kube-apiserver ## every test (real Paddle + PaddleSlim on CPU, S3 and Kubernetes API servers, dockerd + the CPU image)
 	$(PY) -m pytest tests
+
+test-image-gpu: $(STAMP) ## build the GPU image and check it here (no GPU needed; ~3.5 GB of wheels)
+	$(PY) -m pytest -m gpu_image tests/test_image_gpu.py
+
+image: ## build the CUDA image [IMAGE=clsact REGISTRY= TAG= BASE_IMAGE= EXTRAS=]; starts dockerd if needed
+	@bash docker/build.sh gpu
+
+image-cpu: ## build the CPU image (same options)
+	@bash docker/build.sh cpu
+
+push: ## push both images: make push REGISTRY=registry.example.com/team
+	@test -n "$(REGISTRY)" || { echo "make push: set REGISTRY=host/path (the images are tagged with it)"; exit 2; }
+	@for variant in gpu cpu; do name=$$(bash docker/build.sh $$variant) && /usr/bin/docker push "$$name" || exit 1; done
+
+lock: ## re-resolve docker/constraints.txt (every pinned version the venv and images install)
+	@bash docker/lock.sh
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check clsact tests

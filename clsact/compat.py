@@ -138,3 +138,19 @@ def fast_ir_graph_links() -> None:
     link_to.__doc__ = IrGraph.link_to.__doc__
     IrGraph._clsact_original_link_to = IrGraph.link_to
     IrGraph.link_to = link_to
+
+
+# The CUDA libraries Paddle 2.6.2's PyPI GPU build dlopens, by the file names it asks for
+# (paddle/phi/backends/dynload/dynamic_loader.cc; that build is not made
+# WITH_PIP_CUDA_LIBRARIES, so the names carry no version). NVIDIA's nvidia-*-cu12 wheels ship
+# only versioned sonames (libcudnn.so.8), so the GPU image links each under both names into one
+# folder on LD_LIBRARY_PATH (docker/prune.sh). Not here: libcuda.so.1, the driver, which the
+# node's NVIDIA container runtime mounts; libcusparseLt.so and libnvinfer (TensorRT), which
+# only 2:4-sparse GEMMs and TensorRT inference load. Checked inside the GPU image by
+# tests/test_image_gpu.py (`make test-image-gpu`): every name loads, and Paddle's own loader
+# opens the unversioned libcudnn.so and libnccl.so.
+PADDLE_CUDA_DLOPEN_NAMES = (
+    "libcudnn.so", "libcublas.so", "libcublasLt.so", "libcurand.so", "libcusolver.so",
+    "libcusparse.so", "libcufft.so", "libnvjpeg.so", "libnvrtc.so", "libnccl.so",
+    "libcupti.so", "libnvToolsExt.so",
+)

@@ -202,6 +202,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         raise DataError(f"{g['train_list']} has {len(train_samples)} training images for "
                         f"{ranks.world} ranks: every rank needs at least one; use more images "
                         "or fewer ranks")
+    device = select_device(g["device"])  # before the model is fetched and the save dir claimed
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
     group.scratch.append(work)
     claimed: list[str] = []
@@ -235,7 +236,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
                          resume.steps)
             metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
                            val_samples, (select_samples, select_info), timer, group, run_id,
-                           resume, checkpointer, fingerprint)
+                           resume, checkpointer, fingerprint, device)
             metrics["run_id"] = run_id
             metrics["save_dir"] = dest.describe()
             metrics["started_at"] = started.isoformat(timespec="seconds")
@@ -334,7 +335,7 @@ def _share_model(group: Group, model_dir: Path, g: dict[str, Any]) -> None:
 def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
          train_samples, val_samples, select: tuple, timer: Timer, group: Group, run_id: str,
          resume: checkpoint.Checkpoint | None, checkpointer: checkpoint.Checkpointer,
-         fingerprint: dict[str, Any]) -> dict[str, Any]:
+         fingerprint: dict[str, Any], device: str) -> dict[str, Any]:
     from clsact.modelio import copy_model, count_ops, inspect_model
 
     g = cfg.globals
@@ -343,7 +344,6 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
     check_input_size(info.input_shape, g["img_size"], g["model_dir"])
     check_labels(train_samples, info.num_classes, "train")
     check_labels(val_samples, info.num_classes, "validation")
-    device = select_device(g["device"])
     log.info("device %s; model input %r %s, %s classes; %d train / %d val images", device,
              info.input_name, list(info.input_shape), info.num_classes, len(train_samples),
              len(val_samples))

@@ -157,6 +157,27 @@ def kube(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A real Docker engine (Debian's dockerd, started for the session when none runs)."""
+    from tests import dockerhost
+
+    engine = dockerhost.start_engine()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_engine) -> str:
+    """The CPU image, built by docker/build.sh as `make image-cpu` builds it (cached layers
+    make a rebuild of unchanged inputs take seconds)."""
+    from tests import dockerhost
+
+    return dockerhost.build_image("cpu")
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """End with one line: how many tests skipped and why (grouped by reason)."""
     skipped = terminalreporter.stats.get("skipped", [])

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Build clsact's image: docker/build.sh gpu|cpu. Prints the image name on stdout.
+#
+# Name: [REGISTRY/]IMAGE:TAG[-cpu], TAG default <version>-<git sha>[-dirty].
+# Environment:
+#   IMAGE (default clsact; a full reference such as reg/clsact:v1 also sets TAG), REGISTRY, TAG
+#   BASE_IMAGE       default: the Debian base docker/base-image.sh builds without a registry
+#   EXTRAS           default: gpu,cuda-wheels (gpu) or cpu; with a CUDA runtime base: gpu
+#   BUILD_CA_BUNDLE  CA bundle pip trusts during the build (default: pip's configured cert)
+#   DOCKER_BUILD_NETWORK  default host (pip reaches the index as the host does)
+# Starts dockerd when no engine answers (docker/dockerd.sh) and leaves it running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DOCKER="${DOCKER:-/usr/bin/docker}"
+log() { echo "build.sh: $*" >&2; }
+
+VARIANT="${1:-}"
+case "$VARIANT" in
+    gpu) EXTRAS="${EXTRAS:-gpu,cuda-wheels}"; GPUS=all; SUFFIX= ;;
+    cpu) EXTRAS="${EXTRAS:-cpu}"; GPUS=void; SUFFIX=-cpu ;;
+    *) log "usage: docker/build.sh gpu|cpu"; exit 2 ;;
+esac
+
+started="$(bash docker/dockerd.sh)"
+case "$started" in started*) log "dockerd was not running: started it (pid ${started#started }; stop it with: kill ${started#started })" ;; esac
+
+VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' clsact/__init__.py)"
+REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+SHORT="${REVISION:0:12}"
+if [ "$REVISION" != unknown ] && [ -n "$(git status --porcelain -- clsact k8s docker pyproject.toml README.md 2>/dev/null)" ]; then
+    SHORT="$SHORT-dirty"
+fi
+REPOSITORY="${IMAGE:-clsact}"
+if [[ "${REPOSITORY##*/}" == *:* ]]; then  # IMAGE=reg/clsact:v1, as `make submit` takes it
+    TAG="${TAG:-${REPOSITORY##*:}}"
+    REPOSITORY="${REPOSITORY%:*}"
+fi
+NAME="${REGISTRY:+$REGISTRY/}$REPOSITORY:${TAG:-$VERSION-$SHORT}$SUFFIX"
+BASE="${BASE_IMAGE:-$(bash docker/base-image.sh)}"
+
+CA="${BUILD_CA_BUNDLE:-$(python3 -m pip config get global.cert 2>/dev/null || true)}"
+CA="${CA:-${PIP_CERT:-}}"
+rm -f docker/build-ca/ca.crt
+if [ -n "$CA" ]; then
+    if [ ! -f "$CA" ]; then
+        log "error: BUILD_CA_BUNDLE=$CA does not exist"
+        exit 2
+    fi
+    cp "$CA" docker/build-ca/ca.crt
+    trap 'rm -f docker/build-ca/ca.crt' EXIT
+fi
+
+log "building $NAME (extras $EXTRAS, base $BASE)"
+start=$(date +%s)
+"$DOCKER" build --network "${DOCKER_BUILD_NETWORK:-host}" -f docker/Dockerfile \
+    --build-arg BASE_IMAGE="$BASE" --build-arg EXTRAS="$EXTRAS" \
+    --build-arg NVIDIA_VISIBLE_DEVICES="$GPUS" \
+    --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
+    --build-arg SOURCE="${SOURCE:-$(git config --get remote.origin.url 2>/dev/null || true)}" \
+    ${PIP_INDEX_URL:+--build-arg PIP_INDEX_URL="$PIP_INDEX_URL"} \
+    -t "$NAME" . >&2
+# earlier builds of this name, now untagged (the build stage's cached layers are kept)
+"$DOCKER" image prune -f --filter label=org.opencontainers.image.title=clsact >/dev/null
+size="$("$DOCKER" image inspect --format '{{.Size}}' "$NAME")"
+log "built $NAME in $(( $(date +%s) - start )) s, $(( size / 1000000 )) MB"
+echo "$NAME"
