@@ -47,9 +47,10 @@ image: ## build the CUDA image [IMAGE=clsact REGISTRY= TAG= BASE_IMAGE= EXTRAS=]
 image-cpu: ## build the CPU image (same options)
 	@bash docker/build.sh cpu
 
-push: ## push both images: make push REGISTRY=registry.example.com/team
-	@test -n "$(REGISTRY)" || { echo "make push: set REGISTRY=host/path (the images are tagged with it)"; exit 2; }
-	@for variant in gpu cpu; do name=$$(bash docker/build.sh $$variant) && /usr/bin/docker push "$$name" || exit 1; done
+VARIANTS ?= gpu cpu
+push: ## build (cached) and push the images: make push REGISTRY=registry.example.com/team [VARIANTS=cpu]
+	@test -n "$(REGISTRY)" || { echo "make push: set REGISTRY=host[/path] (the images are tagged with it)" >&2; exit 2; }
+	@for variant in $(VARIANTS); do name=$$(bash docker/build.sh $$variant) && /usr/bin/docker push "$$name" >&2 && echo "pushed $$name" || exit 1; done
 
 lock: ## re-resolve docker/constraints.txt (every pinned version the venv and images install)
 	@bash docker/lock.sh

@@ -6,6 +6,7 @@ cluster: non-root, read-only root filesystem, tmpfs /tmp and /dev/shm, no capabi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -117,3 +118,76 @@ def logs(name: str) -> str:
 def remove(*names: str) -> None:
     """Remove containers (running or not); missing ones are ignored."""
     docker("rm", "-f", *names)
+
+
+def readable_inputs(dest: Path, model: Path, data: Path,
+                    lists: tuple[str, ...] = ("small_train.txt", "small_val.txt")) -> Path:
+    """Copy ``model`` and the images of ``lists`` in ``data`` to ``dest``/model and
+    ``dest``/data, readable by the image's user (10001) as a volume would be; returns dest."""
+    shutil.copytree(model, dest / "model")
+    for name in lists:
+        lines = (data / name).read_text().splitlines()
+        for line in lines:
+            rel = line.rsplit(maxsplit=1)[0]
+            (dest / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(data / rel, dest / "data" / rel)
+        shutil.copy(data / name, dest / "data" / name)
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def writable_dir(path: Path) -> Path:
+    """Create ``path`` writable by the image's user (a volume it publishes to)."""
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+class Registry:
+    """A real image registry (Debian's docker-registry, the CNCF distribution server) on
+    loopback, storing into ``root``; Docker pushes to 127.0.0.0/8 over plain HTTP."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        if not shutil.which("docker-registry"):
+            subprocess.run(["apt-get", "install", "-y", "-qq", "docker-registry"], check=True,
+                           capture_output=True, env={**os.environ,
+                                                     "DEBIAN_FRONTEND": "noninteractive"})
+        self.address = f"127.0.0.1:{port}"
+        config = root / "config.yml"
+        config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"
+                          f"http:\n  addr: {self.address}\n")
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while not self._answers():
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"docker-registry did not start on {self.address}")
+            time.sleep(0.2)
+
+    def _answers(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def get(self, path: str, accept: str = "application/json") -> tuple[dict, dict]:
+        """GET /v2/PATH: (headers, JSON body)."""
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(f"http://{self.address}/v2/{path}",
+                                         headers={"Accept": accept})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return dict(resp.headers), json.loads(resp.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

@@ -9,7 +9,6 @@ tmpfs /tmp and /dev/shm, no capabilities."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import uuid
@@ -21,7 +20,7 @@ import yaml
 import clsact
 from clsact.launch import render, validate, values
 from tests import dockerhost
-from tests.conftest import REPO, copy_images, list_keys, run_cli, upload_tree
+from tests.conftest import REPO, list_keys, run_cli, upload_tree
 from tests.kubeserver import free_port
 from tests.test_compress import small_config
 from tests.test_distributed import pod_env
@@ -147,19 +146,8 @@ def test_compress_with_no_network(cpu_image, tmp_path, clas_model, small_digits_
     is downloaded or pip-installed at run time."""
     cfg = small_config(tmp_path, Path("/in/model"), Path("/in/data"))
     cfg.chmod(0o644)
-    inputs = tmp_path / "in"  # readable by the container's user (10001), as a volume would be
-    shutil.copytree(clas_model, inputs / "model")
-    lists = ["small_train.txt", "small_val.txt"]
-    copy_images(small_digits_dir, inputs / "data", [ln for name in lists for ln in
-                                                     (small_digits_dir / name).read_text()
-                                                     .splitlines()])
-    for name in lists:
-        shutil.copy(small_digits_dir / name, inputs / "data" / name)
-    for path in [inputs, *inputs.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)  # the container's user publishes here
+    inputs = dockerhost.readable_inputs(tmp_path / "in", clas_model, small_digits_dir)
+    out = dockerhost.writable_dir(tmp_path / "out")
     options = ("-v", f"{cfg}:{CONFIG_IN_POD}:ro", "-v", f"{inputs}:/in:ro",
                "-v", f"{out}:/out")
     proc = dockerhost.run(cpu_image, "compress", "--config", CONFIG_IN_POD, "--save-dir",
@@ -259,3 +247,32 @@ def test_two_containers_run_the_rendered_paddlejob(cpu_image, s3_server, s3_inpu
     assert m["run_id"] == run_id, "the run id the launcher put in the command"
     keys = list_keys(s3_server.client(), s3_inputs, f"{prefix}/")
     assert f"{prefix}/logs/rank-1.log" in keys and f"{prefix}/clsact.log" in keys, keys
+
+
+def test_make_push_to_a_registry(cpu_image, tmp_path):
+    """`make push` tags the image for REGISTRY and pushes it: the registry then serves the
+    manifest Docker recorded for it. Without REGISTRY it stops with one line."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    refused = subprocess.run(["make", "--no-print-directory", "push", "VARIANTS=cpu"], cwd=REPO,
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode != 0 and "set REGISTRY=" in refused.stderr
+    registry = dockerhost.Registry(tmp_path, free_port())
+    try:
+        pushed = subprocess.run(["make", "--no-print-directory", "push", "VARIANTS=cpu",
+                                 f"REGISTRY={registry.address}/ml"], cwd=REPO,
+                                capture_output=True, text=True, env=env, timeout=1800)
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        name = pushed.stdout.strip().splitlines()[-1].removeprefix("pushed ")
+        assert name == f"{registry.address}/ml/{cpu_image}"
+        tag = name.rsplit(":", 1)[1]
+        _, tags = registry.get("ml/clsact/tags/list")
+        assert tag in tags["tags"]
+        headers, _ = registry.get(f"ml/clsact/manifests/{tag}",
+                                  "application/vnd.docker.distribution.manifest.v2+json")
+        digests = json.loads(dockerhost.inspect(name, "{{json .RepoDigests}}"))
+        assert f"{registry.address}/ml/clsact@{headers['Docker-Content-Digest']}" in digests
+    finally:
+        registry.stop()
+        dockerhost.docker("rmi", f"{registry.address}/ml/{cpu_image}")

@@ -11,14 +11,13 @@ container runtime mounts into the container."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from clsact.compat import PADDLE_CUDA_DLOPEN_NAMES
 from tests import dockerhost
-from tests.conftest import copy_images, run_cli
+from tests.conftest import run_cli
 from tests.test_compress import small_config
 
 pytestmark = pytest.mark.gpu_image
@@ -104,18 +103,8 @@ def test_compress_on_cpu_in_the_gpu_image(gpu_image, tmp_path, clas_model, small
     cfg = small_config(tmp_path, Path("/in/model"), Path("/in/data"))
     cfg.write_text(cfg.read_text().replace("device: cpu", "device: auto"))
     cfg.chmod(0o644)
-    inputs = tmp_path / "in"
-    shutil.copytree(clas_model, inputs / "model")
-    lists = ["small_train.txt", "small_val.txt"]
-    copy_images(small_digits_dir, inputs / "data",
-                [ln for name in lists for ln in (small_digits_dir / name).read_text().splitlines()])
-    for name in lists:
-        shutil.copy(small_digits_dir / name, inputs / "data" / name)
-    for path in [inputs, *inputs.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
+    inputs = dockerhost.readable_inputs(tmp_path / "in", clas_model, small_digits_dir)
+    out = dockerhost.writable_dir(tmp_path / "out")
     options = ("-v", f"{cfg}:{CONFIG_IN_POD}:ro", "-v", f"{inputs}:/in:ro", "-v", f"{out}:/out")
     proc = dockerhost.run(gpu_image, "compress", "--config", CONFIG_IN_POD, "--save-dir",
                           "/out/run", network="none", options=options)
