@@ -96,6 +96,8 @@ def test_paddles_own_loader_finds_cudnn_and_nccl(gpu_image):
     without = python_in(gpu_image, PROBE_LOADER, "-e", "LD_LIBRARY_PATH=")
     assert without["cudnn_version"] != got["cudnn_version"], without
     assert without["nccl_version"] != got["nccl_version"], without
+    print(f"\nPaddle's loader in the GPU image: {got}; without the image's library path: "
+          f"{without}; opened by libphi.so: {sorted(opened)}")
 
 
 def test_compress_on_cpu_in_the_gpu_image(gpu_image, tmp_path, clas_model, small_digits_dir):
