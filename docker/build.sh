@@ -8,6 +8,7 @@
 #   EXTRAS           default: gpu,cuda-wheels (gpu) or cpu; with a CUDA runtime base: gpu
 #   BUILD_CA_BUNDLE  CA bundle pip trusts during the build (default: pip's configured cert)
 #   DOCKER_BUILD_NETWORK  default host (pip reaches the index as the host does)
+#   DOCKER_BUILD_ARGS     more `docker build` flags, e.g. --no-cache
 # Starts dockerd when no engine answers (docker/dockerd.sh) and leaves it running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,15 +53,22 @@ fi
 
 log "building $NAME (extras $EXTRAS, base $BASE)"
 start=$(date +%s)
-"$DOCKER" build --network "${DOCKER_BUILD_NETWORK:-host}" -f docker/Dockerfile \
-    --build-arg BASE_IMAGE="$BASE" --build-arg EXTRAS="$EXTRAS" \
-    --build-arg NVIDIA_VISIBLE_DEVICES="$GPUS" \
-    --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
-    --build-arg SOURCE="${SOURCE:-$(git config --get remote.origin.url 2>/dev/null || true)}" \
-    ${PIP_INDEX_URL:+--build-arg PIP_INDEX_URL="$PIP_INDEX_URL"} \
-    -t "$NAME" . >&2
-# earlier builds of this name, now untagged (the build stage's cached layers are kept)
-"$DOCKER" image prune -f --filter label=org.opencontainers.image.title=clsact >/dev/null
+build() {
+    "$DOCKER" build --network "${DOCKER_BUILD_NETWORK:-host}" -f docker/Dockerfile \
+        --build-arg BASE_IMAGE="$BASE" --build-arg EXTRAS="$EXTRAS" \
+        --build-arg NVIDIA_VISIBLE_DEVICES="$GPUS" \
+        --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION" \
+        --build-arg SOURCE="${SOURCE:-$(git config --get remote.origin.url 2>/dev/null || true)}" \
+        ${PIP_INDEX_URL:+--build-arg PIP_INDEX_URL="$PIP_INDEX_URL"} ${DOCKER_BUILD_ARGS:-} \
+        "$@" . >&2
+}
+# The build stage gets a tag of its own, so that its layers (the cache of the next build)
+# survive the pruning below, which removes the untagged leftovers of earlier clsact builds.
+build --target build -t "clsact-build-cache:$VARIANT"
+build -t "$NAME"
+for label in io.clsact.stage=build org.opencontainers.image.title=clsact; do
+    "$DOCKER" image prune -f --filter "label=$label" >/dev/null
+done
 size="$("$DOCKER" image inspect --format '{{.Size}}' "$NAME")"
 log "built $NAME in $(( $(date +%s) - start )) s, $(( size / 1000000 )) MB"
 echo "$NAME"
