@@ -53,13 +53,17 @@ for name in {list(PADDLE_CUDA_DLOPEN_NAMES)!r} + sorted(os.listdir(folder)):
         loaded.append(name)
     except OSError as e:
         failed[name] = str(e)
-print(json.dumps({{"cuda": paddle.is_compiled_with_cuda(),
+import glob, shutil
+headers = glob.glob(site + "/nvidia/*/include") + glob.glob(site + "/paddle/include")
+tools = [t for t in ("nvcc", "gcc", "cc", "g++") if shutil.which(t)]
+print(json.dumps({{"cuda": paddle.is_compiled_with_cuda(), "headers": headers, "tools": tools,
                   "devices": paddle.device.cuda.device_count(),
                   "missing_needed": linked, "loaded": loaded, "failed": failed,
                   "cudnn_compiled": paddle.version.cudnn(),
                   "cuda_compiled": paddle.version.cuda()}}))
 """)
     assert got["cuda"] is True and got["devices"] == 0
+    assert got["headers"] == [] and got["tools"] == [], "runtime libraries only"
     assert got["cuda_compiled"] == "11.8" and got["cudnn_compiled"].startswith("8.6")
     assert got["missing_needed"] == {"paddle/base/libpaddle.so": [], "paddle/libs/libphi.so": []}
     assert got["failed"] == {}, got["failed"]
