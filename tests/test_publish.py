@@ -116,14 +116,21 @@ def test_two_racing_runs_leave_the_finished_one_intact(tmp_path, clas_model, sma
     cmd = [sys.executable, "-m", "clsact", "compress", "--config", str(cfg), "--save-dir",
            str(save), "--set", "Global.num_workers=1"]
     a = subprocess.Popen([*cmd, "--run-id", "run-a"], env=env, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (save / CLAIM).exists():
         time.sleep(0.05)
-    b = run_cli(*cmd[3:], "--run-id", "run-b")
-    assert b.returncode == 2 and "belongs to run run-a (unfinished" in b.stderr.splitlines()[-1]
-    c = run_cli(*cmd[3:], "--run-id", "run-c", "--overwrite")
-    assert c.returncode == 0, c.stderr[-3000:]
+    # A is held (with its loader processes) while B and C run, so that C's takeover happens
+    # before A's publish however fast A trains: the race the claim guards, made certain.
+    os.killpg(a.pid, signal.SIGSTOP)
+    try:
+        b = run_cli(*cmd[3:], "--run-id", "run-b")
+        assert b.returncode == 2 and "belongs to run run-a (unfinished" in \
+            b.stderr.splitlines()[-1]
+        c = run_cli(*cmd[3:], "--run-id", "run-c", "--overwrite")
+        assert c.returncode == 0, c.stderr[-3000:]
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
     a_err = a.communicate(timeout=600)[1]
     assert a.returncode == 2, a_err[-3000:]
     assert "run run-c took" in a_err.splitlines()[-1] and "Traceback" not in a_err
