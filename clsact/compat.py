@@ -142,7 +142,7 @@ def fast_ir_graph_links() -> None:
 
 # The CUDA libraries Paddle 2.6.2's PyPI GPU build dlopens, by the file names it asks for
 # (paddle/phi/backends/dynload/dynamic_loader.cc; that build is not made
-# WITH_PIP_CUDA_LIBRARIES, so the names carry no version). NVIDIA's nvidia-*-cu12 wheels ship
+# WITH_PIP_CUDA_LIBRARIES, so the names carry no version). NVIDIA's nvidia-*-cu11 wheels ship
 # only versioned sonames (libcudnn.so.8), so the GPU image links each under both names into one
 # folder on LD_LIBRARY_PATH (docker/prune.sh). Not here: libcuda.so.1, the driver, which the
 # node's NVIDIA container runtime mounts; libcusparseLt.so and libnvinfer (TensorRT), which

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Finish the dependency venv at $1 for the final image: put clsact's own folder
 # (/opt/clsact-app, installed after) on its path, link the CUDA libraries of the
-# nvidia-*-cu12 wheels under the file names Paddle dlopens, remove what a job never uses.
+# nvidia-*-cu11 wheels under the file names Paddle dlopens, remove what a job never uses.
 set -eu
 VENV="$1"
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -13,7 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clsact.launch import render
+from tests.conftest import copy_images
+
 REPO = Path(__file__).resolve().parent.parent
+# where the rendered pod's ConfigMap volume puts the config
+CONFIG_IN_POD = f"{render.CONFIG_MOUNT_DIR}/{render.CONFIG_FILE_NAME}"
 DOCKER = "/usr/bin/docker"  # Debian's client; another `docker` may come first on PATH
 # What a pod with readOnlyRootFilesystem, emptyDir /tmp and a memory emptyDir /dev/shm gets.
 HARDENED = ["--read-only", "--tmpfs", "/tmp:rw,exec,size=4g", "--tmpfs", "/dev/shm:rw,size=2g",
@@ -120,28 +125,25 @@ def remove(*names: str) -> None:
     docker("rm", "-f", *names)
 
 
-def readable_inputs(dest: Path, model: Path, data: Path,
-                    lists: tuple[str, ...] = ("small_train.txt", "small_val.txt")) -> Path:
-    """Copy ``model`` and the images of ``lists`` in ``data`` to ``dest``/model and
-    ``dest``/data, readable by the image's user (10001) as a volume would be; returns dest."""
-    shutil.copytree(model, dest / "model")
+def local_job_volumes(tmp_path: Path, cfg: Path, model: Path, data: Path,
+                      lists: tuple[str, ...] = ("small_train.txt", "small_val.txt"),
+                      ) -> tuple[tuple[str, ...], Path]:
+    """``docker run`` options mounting a job's files as a pod's volumes would, for the image's
+    user (10001): ``cfg`` where the ConfigMap goes, ``model`` and the images of ``lists`` in
+    ``data`` read-only at /in/model and /in/data, and a writable /out; returns (options,
+    the host folder behind /out)."""
+    cfg.chmod(0o644)
+    inputs = tmp_path / "in"
+    shutil.copytree(model, inputs / "model")
     for name in lists:
-        lines = (data / name).read_text().splitlines()
-        for line in lines:
-            rel = line.rsplit(maxsplit=1)[0]
-            (dest / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(data / rel, dest / "data" / rel)
-        shutil.copy(data / name, dest / "data" / name)
-    for path in [dest, *dest.rglob("*")]:
+        copy_images(data, inputs / "data", (data / name).read_text().splitlines())
+        shutil.copy(data / name, inputs / "data" / name)
+    for path in [inputs, *inputs.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    return dest
-
-
-def writable_dir(path: Path) -> Path:
-    """Create ``path`` writable by the image's user (a volume it publishes to)."""
-    path.mkdir()
-    path.chmod(0o777)
-    return path
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    return ("-v", f"{cfg}:{CONFIG_IN_POD}:ro", "-v", f"{inputs}:/in:ro", "-v", f"{out}:/out"), out
 
 
 class Registry:

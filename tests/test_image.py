@@ -25,7 +25,7 @@ from tests.kubeserver import free_port
 from tests.test_compress import small_config
 from tests.test_distributed import pod_env
 
-CONFIG_IN_POD = f"{render.CONFIG_MOUNT_DIR}/{render.CONFIG_FILE_NAME}"
+CONFIG_IN_POD = dockerhost.CONFIG_IN_POD
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +145,7 @@ def test_compress_with_no_network(cpu_image, tmp_path, clas_model, small_digits_
     """With --network none a compress of mounted local files runs to a published run: nothing
     is downloaded or pip-installed at run time."""
     cfg = small_config(tmp_path, Path("/in/model"), Path("/in/data"))
-    cfg.chmod(0o644)
-    inputs = dockerhost.readable_inputs(tmp_path / "in", clas_model, small_digits_dir)
-    out = dockerhost.writable_dir(tmp_path / "out")
-    options = ("-v", f"{cfg}:{CONFIG_IN_POD}:ro", "-v", f"{inputs}:/in:ro",
-               "-v", f"{out}:/out")
+    options, out = dockerhost.local_job_volumes(tmp_path, cfg, clas_model, small_digits_dir)
     proc = dockerhost.run(cpu_image, "compress", "--config", CONFIG_IN_POD, "--save-dir",
                           "/out/run", network="none", options=options)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -22,7 +22,7 @@ from tests.test_compress import small_config
 
 pytestmark = pytest.mark.gpu_image
 
-CONFIG_IN_POD = "/etc/clsact/config.yaml"
+CONFIG_IN_POD = dockerhost.CONFIG_IN_POD
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +108,7 @@ def test_compress_on_cpu_in_the_gpu_image(gpu_image, tmp_path, clas_model, small
     """Global.device auto falls back to CPU without a GPU and publishes; gpu is refused."""
     cfg = small_config(tmp_path, Path("/in/model"), Path("/in/data"))
     cfg.write_text(cfg.read_text().replace("device: cpu", "device: auto"))
-    cfg.chmod(0o644)
-    inputs = dockerhost.readable_inputs(tmp_path / "in", clas_model, small_digits_dir)
-    out = dockerhost.writable_dir(tmp_path / "out")
-    options = ("-v", f"{cfg}:{CONFIG_IN_POD}:ro", "-v", f"{inputs}:/in:ro", "-v", f"{out}:/out")
+    options, out = dockerhost.local_job_volumes(tmp_path, cfg, clas_model, small_digits_dir)
     proc = dockerhost.run(gpu_image, "compress", "--config", CONFIG_IN_POD, "--save-dir",
                           "/out/run", network="none", options=options)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
