@@ -81,6 +81,30 @@ def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 (and JSON, Go, Helm) write them.
+
+    PyYAML follows YAML 1.1, where ``1e-4`` and ``4e-05`` (no dot) are strings: a learning
+    rate written that way, or any float that Helm's ``toYaml`` (the chart's ConfigMaps) or a
+    JSON tool wrote, would silently become text. Here they are floats.
+    """
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`Loader`.
+
+    Raises:
+        yaml.YAMLError: not YAML.
+    """
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_yaml_file(path: str | Path, what: str, flag: str) -> Any:
     """Parse a local YAML file (``what`` names it in errors, ``flag`` says how to pass it);
     None for an empty file.
@@ -94,7 +118,7 @@ def parse_yaml_file(path: str | Path, what: str, flag: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{what} file {path} does not exist (pass {flag} PATH to a YAML file)")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        return load_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -131,7 +155,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"--set {text!r}: expected Section.key=value, e.g. Global.batch_size=64")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = load_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
     return parts, value

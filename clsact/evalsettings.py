@@ -69,7 +69,7 @@ def find_run(model_dir: str) -> tuple[str, str, dict[str, Any]] | None:
 
 def _run_global(text: bytes, where: str) -> dict[str, Any]:
     try:
-        return config.validate(yaml.safe_load(text), source=where).globals
+        return config.validate(config.load_yaml(text), source=where).globals
     except (yaml.YAMLError, ConfigError, AttributeError) as exc:
         raise ConfigError(f"{where} is not a readable clsact config ({exc}); pass the "
                           "model folder itself with the size flags") from None

@@ -158,6 +158,27 @@ def kube(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def admin(kube):
+    """An admin API client of the session's API server."""
+    return kube.admin_client()
+
+
+@pytest.fixture
+def ns(admin) -> str:
+    """A fresh namespace of the session's API server holding the S3 Secret jobs reference."""
+    import uuid
+
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespaced_secret(name, {"metadata": {"name": "clsact-s3"}, "stringData": {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "never-rendered"}})
+    return name
+
+
+@pytest.fixture(scope="session")
 def docker_engine():
     """A real Docker engine (Debian's dockerd, started for the session when none runs)."""
     from tests import dockerhost

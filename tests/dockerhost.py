@@ -29,6 +29,17 @@ S3_ENV = ["-e", "AWS_ACCESS_KEY_ID", "-e", "AWS_SECRET_ACCESS_KEY", "-e", "AWS_D
           "-e", "AWS_EC2_METADATA_DISABLED"]
 
 
+def secret_dir(folder: Path) -> Path:
+    """The S3 Secret as the kubelet mounts it: one file per key (this process's keys),
+    readable by the image's user."""
+    folder.mkdir(parents=True)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        (folder / key).write_text(os.environ[key])
+        (folder / key).chmod(0o644)
+    folder.chmod(0o755)
+    return folder
+
+
 def docker(*args: str, timeout: float = 600, check: bool = False,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the docker client; raises CalledProcessError (with its stderr) if ``check``."""

@@ -1,8 +1,9 @@
 """A real Kubernetes API server (kube-apiserver 1.20.2 + etcd) on loopback, for the tests.
 
-The binary is built once by ``tests/infra/kube-apiserver.sh`` (``make test`` runs it) and
-cached outside the checkout. No controllers, scheduler or kubelet run: nothing acts on the
-objects, so tests play the operator by writing the ``status`` subresource.
+The binary is built once by ``tests/infra/kubernetes.sh`` (``make test`` runs it) and
+cached outside the checkout. No controllers, scheduler or kubelet run here: nothing acts on
+the objects, so tests play the operator by writing the ``status`` subresource
+(``tests/kubecluster.py`` runs a whole cluster where controllers must act).
 
 Authentication: a static admin token (group ``system:masters``) and service-account tokens
 from the TokenRequest API; authorization: RBAC.
@@ -26,7 +27,7 @@ import yaml
 
 CACHE = Path(os.environ.get("CLSACT_CACHE", Path.home() / ".cache" / "clsact"))
 APISERVER = CACHE / "kube-apiserver-1.20.2"
-BUILD_SCRIPT = Path(__file__).parent / "infra" / "kube-apiserver.sh"
+BUILD_SCRIPT = Path(__file__).parent / "infra" / "kubernetes.sh"
 ADMIN_TOKEN = "clsact-test-admin-token"
 
 
@@ -81,7 +82,7 @@ class KubeServer:
         log = self.workdir / "apiserver.log"
         self.procs[-1] = subprocess.Popen(self.apiserver_argv, stdout=log.open("a"),
                                           stderr=subprocess.STDOUT)
-        _wait_ready(self.url, self.ca_file, self.procs[-1], log)
+        wait_ready(self.url, self.ca_file, self.procs[-1], log)
 
     def kubeconfig(self, name: str = "admin", token: str = ADMIN_TOKEN,
                    namespace: str = "default") -> Path:
@@ -93,18 +94,22 @@ class KubeServer:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig()))
 
-    def stop(self) -> None:
+    def stop_processes(self, timeout: float = 20) -> None:
+        """Stop every process, the last started first (SIGTERM, then SIGKILL)."""
         for proc in reversed(self.procs):
             proc.terminate()
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def stop(self) -> None:
+        self.stop_processes()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _wait_ready(url: str, ca_file: Path, proc: subprocess.Popen, log: Path,
+def wait_ready(url: str, ca_file: Path, proc: subprocess.Popen, log: Path,
                 timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,6 +130,16 @@ def _wait_ready(url: str, ca_file: Path, proc: subprocess.Popen, log: Path,
     raise RuntimeError(f"kube-apiserver not ready after {timeout}s:\n" + log.read_text()[-3000:])
 
 
+def etcd_argv(workdir: Path, client: int, peer: int) -> list[str]:
+    """etcd on loopback ports with its data under ``workdir``."""
+    return ["etcd", "--name", "clsact-test", "--data-dir", str(workdir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{client}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"clsact-test=http://127.0.0.1:{peer}", "--log-level", "error"]
+
+
 def start(workdir: Path) -> KubeServer:
     """Start etcd and kube-apiserver on free loopback ports under ``workdir``.
 
@@ -139,15 +154,8 @@ def start(workdir: Path) -> KubeServer:
     workdir.mkdir(parents=True, exist_ok=True)
     client, peer, secure = free_port(), free_port(), free_port()
     etcd_log = (workdir / "etcd.log").open("w")
-    etcd = subprocess.Popen(
-        ["etcd", "--name", "clsact-test", "--data-dir", str(workdir / "etcd"),
-         "--listen-client-urls", f"http://127.0.0.1:{client}",
-         "--advertise-client-urls", f"http://127.0.0.1:{client}",
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"clsact-test=http://127.0.0.1:{peer}",
-         "--log-level", "error"],
-        stdout=etcd_log, stderr=subprocess.STDOUT)
+    etcd = subprocess.Popen(etcd_argv(workdir, client, peer), stdout=etcd_log,
+                            stderr=subprocess.STDOUT)
     key = workdir / "sa.key"
     subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True,
                    capture_output=True)
@@ -168,7 +176,7 @@ def start(workdir: Path) -> KubeServer:
     server = KubeServer(workdir, f"https://127.0.0.1:{secure}", certs / "apiserver.crt",
                         [etcd, apiserver], argv)
     try:
-        _wait_ready(server.url, server.ca_file, apiserver, log)
+        wait_ready(server.url, server.ca_file, apiserver, log)
     except BaseException:
         server.stop()
         raise

@@ -203,9 +203,10 @@ def rendered_pod(tmp_path: Path, operator: str, image: str, cfg: Path, save: str
 @pytest.mark.parametrize("operator", ["paddle-operator", "kubeflow"])
 def test_two_containers_run_the_rendered_paddlejob(cpu_image, s3_server, s3_inputs, tmp_path,
                                                    operator):
-    """Two containers with exactly the image, command, env and envFrom of the rendered pod
-    (the S3 Secret's keys), the config where the ConfigMap volume puts it, and the env the
-    operator injects: they train together, end with equal weights and publish one run."""
+    """Two containers with exactly the image, command and env of the rendered pod, the S3
+    Secret's keys as files where its volume puts them, the config where the ConfigMap volume
+    puts it, and the env the operator injects: they train together, end with equal weights
+    and publish one run."""
     save = f"s3://{s3_inputs}/runs/{operator}"
     cfg = s3_config(tmp_path, s3_inputs, train_iter=4, eval_iter=2)
     raw = yaml.safe_load(cfg.read_text())
@@ -214,7 +215,8 @@ def test_two_containers_run_the_rendered_paddlejob(cpu_image, s3_server, s3_inpu
     pod, mounted = rendered_pod(tmp_path, operator, cpu_image, cfg, save, s3_server.endpoint)
     container = pod["containers"][0]
     assert container["image"] == cpu_image
-    assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["clsact-s3"]
+    secret_mount = next(m for m in container["volumeMounts"] if m["name"] == "s3-credentials")
+    creds = dockerhost.secret_dir(tmp_path / "s3-secret")
     port = free_port()
     names = [f"clsact-{operator}-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
     try:
@@ -222,7 +224,9 @@ def test_two_containers_run_the_rendered_paddlejob(cpu_image, s3_server, s3_inpu
             env = {**{e["name"]: e["value"] for e in container["env"]},
                    **pod_env(operator, i, port)}
             options = ["--entrypoint", container["command"][0],
-                       "-v", f"{mounted}:{CONFIG_IN_POD}:ro", *dockerhost.S3_ENV]
+                       "-v", f"{mounted}:{CONFIG_IN_POD}:ro",
+                       "-v", f"{creds}:{secret_mount['mountPath']}:ro",
+                       "-e", "AWS_DEFAULT_REGION", "-e", "AWS_EC2_METADATA_DISABLED"]
             for key, value in env.items():
                 options += ["-e", f"{key}={value}"]
             dockerhost.start(container["image"], name, *container["command"][1:],

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 import yaml
@@ -27,22 +26,6 @@ SPEC = ["--config", str(MBV3), "--image", "reg.example.com/clsact:1", "--save-di
         "s3://ml-models/clsact/run", "--set", "Global.model_dir=s3://models/mbv3",
         "--set", "Global.data_dir=s3://datasets/ilsvrc2012"]
 GROUPS = {"paddle": ("batch.paddlepaddle.org", "v1"), "kubeflow": ("kubeflow.org", "v1")}
-
-
-@pytest.fixture(scope="module")
-def admin(kube):
-    return kube.admin_client()
-
-
-@pytest.fixture
-def ns(admin) -> str:
-    """A fresh namespace holding the S3 Secret the jobs reference."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(admin)
-    core.create_namespace({"metadata": {"name": name}})
-    core.create_namespaced_secret(name, {"metadata": {"name": "clsact-s3"}, "stringData": {
-        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "never-rendered"}})
-    return name
 
 
 def cli(kube, *args, kubeconfig=None, **kw) -> subprocess.CompletedProcess:

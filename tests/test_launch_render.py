@@ -159,11 +159,15 @@ def test_the_job_runs_clsact_compress_under_the_paddle_launcher(operator, name):
                             "/etc/clsact/config.yaml", "--save-dir", "s3://out-bucket/run",
                             "--run-id", r.name]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 8
-    assert c["envFrom"] == [{"secretRef": {"name": "clsact-s3"}}]
+    assert "envFrom" not in c, "keys as env would be printed by paddle's launcher"
+    assert {"name": "CLSACT_S3_CREDENTIALS_DIR", "value": render.S3_CREDENTIALS_DIR} in c["env"]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts[render.S3_CREDENTIALS_DIR]["readOnly"] is True
     assert mounts["/etc/clsact"]["readOnly"] is True
     vols = {v["name"]: v for v in pod_spec(r)["volumes"]}
     assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert vols[mounts[render.S3_CREDENTIALS_DIR]["name"]]["secret"] == {
+        "secretName": "clsact-s3"}
     config_volume = vols[mounts["/etc/clsact"]["name"]]
     assert config_volume["configMap"]["name"] == r.config_map["metadata"]["name"]
     if operator == "paddle":
@@ -228,7 +232,7 @@ def test_no_secret_value_is_ever_rendered(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-from-env")
     out = render.to_yaml(make(FULL_VALUES).objects)
     assert "s3cr3t-value-from-env" not in out
-    assert "AWS_SECRET_ACCESS_KEY" not in out and "secretRef" in out
+    assert "AWS_SECRET_ACCESS_KEY" not in out and "secretName: clsact-s3" in out
 
 
 @pytest.mark.parametrize("override, message", [

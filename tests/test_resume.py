@@ -125,10 +125,10 @@ def test_a_slow_upload_does_not_hold_up_training(tmp_path):
     assert ckpt.summary() == {"written": 1, "failed": 0, "skipped_busy": 1}
 
 
-def test_killed_run_resumes_with_fewer_steps(tmp_path, mbv3_model, small_digits_dir):
+def test_killed_run_resumes_with_fewer_steps(tmp_path, clas_model, small_digits_dir):
     """Checkpoints come every 10 steps although ACT evaluates only at the end (step 60);
     a restart with another learning rate is refused, the same settings resume."""
-    cfg = small_config(tmp_path, mbv3_model, small_digits_dir, train_iter=60, eval_iter=60)
+    cfg = small_config(tmp_path, clas_model, small_digits_dir, train_iter=60, eval_iter=60)
     raw = yaml.safe_load(cfg.read_text())
     raw["Global"].update(num_workers=1, checkpoint_every_steps=10)
     cfg.write_text(yaml.safe_dump(raw))
@@ -171,10 +171,10 @@ def test_killed_run_resumes_with_fewer_steps(tmp_path, mbv3_model, small_digits_
     assert run_cli("verify", str(save_dir)).returncode == 0
 
 
-def test_two_ranks_resume_after_the_pod_is_killed(tmp_path, mbv3_model, small_digits_dir):
+def test_two_ranks_resume_after_the_pod_is_killed(tmp_path, clas_model, small_digits_dir):
     from tests.test_distributed import CLSACT, clean_env, descendants, dist_config
 
-    cfg = dist_config(tmp_path, mbv3_model, small_digits_dir)
+    cfg = dist_config(tmp_path, clas_model, small_digits_dir)
     raw = yaml.safe_load(cfg.read_text())
     raw["TrainConfig"].update(train_iter=40, eval_iter=10)
     cfg.write_text(yaml.safe_dump(raw))

@@ -209,3 +209,34 @@ def test_write_once_permissions_are_enough_to_publish(auth_server, tmp_path, cap
     (stage / "metrics.json").write_text("{}")
     publish(stage, store, "w1")
     assert verify(store).ok
+
+
+def _key_dir(folder: Path, keys: dict[str, str]) -> Path:
+    folder.mkdir()
+    for name, value in keys.items():
+        (folder / name).write_text(value + "\n")     # a trailing newline, as editors leave
+    return folder
+
+
+def test_credentials_from_a_mounted_secret_folder(auth_server, tmp_path):
+    """CLSACT_S3_CREDENTIALS_DIR (how the pods get the S3 Secret: as files, since paddle's
+    launcher prints a failed worker's environment) is used, wins over env keys, and a folder
+    without a key or with a wrong one is one clear line."""
+    server, keys, _ = auth_server
+    args = ["eval", "--model-dir", "s3://lab/inputs/model", "--data-dir", "s3://lab/inputs/data",
+            *EVAL, "--s3-endpoint", server.endpoint]
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ACCESS", "AWS_SECRET"))}
+    good = _key_dir(tmp_path / "good", keys["reader"])
+    ok = run_cli(*args, env={**bare, "CLSACT_S3_CREDENTIALS_DIR": str(good),
+                             "AWS_ACCESS_KEY_ID": "AKIAUNKNOWN",
+                             "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    wrong = _key_dir(tmp_path / "wrong", {**keys["reader"],
+                                          "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    assert_one_line_error(run_cli(*args, env={**bare, "CLSACT_S3_CREDENTIALS_DIR": str(wrong)}),
+                          "S3 rejected the credentials (SignatureDoesNotMatch)")
+    partial = _key_dir(tmp_path / "partial", {"AWS_ACCESS_KEY_ID": "AKIA"})
+    assert_one_line_error(run_cli(*args, env={**bare, "CLSACT_S3_CREDENTIALS_DIR": str(partial)}),
+                          "has no AWS_SECRET_ACCESS_KEY")
+    assert_one_line_error(run_cli(*args, env={**bare, "CLSACT_S3_CREDENTIALS_DIR": str(
+        tmp_path / "nothing")}), "is not a folder")

@@ -2,7 +2,8 @@
 ``rbac``. Registered on the ``clsact`` parser by :func:`add_parsers`.
 
 Exit codes: 0 success; 1 the job failed; 2 a user error (one ``clsact: error:`` line);
-124 ``submit --wait`` timed out (the job was cancelled).
+3 ``submit --nightly`` refused: an earlier night is still running; 124 ``submit --wait`` timed
+out (the job was cancelled, except a nightly's, which goes on).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from clsact.launch.operators import OPERATORS
 
 EXIT_JOB_FAILED = 1
+EXIT_NIGHT_BUSY = 3
 EXIT_TIMEOUT = 124
 
 
@@ -95,6 +97,17 @@ def add_parsers(sub: Any) -> None:
                    help="with --wait: give up and cancel after this long (90s, 45m, 2h; "
                    "default 24h)")
     p.add_argument("--poll", type=parse_duration, default=2.0, help=argparse.SUPPRESS)
+    g = p.add_argument_group("nightly (what the Helm chart's CronJob runs)")
+    g.add_argument("--nightly", metavar="RELEASE", help="submit one night of RELEASE: the "
+                   "name, run id and save dir (<save dir>/runs/<stamp>/) carry the night's "
+                   "stamp; refuse (exit 3) while an earlier night's job is still running; "
+                   "keep only the last --keep-jobs jobs; on timeout the job goes on")
+    g.add_argument("--time-zone", default="Etc/UTC", help="the schedule's time zone, in "
+                   "which the night is stamped (default Etc/UTC)")
+    g.add_argument("--stamp", default="%Y-%m-%d", help="strftime of the scheduled time "
+                   "naming the night (default %%Y-%%m-%%d)")
+    g.add_argument("--keep-jobs", type=int, default=7, help="finished jobs of the release "
+                   "kept (default 7)")
 
     p = sub.add_parser("status", help="phase of a job and its pods")
     _add_job_ref(p)
@@ -118,16 +131,48 @@ def add_parsers(sub: Any) -> None:
                    "(get on that name only); '' for none")
 
 
+def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any]) -> dict[str, Any]:
+    """The name, save dir and labels of tonight's job (``submit --nightly``).
+
+    Raises:
+        ConfigError: unknown time zone, bad stamp or keep count, no save dir.
+    """
+    import os
+    from pathlib import Path
+
+    from clsact import config as config_mod
+    from clsact.errors import ConfigError
+    from clsact.launch import nightly
+
+    if args.keep_jobs < 1:
+        raise ConfigError(f"--keep-jobs must be >= 1, got {args.keep_jobs}")
+    night = nightly.night(args.nightly, args.time_zone, args.stamp,
+                          os.environ.get(nightly.SCHEDULED_JOB_ENV))
+    base = args.name or file_values.get("name") or Path(args.config).stem
+    save = args.save_dir or file_values.get("saveDir") or (
+        config_mod.read_yaml(args.config).get("Global") or {}).get("output_dir")
+    if not save:
+        raise ConfigError("no save dir: pass --save-dir s3://bucket/prefix (or saveDir in "
+                          "--values, or Global.output_dir); each night goes to <it>/runs/"
+                          "<stamp>/")
+    labels = dict(file_values.get("labels") or {})
+    labels[nightly.NIGHTLY_LABEL] = args.nightly
+    args.night = night
+    return {"name": night.job_base(base), "saveDir": night.save_dir(save), "labels": labels}
+
+
 def _spec(args: argparse.Namespace):
     from clsact.launch import render, validate, values
 
     file_values = values.read_values_file(args.values) if args.values else {}
+    night_flags = _nightly_flags(args, file_values) if getattr(args, "nightly", None) else {}
     flags = {"workers": args.workers, "gpusPerWorker": args.gpus_per_worker,
              "image": args.image, "operator": args.operator, "name": args.name,
              "namespace": args.namespace, "saveDir": args.save_dir,
              "s3Endpoint": args.s3_endpoint}
     if args.s3_secret is not None:
         flags["s3Secret"] = args.s3_secret
+    flags.update(night_flags)
     v = values.resolve(file_values, flags, src=args.values or "launch values")
     rendered = render.render(args.config, args.overrides, v)
     crds = [validate.load_crd(path) for path in args.crd]
@@ -183,6 +228,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"{rendered.name})")
         return 0
     cluster = _connect(args)
+    if args.nightly:
+        from clsact.launch import nightly
+
+        _note(f"nightly {args.nightly}: night {args.night.stamp} (scheduled "
+              f"{args.night.scheduled.isoformat()})")
+        try:
+            nightly.check_no_active_night(cluster, rendered.operator, rendered.namespace,
+                                          args.night, rendered.name)
+        except nightly.NightBusy as exc:
+            print(f"clsact: error: {exc}", file=sys.stderr)
+            return EXIT_NIGHT_BUSY
     outcome = jobs.submit(cluster, rendered, replace=args.replace, warn=lambda m: _note(
         f"warning: {m}"))
     ref = f"{rendered.operator.kind} {outcome.namespace}/{outcome.name}"
@@ -192,6 +248,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(f"{ref} {outcome.action} ({rendered.operator.api_version}, spec "
               f"{rendered.spec_hash}) on {cluster.host}")
+    if args.nightly:
+        nightly.prune(cluster, rendered.operator, rendered.namespace, args.nightly,
+                      args.keep_jobs, _note)
     if not args.wait:
         print(f"follow it: clsact status {outcome.name} -n {outcome.namespace}"
               f"{' --operator kubeflow' if rendered.operator.key == 'kubeflow' else ''}")
@@ -199,6 +258,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     state = jobs.wait(cluster, rendered.operator, outcome.namespace, outcome.name,
                       args.timeout, _print_state(outcome.name), poll=args.poll,
                       on_outage=lambda m: _note(f"warning: {m}"))
+    if state is None and args.nightly:
+        print(f"clsact: error: {ref} did not finish within {args.timeout:.0f}s; it goes on "
+              "(the next night is refused until it ends)", file=sys.stderr)
+        return EXIT_TIMEOUT
     if state is None:
         jobs.delete_job(cluster, rendered.operator, outcome.namespace, outcome.name)
         print(f"clsact: error: {ref} did not finish within {args.timeout:.0f}s; cancelled it "

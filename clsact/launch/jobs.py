@@ -285,9 +285,10 @@ def wait(cluster: Cluster, operator: Operator, namespace: str, name: str, timeou
         time.sleep(min(poll, max(deadline - time.monotonic(), 0.05)))
 
 
-def list_jobs(cluster: Cluster, operators: Iterable[Operator], namespace: str
-              ) -> list[tuple[Operator, dict[str, Any]]]:
-    """clsact's jobs of each operator whose kind the cluster serves.
+def list_jobs(cluster: Cluster, operators: Iterable[Operator], namespace: str,
+              selector: str = MANAGED_SELECTOR) -> list[tuple[Operator, dict[str, Any]]]:
+    """clsact's jobs (or those matching the label ``selector``) of each operator whose kind
+    the cluster serves.
 
     Raises:
         ClusterError: a request failed, or no listed operator's kind is installed.
@@ -301,7 +302,7 @@ def list_jobs(cluster: Cluster, operators: Iterable[Operator], namespace: str
         installed += 1
         items = api_call(cluster, f"listing {op.kind} ({op.api_version}) in {namespace}",
                          cluster.custom.list_namespaced_custom_object, op.group, op.version,
-                         namespace, op.plural, label_selector=MANAGED_SELECTOR)
+                         namespace, op.plural, label_selector=selector)
         out += [(op, item) for item in items.get("items", [])]
     if not installed:
         raise ClusterError(f"the cluster at {cluster.host} has no PaddleJob kind: "

@@ -25,11 +25,14 @@ from clsact.launch.names import config_map_name, job_name, short_hash
 from clsact.launch.operators import OPERATORS, Operator
 from clsact.launch.values import LaunchValues
 from clsact.storage import is_uri
+from clsact.storage.s3 import CREDENTIALS_DIR_ENV
 
 CONFIG_MOUNT_DIR = "/etc/clsact"
 CONFIG_FILE_NAME = "config.yaml"
 LAUNCH_LOG_DIR = "/tmp/clsact-launch"
 KUBEFLOW_MASTER_PORT = 37777
+# where the pods mount the S3 Secret (its keys as files; see clsact.storage.s3)
+S3_CREDENTIALS_DIR = "/var/run/secrets/clsact/s3"
 RUN_ID_LABEL = "clsact.io/run-id"
 SPEC_HASH_ANNOTATION = "clsact.io/spec-hash"
 # config locations a pod must be able to read (the save dir is checked on its own)
@@ -46,7 +49,7 @@ class Rendered:
     operator: Operator
     objects: list[dict[str, Any]]
     spec_hash: str
-    secret: str | None = None   # the S3 Secret the pods read (envFrom)
+    secret: str | None = None   # the S3 Secret the pods mount (S3_CREDENTIALS_DIR)
 
     @property
     def job(self) -> dict[str, Any]:
@@ -166,14 +169,17 @@ def render(config_path: str | Path, overrides: list[str], values: LaunchValues) 
     operator = OPERATORS[values["operator"]]
     name = job_name(values["name"] or Path(config_path).stem, operator.key)
     cfg, save_dir = resolve_config(config_path, overrides, values)
-    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, *values["env"]]
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    if values["s3Secret"]:
+        env.append({"name": CREDENTIALS_DIR_ENV, "value": S3_CREDENTIALS_DIR})
+    env += values["env"]
     context = {
         "v": values.data, "name": name, "labels": standard_labels(name, values["labels"]),
         "user_annotations": values["annotations"], "annotations": dict(values["annotations"]),
         "command": container_command(values, save_dir, name), "env": env,
         "resources": _resources(values), "config_map_name": config_map_name(name),
         "config_mount_dir": CONFIG_MOUNT_DIR, "config_file_name": CONFIG_FILE_NAME,
-        "config_text": cfg.to_yaml(),
+        "config_text": cfg.to_yaml(), "s3_credentials_dir": S3_CREDENTIALS_DIR,
         "ports": ([{"name": "master", "containerPort": KUBEFLOW_MASTER_PORT}]
                   if operator.key == "kubeflow" else []),
         "pod_deadline": values["activeDeadlineSeconds"] if operator.key == "paddle" else None,

@@ -6,8 +6,8 @@ fields they fill: ``nodeSelector``, ``tolerations``, ...) overridden by command-
 returns a :class:`LaunchValues`; nothing here talks to a cluster.
 
 Secrets never appear as values: S3 credentials come from the Secret named by ``s3Secret``
-(mounted with ``envFrom``), and a literal ``env`` value whose name looks like a credential is
-refused.
+(mounted as files at ``render.S3_CREDENTIALS_DIR``), and a literal ``env`` value whose name
+looks like a credential is refused.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ VALUES: dict[str, tuple[str, Any]] = {
 }
 ALLOW: dict[str, tuple[str, Any]] = {
     "hostPath": ("bool", False),        # hostPath volumes (the node's files)
-    "secrets": ("list", []),            # Secret names env/envFrom/volumes may reference
+    "secrets": ("list", []),            # Secret names env/volumes may reference
     "serviceAccount": ("bool", False),  # serviceAccountName (the pods act with its token)
 }
 
@@ -104,8 +104,9 @@ def read_values_file(path: str | Path) -> dict[str, Any]:
 
 
 def _check_env(env: Any, src: str) -> list[dict[str, Any]]:
-    items = ([{"name": str(k), "value": v} for k, v in env.items()] if isinstance(env, dict)
-             else copy.deepcopy(env))
+    # a mapping is sorted by name (as the Helm chart, whose maps are sorted, renders it)
+    items = ([{"name": str(k), "value": env[k]} for k in sorted(env, key=str)]
+             if isinstance(env, dict) else copy.deepcopy(env))
     out = []
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):

@@ -1,7 +1,11 @@
 """S3-compatible object storage (AWS S3, MinIO, Ceph RGW, ...) as a Store, through boto3.
 
-* Credentials: boto3's standard chain (env keys, ``AWS_PROFILE``/config files, web identity,
-  instance roles). Endpoint: ``--s3-endpoint`` / ``Global.s3_endpoint``, else
+* Credentials: files in ``$CLSACT_S3_CREDENTIALS_DIR`` when set (``AWS_ACCESS_KEY_ID``,
+  ``AWS_SECRET_ACCESS_KEY``, optionally ``AWS_SESSION_TOKEN``: a Kubernetes Secret mounted as
+  a volume, which is how the pods get them: as env variables they would be printed by
+  paddle.distributed.launch, which logs the whole environment of a failed worker), else
+  boto3's standard chain (env keys, ``AWS_PROFILE``/config files, web identity, instance
+  roles). Endpoint: ``--s3-endpoint`` / ``Global.s3_endpoint``, else
   ``AWS_ENDPOINT_URL(_S3)``, else AWS. Path-style addressing when a custom endpoint is set.
 * Retries: botocore's "standard" mode (exponential backoff with jitter) retries 5xx,
   throttling, timeouts and dropped connections up to ``max_attempts``; a body that breaks
@@ -316,18 +320,56 @@ def _process_pool(threads: int) -> ThreadPoolExecutor:
         return _POOLS[threads]
 
 
+CREDENTIALS_DIR_ENV = "CLSACT_S3_CREDENTIALS_DIR"
+_KEY_FILES = {"AWS_ACCESS_KEY_ID": "aws_access_key_id",
+              "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+              "AWS_SESSION_TOKEN": "aws_session_token"}
+
+
+def credentials_from_dir(path: str) -> dict[str, str]:
+    """boto3 session keywords from the key files in ``path`` (a mounted Secret).
+
+    Raises:
+        StorageError: the folder or one of the two required files is missing or unreadable.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise StorageError(f"{CREDENTIALS_DIR_ENV}={path} is not a folder (the S3 Secret's "
+                           "mount): check the pod's s3-credentials volume")
+    out = {}
+    for name, key in _KEY_FILES.items():
+        file = folder / name
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            if name == "AWS_SESSION_TOKEN":
+                continue
+            raise StorageError(f"{CREDENTIALS_DIR_ENV}={path} has no {name}: the S3 Secret "
+                               f"must hold the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                               ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StorageError(f"{file} cannot be read ({type(exc).__name__})") from None
+        out[key] = value
+    return out
+
+
 def make_client(conf: S3Settings):
     """A boto3 S3 client with clsact's retry, timeout and addressing settings.
 
     Raises:
-        StorageError: the AWS profile named by AWS_PROFILE does not exist.
+        StorageError: the AWS profile named by AWS_PROFILE does not exist, or the credentials
+            folder named by CLSACT_S3_CREDENTIALS_DIR is incomplete.
     """
+    import os
+
     import boto3
     from botocore.config import Config
     from botocore.exceptions import ProfileNotFound
 
+    folder = os.environ.get(CREDENTIALS_DIR_ENV)
+    keys = credentials_from_dir(folder) if folder else {}
     try:
-        session = boto3.session.Session()
+        session = boto3.session.Session(**keys)
     except ProfileNotFound as exc:
         raise StorageError(f"{exc}; fix AWS_PROFILE") from None
     custom = conf.endpoint_url is not None or _env_endpoint() is not None

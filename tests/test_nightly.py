@@ -1,0 +1,125 @@
+"""`clsact submit --nightly`: the night's stamp (scheduled time, time zone), the refusal while an
+earlier night runs, keeping the last N jobs, and a timeout that leaves the night running;
+against the real kube-apiserver (tests play the operator by writing the status)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from clsact.errors import ConfigError
+from clsact.launch import nightly
+from clsact.launch.names import job_name
+from tests.test_launch_cluster import SPEC, cli, get_config_map, get_job, set_status
+
+NOW = datetime(2026, 11, 29, 23, 40, tzinfo=timezone.utc)
+
+
+def minute(when: datetime) -> int:
+    return int(when.timestamp()) // 60
+
+
+def test_scheduled_time_from_the_cronjob_job_name():
+    sched = datetime(2026, 11, 29, 23, 30, tzinfo=timezone.utc)
+    assert nightly.scheduled_time(f"mbv3-{minute(sched)}", NOW) == sched
+    # the batch/v1beta1 controller (Kubernetes < 1.21) counts seconds
+    assert nightly.scheduled_time(f"mbv3-{int(sched.timestamp())}", NOW) == sched
+    # a Job made by hand, a stale or future suffix, no name: the current time
+    assert nightly.scheduled_time("mbv3-manual-1", NOW) == NOW
+    assert nightly.scheduled_time(f"mbv3-{minute(sched) - 4 * 1440}", NOW) == NOW
+    assert nightly.scheduled_time(f"mbv3-{minute(sched) + 60}", NOW) == NOW
+    assert nightly.scheduled_time(None, NOW) == NOW
+
+
+def test_the_night_is_dated_in_the_schedules_time_zone():
+    sched = datetime(2026, 11, 29, 23, 30, tzinfo=timezone.utc)
+    job = f"mbv3-{minute(sched)}"
+    assert nightly.night("r", "Etc/UTC", "%Y-%m-%d", job, NOW).stamp == "2026-11-29"
+    berlin = nightly.night("r", "Europe/Berlin", "%Y-%m-%d", job, NOW)
+    assert berlin.stamp == "2026-11-30"                       # 00:30 in Berlin
+    assert nightly.night("r", "America/New_York", "%Y-%m-%d", job, NOW).stamp == "2026-11-29"
+    assert berlin.save_dir("s3://bucket/nightly/") == "s3://bucket/nightly/runs/2026-11-30/"
+    assert berlin.job_base("mbv3") == "mbv3-2026-11-30"
+    odd = nightly.night("r", "Etc/UTC", "%Y/%m/%d %H:%M", job, NOW)
+    assert odd.stamp == "2026-11-29-23-30"                    # safe in names and paths
+    with pytest.raises(ConfigError, match="not an IANA time zone"):
+        nightly.night("r", "Mars/Olympus", "%Y", job, NOW)
+    with pytest.raises(ConfigError, match="strftime format"):
+        nightly.night("r", "Etc/UTC", "nightly", job, NOW)
+
+
+def nightly_cli(kube, ns, release, when, *extra, wait=False):
+    env = {**os.environ, nightly.SCHEDULED_JOB_ENV: f"{release}-{minute(when)}"}
+    args = ["submit", *SPEC, "-n", ns, "--name", release, "--nightly", release,
+            "--stamp", "%Y-%m-%d-%H%M", *extra]
+    return cli(kube, *args, env=env)
+
+
+def night_name(release: str, when: datetime) -> str:
+    return job_name(f"{release}-{when.strftime('%Y-%m-%d-%H%M')}")
+
+
+def test_nights_refuse_overlap_and_keep_the_last(kube, admin, ns):
+    start = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    t = [start + timedelta(minutes=i) for i in range(3)]
+    a, b, c = (night_name("rel", when) for when in t[:3])
+
+    proc = nightly_cli(kube, ns, "rel", t[0], "--keep-jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    job = get_job(admin, ns, a)
+    assert job["metadata"]["labels"][nightly.NIGHTLY_LABEL] == "rel"
+    cmd = job["spec"]["worker"]["template"]["spec"]["containers"][0]["command"]
+    stamp = t[0].strftime("%Y-%m-%d-%H%M")
+    assert cmd[cmd.index("--save-dir") + 1] == f"s3://ml-models/clsact/run/runs/{stamp}/"
+    assert cmd[cmd.index("--run-id") + 1] == a
+
+    # night b while a has not finished: refused with one line, exit 3; a is untouched
+    proc = nightly_cli(kube, ns, "rel", t[1], "--keep-jobs", "1")
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("clsact: error:")]
+    assert len(errors) == 1 and a in errors[0] and "still Submitted" in errors[0]
+    assert get_job(admin, ns, b) is None and get_job(admin, ns, a) is not None
+
+    # the same night again (a retried submitter) is not refused: it is a's own job
+    proc = nightly_cli(kube, ns, "rel", t[0], "--keep-jobs", "1")
+    assert proc.returncode == 0 and "already submitted" in proc.stdout, proc.stderr
+
+    # a finishes: b runs, and a is deleted (keep 1) with its ConfigMap
+    set_status(admin, ns, a, {"phase": "Completed"})
+    proc = nightly_cli(kube, ns, "rel", t[1], "--keep-jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"deleted PaddleJob {ns}/{a}" in proc.stderr
+    assert get_job(admin, ns, a) is None and get_config_map(admin, ns, a) is None
+    assert get_job(admin, ns, b) is not None
+
+    # another release's running job does not block this one, nor is it pruned
+    proc = nightly_cli(kube, ns, "other", t[0], "--keep-jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+
+    # b fails: c runs, keep 2 keeps b (finished, but within the newest 2)
+    set_status(admin, ns, b, {"phase": "Failed"})
+    proc = nightly_cli(kube, ns, "rel", t[2], "--keep-jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert get_job(admin, ns, b) is not None and get_job(admin, ns, c) is not None
+    assert get_job(admin, ns, night_name("other", t[0])) is not None
+
+
+def test_a_nightly_timeout_leaves_the_night_running(kube, admin, ns):
+    when = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    proc = nightly_cli(kube, ns, "late", when, "--wait", "--timeout", "3s")
+    assert proc.returncode == 124, (proc.stdout, proc.stderr)
+    assert "it goes on" in proc.stderr
+    assert get_job(admin, ns, night_name("late", when)) is not None
+
+
+def test_bad_nightly_flags_are_one_line_errors(kube, ns):
+    when = datetime.now(timezone.utc)
+    for extra, words in ((["--time-zone", "Mars/Olympus"], "not an IANA time zone"),
+                         (["--stamp", "tonight"], "strftime format"),
+                         (["--keep-jobs", "0"], "--keep-jobs must be >= 1")):
+        proc = nightly_cli(kube, ns, "bad", when, *extra)
+        assert proc.returncode == 2, proc.stderr
+        lines = [x for x in proc.stderr.splitlines() if not x.startswith("clsact: valid:")]
+        assert len(lines) == 1 and words in lines[0], proc.stderr
