@@ -241,6 +241,10 @@ def start(workdir: Path) -> Cluster:
             "--resolv-conf=/etc/resolv.conf", f"--node-ip={BRIDGE_IP}", f"--address={BRIDGE_IP}",
             f"--hostname-override={NODE}", "--read-only-port=0",
             "--healthz-bind-address=127.0.0.1", "--healthz-port=0",
+            # a test node shares this machine's disk: no image garbage collection (it deleted
+            # the images under test when the disk passed 85%) and no disk-pressure evictions
+            "--image-gc-high-threshold=100", "--image-gc-low-threshold=99",
+            "--eviction-hard=memory.available<100Mi",
             "--logtostderr", "--v", "1"], workdir / "kubelet.log"))
         _wait_node_ready(cluster)
     except BaseException:
