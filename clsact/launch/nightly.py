@@ -2,7 +2,7 @@
 chart's CronJob runs).
 
 A night is stamped with its *scheduled* time in the schedule's time zone (the CronJob
-controller names each Job ``<cronjob>-<scheduled minute since the epoch>``; the pod reads its
+controller names each Job ``<cronjob>-<scheduled time since the epoch>``; the pod reads its
 Job's name from the ``job-name`` label): the job name, run id and save dir
 ``<saveDir>/runs/<stamp>/`` all carry the stamp, so a late start or a retry is still the same
 night. ``concurrencyPolicy: Forbid`` only sees the submitter pod, so before submitting,
@@ -27,7 +27,7 @@ from clsact.launch.operators import Operator, job_state
 
 NIGHTLY_LABEL = "clsact.io/nightly"
 SCHEDULED_JOB_ENV = "CLSACT_SCHEDULED_JOB"
-_JOB_MINUTE = re.compile(r"-(\d{8,})$")
+_JOB_TIME = re.compile(r"-(\d{8,})$")
 _STAMP_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -71,7 +71,7 @@ def scheduled_time(job_name: str | None, now: datetime) -> datetime:
     or in seconds (the batch/v1beta1 controller of older clusters), whichever falls within
     the two days before ``now``. A Job created by hand has no such suffix: ``now``.
     Timezone-aware (UTC)."""
-    m = _JOB_MINUTE.search(job_name or "")
+    m = _JOB_TIME.search(job_name or "")
     if m:
         number = int(m.group(1))
         for seconds in (number * 60, number):
