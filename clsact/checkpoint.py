@@ -89,6 +89,7 @@ def fingerprint(data: dict[str, Any], world: int, samples: dict[str, list],
     of each, in order); ``model_files`` are the input model's files.
     """
     cfg = copy.deepcopy(data)
+    cfg.pop("Gate", None)  # read after the run, by the gate
     for key in NEUTRAL_GLOBAL:
         cfg.get("Global", {}).pop(key, None)
     for key in NEUTRAL_TRAIN:

@@ -1,6 +1,7 @@
 """clsact: compress image classifiers (QAT + distillation) and run them on Kubernetes.
 
-Commands: ``compress``, ``eval``, ``verify``, ``dataset pack``, ``demo``, and the launcher's
+Commands: ``compress``, ``eval``, ``verify``, ``gate``, ``history``, ``dataset pack``,
+``demo``, and the launcher's
 ``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``, ``rbac``
 (:mod:`clsact.launch.cli`).
 
@@ -34,6 +35,9 @@ def _add_compress(sub) -> None:
                    help="replace a finished run (one with _SUCCESS) in the save dir")
     p.add_argument("--run-id", help="id recorded in metrics.json and manifest.json "
                    "(default: timestamp + random)")
+    p.add_argument("--gate", nargs="?", const="", metavar="PREFIX", help="after publishing, "
+                   "run `clsact gate` on the run against PREFIX (default Gate.against); the "
+                   "exit code is the gate's (0 blessed, 1 not blessed)")
     _add_s3_endpoint(p)
 
 
@@ -69,6 +73,63 @@ def _add_verify(sub) -> None:
                        description="Exit 0 when LOCATION holds _SUCCESS and every file of "
                        "manifest.json with the right size and sha256; 1 otherwise.")
     p.add_argument("location", metavar="LOCATION", help="a save dir: path or s3://bucket/prefix")
+    _add_s3_endpoint(p)
+
+
+def add_threshold_flags(p) -> None:
+    """The gate's threshold flags (they override the run config's ``Gate`` section)."""
+    for name, text in (("min-top1", "floor on the compressed top-1 (fraction, 0.75 = 75%%)"),
+                       ("max-regression", "largest top-1 drop against the last blessed run "
+                        "(absolute fraction, 0.005 = half a point)"),
+                       ("max-regression-relative", "largest top-1 drop against the last "
+                        "blessed run as a fraction of its top-1"),
+                       ("max-drop-vs-fp32", "largest drop below the run's own fp32 top-1")):
+        p.add_argument(f"--{name}", type=float, metavar="X", help=text)
+
+
+def threshold_flags(args: argparse.Namespace) -> dict[str, float | None]:
+    """The threshold flags given (None: not given).
+
+    Raises:
+        ClsactError: a value outside [0, 1].
+    """
+    out = {k: getattr(args, k) for k in ("min_top1", "max_regression",
+                                         "max_regression_relative", "max_drop_vs_fp32")}
+    for key, value in out.items():
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ClsactError(f"--{key.replace('_', '-')} is a top-1 fraction in [0, 1] (0.75 = "
+                              f"75%), got {value}")
+    return out
+
+
+def _add_gate(sub) -> None:
+    p = sub.add_parser("gate", help="bless a published run if it may replace the last "
+                       "blessed one (PREFIX/latest)",
+                       description="Check RUN against the last blessed run named by "
+                       "PREFIX/latest and the thresholds of its config's Gate section (or the "
+                       "flags); record blessing.json in RUN and, if blessed, move "
+                       "PREFIX/latest to it (compare-and-swap). Exit 0 blessed, 1 not "
+                       "blessed, 2 error.")
+    p.add_argument("run", metavar="RUN", help="a published run: path or s3://bucket/prefix")
+    p.add_argument("--against", metavar="PREFIX", help="where the latest pointer lives "
+                   "(default: the run config's Gate.against)")
+    add_threshold_flags(p)
+    p.add_argument("--regate", action="store_true", help="gate a run that holds a verdict "
+                   "again (default: report its verdict)")
+    p.add_argument("--json", action="store_true", help="print blessing.json's content")
+    _add_s3_endpoint(p)
+
+
+def _add_history(sub) -> None:
+    p = sub.add_parser("history", help="every finished run under a prefix: accuracy, gate "
+                       "verdict, latest", description="List the finished runs under PREFIX "
+                       "(oldest first) with their fp32 and compressed accuracy, the gate's "
+                       "verdict and the run PREFIX/latest names.")
+    p.add_argument("prefix", metavar="PREFIX", help="path or s3://bucket/prefix")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw top-1 over the runs")
+    p.add_argument("--floor", type=float, help="the floor drawn (default: the last gate's "
+                   "min_top1)")
     _add_s3_endpoint(p)
 
 
@@ -109,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress(sub)
     _add_eval(sub)
     _add_verify(sub)
+    _add_gate(sub)
+    _add_history(sub)
     _add_dataset(sub)
     _add_demo(sub)
     launch_cli.add_parsers(sub)
@@ -119,14 +182,63 @@ def cmd_compress(args: argparse.Namespace) -> int:
     """``clsact compress``."""
     from clsact import config
     from clsact.compress import compress
+    from clsact.runtime import rank_info
 
     cfg = config.load(args.config, args.overrides)
+    if args.gate == "" and not (cfg.data.get("Gate") or {}).get("against"):
+        raise ClsactError("--gate needs a prefix: --gate PREFIX, or Gate.against in the config")
     metrics = compress(cfg, save_dir=args.save_dir, overwrite=args.overwrite,
                        run_id=args.run_id, s3_endpoint=args.s3_endpoint)
     b, c = metrics["baseline"], metrics["compressed"]
     print(f"baseline   top1 {b['top1']:.4f}  top5 {b['top5']:.4f}  ({b['samples']} images)")
     print(f"compressed top1 {c['top1']:.4f}  top5 {c['top5']:.4f}  ({c['quant_ops']} quantize ops)")
     print(f"results in {metrics['save_dir']} (run {metrics['run_id']})")
+    if args.gate is None or rank_info().rank != 0:
+        return 0
+    return run_gate(metrics["save_dir"], args.gate or None, {})
+
+
+def run_gate(run: str, against: str | None, flags: dict[str, float | None], *,
+             regate: bool = False, as_json: bool = False) -> int:
+    """Gate ``run`` and print the report; returns the gate's exit code (0 or 1).
+
+    Raises:
+        ClsactError: see :func:`clsact.gate.gate`.
+    """
+    from clsact.gate import blessing_document, format_outcome, gate
+
+    out = gate(run, against, flags, regate=regate)
+    if as_json:
+        print(json.dumps(blessing_document(out), indent=2))
+    else:
+        print(format_outcome(out))
+    return out.exit_code
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """``clsact gate``: 0 blessed, 1 not blessed."""
+    from clsact import storage
+
+    storage.configure(endpoint_url=args.s3_endpoint)
+    return run_gate(args.run, args.against, threshold_flags(args), regate=args.regate,
+                    as_json=args.json)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """``clsact history``."""
+    from clsact import history, storage
+
+    storage.configure(endpoint_url=args.s3_endpoint)
+    if args.floor is not None and not 0.0 <= args.floor <= 1.0:
+        raise ClsactError(f"--floor is a top-1 fraction in [0, 1], got {args.floor}")
+    prefix, rows = history.history(args.prefix)
+    if args.json:
+        print(json.dumps(history.to_json(rows), indent=2))
+    else:
+        print(history.table(rows))
+    if args.plot:
+        history.plot(rows, Path(args.plot), args.floor, title=f"top-1 of {prefix.describe()}")
+        print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -187,7 +299,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"FAILED {result.location}: {len(result.problems)} problem(s)")
         return 1
     print(f"OK {result.location}: run {result.run_id}, {result.files} files, "
-          f"{result.bytes} bytes match manifest.json")
+          f"{result.bytes} bytes match {result.manifests()}")
     return 0
 
 
@@ -218,6 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "verify": cmd_verify,
+            "gate": cmd_gate, "history": cmd_history,
             "dataset": cmd_dataset, "demo": cmd_demo, **launch_cli.COMMANDS}
 
 

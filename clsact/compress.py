@@ -38,6 +38,7 @@ from clsact import config as config_mod
 from clsact.act import ensure_evaluation, run_act
 from clsact.config import Config
 from clsact.data.build import make_loader, read_samples, selection
+from clsact.data.fingerprint import val_fingerprint
 from clsact.data.listfile import Sample
 from clsact.distributed import Group, aggregate_eval
 from clsact.errors import ConfigError, DataError, ModelError
@@ -367,8 +368,13 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         optim.resume_position(cfg.train, resume.steps)
         ensure_evaluation(cfg, len(train_loader))
     try:
+        val_loader.record_digests = {}  # the validation set's fingerprint, for the gate
         baseline = _evaluate(group, src_model, val_loader, g, info.input_name,
                              "the baseline evaluation")
+        val_set = val_fingerprint(val_samples, group.gather_object(
+            val_loader.record_digests, "collecting the validation images' checksums"),
+            g["val_list"])
+        val_loader.record_digests = None
         log.info("baseline top1 %.4f top5 %.4f", baseline["top1"], baseline["top5"])
         check_origin_metric(cfg, baseline["top1"])
         t = timer.phase("baseline_eval", t)
@@ -412,6 +418,7 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         "data": {"train_samples": len(train_samples), "val_samples": len(val_samples),
                  "train_bad_images_rank0": train_loader.bad_total,
                  "val_bad_images_per_pass": baseline["bad_images"]},
+        "val_set": val_set,
         "distributed": {"world_size": group.world, "global_batch": g["batch_size"] * group.world,
                         "lr_scale": lr_factor, "lr_scaling": g["lr_scaling"],
                         "steps_planned": total_steps},

@@ -423,6 +423,27 @@ def _check_train(t: dict[str, Any], src: str) -> None:
                               f"got {t[key]}")
 
 
+def check_gate(section: dict[str, Any], src: str) -> dict[str, Any]:
+    """Validate a ``Gate`` section (keys, types, ranges); returns it with defaults filled in.
+
+    Raises:
+        ConfigError: unknown key, wrong type, a threshold outside [0, 1], or a bad location.
+    """
+    gate = check_section("Gate", section, schema.GATE, src)
+    for key, (_types, default) in schema.GATE.items():
+        gate.setdefault(key, default)
+    for key, value in gate.items():
+        if key != "against" and value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{src}: Gate.{key} is a top-1 fraction in [0, 1] (0.75 = 75 %), "
+                              f"got {value}")
+    if gate["against"] is not None:
+        try:
+            check_location(gate["against"], f"{src}: Gate.against")
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
+    return gate
+
+
 def _check_strategies(data: dict[str, Any], src: str) -> None:
     present = [s for s in schema.STRATEGIES if s in data]
     for name, why in schema.REFUSED_STRATEGIES.items():
@@ -481,7 +502,9 @@ def validate(raw: dict[str, Any], source: str = "<config>") -> Config:
                               f"{', '.join(sections)}")
     out: dict[str, Any] = {"Global": complete_global(data.get("Global"), source)}
     for name in sections:
-        if name in data and name != "Global":
+        if name == "Gate" and name in data:
+            out[name] = check_gate(data.get(name), source)
+        elif name in data and name != "Global":
             out[name] = check_section(name, data.get(name), sections[name], source)
     _check_strategies(out, source)
     out.setdefault("TrainConfig", {})

@@ -7,12 +7,17 @@ loader, exports it with ``paddle.jit.save`` (dropout included, so the paddleslim
 is exercised), then does what a cluster job does: starts an S3-compatible server on loopback
 (moto server; a real store in production), uploads the dataset and the baseline, runs exactly
 ``clsact compress`` from ``s3://`` to ``s3://`` with ``configs/demo_digits.yaml``, verifies
-the published run and prints baseline vs compressed accuracy.
+the published run and gates it against the bucket's ``latest`` pointer (the first run:
+blessed). Then it compresses again with a learning rate 100x too high, and the gate refuses
+that run (``latest`` still names the first). It prints baseline vs compressed accuracy, both
+verdicts and ``clsact history`` of the bucket (plot in ``<workdir>/history.png``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -150,6 +155,8 @@ def format_table(metrics: dict) -> str:
 
 
 BUCKET = "clsact-demo"
+HARMFUL_LR_FACTOR = 100  # the demo's second run: a learning rate this much too high ...
+HARMFUL_STEPS = 20       # ... for this many steps (one evaluation)
 
 
 def upload_inputs(store, data_dir: Path, model_dir: Path, threads: int = 8) -> int:
@@ -177,8 +184,9 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
     import os
 
     from clsact import config as config_mod
-    from clsact import storage
+    from clsact import history, storage
     from clsact.compress import compress, new_run_id
+    from clsact.gate import format_outcome, gate
     from clsact.s3server import DEMO_CREDENTIALS, LocalS3Server
     from clsact.storage.publish import verify
 
@@ -190,7 +198,7 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
     overrides = [f"Global.data_dir={root}/data", f"Global.model_dir={root}/baseline"]
     cfg = config_mod.load(cfg_path, overrides)
 
-    print(f"[1/5] rendering sklearn digits as an ImageNet-layout JPEG tree in {data_dir}",
+    print(f"[1/6] rendering sklearn digits as an ImageNet-layout JPEG tree in {data_dir}",
           flush=True)
     if not (data_dir / "val_list.txt").exists():
         n_train, n_val = build_digits_dataset(data_dir)
@@ -199,7 +207,7 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
         n_val = len((data_dir / "val_list.txt").read_text().split("\n")) - 1
     print(f"      {n_train} train / {n_val} val images", flush=True)
 
-    print(f"[2/5] training a MobileNetV3Small x0.5 baseline for {epochs} epochs on CPU", flush=True)
+    print(f"[2/6] training a MobileNetV3Small x0.5 baseline for {epochs} epochs on CPU", flush=True)
     model_dir.mkdir(parents=True, exist_ok=True)
     local_cfg = config_mod.load(cfg_path, [f"Global.data_dir={data_dir}",
                                            f"Global.model_dir={model_dir}"])
@@ -211,24 +219,43 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
         server.client().create_bucket(Bucket=BUCKET)
         t = time.perf_counter()
         n = upload_inputs(storage.open_store(root, "demo bucket"), data_dir, model_dir)
-        print(f"[3/5] S3-compatible server (moto) at {server.endpoint}: uploaded {n} files to "
+        print(f"[3/6] S3-compatible server (moto) at {server.endpoint}: uploaded {n} files to "
               f"{root}/data and {root}/baseline in {time.perf_counter() - t:.1f}s", flush=True)
 
         run_id = new_run_id()
         save = f"{root}/runs/{run_id}"
-        print(f"[4/5] clsact compress --config {cfg_path} --set Global.data_dir={root}/data "
+        print(f"[4/6] clsact compress --config {cfg_path} --set Global.data_dir={root}/data "
               f"--set Global.model_dir={root}/baseline --save-dir {save} "
-              f"--s3-endpoint {server.endpoint}", flush=True)
+              f"--s3-endpoint {server.endpoint} --gate {root}", flush=True)
         metrics = compress(cfg, save_dir=save, run_id=run_id, s3_endpoint=server.endpoint)
+        first_gate = gate(save, root)
+        print(format_outcome(first_gate), flush=True)
 
         published = storage.open_store(save, "--save-dir")
         check = verify(published)
         listing = published.list()
         for rel, _size in listing:  # keep a copy: the embedded server's data dies with it
             published.get_file(rel, results / rel)
+
+        bad_lr = HARMFUL_LR_FACTOR * float(cfg.train["learning_rate"])
+        bad_id = new_run_id()
+        bad_save = f"{root}/runs/{bad_id}"
+        harmful = [f"TrainConfig.learning_rate={bad_lr!r}",
+                   f"TrainConfig.train_iter={HARMFUL_STEPS}"]
+        print(f"\n[5/6] a harmful second run (learning rate {HARMFUL_LR_FACTOR}x too high; "
+              f"{HARMFUL_STEPS} steps are enough to ruin it): clsact compress ... "
+              f"{' '.join('--set ' + x for x in harmful)} --save-dir {bad_save} --gate {root}",
+              flush=True)
+        bad_cfg = config_mod.load(cfg_path, [*overrides, *harmful])
+        compress(bad_cfg, save_dir=bad_save, run_id=bad_id, s3_endpoint=server.endpoint)
+        second_gate = gate(bad_save, root)
+        print(format_outcome(second_gate), flush=True)
+        pointer = json.loads(storage.open_store(root, "demo bucket").read_bytes("latest"))
+        rows = history.collect(storage.open_store(root, "demo bucket"))
+        history.plot(rows, workdir / "history.png", title=f"top-1 of {root}")
         endpoint = server.endpoint
 
-    print("[5/5] result", flush=True)
+    print("[6/6] result", flush=True)
     print(format_table(metrics))
     c = metrics["compressed"]
     print(f"\ntop-1 change: {100 * metrics['delta_top1']:+.2f} points; "
@@ -236,12 +263,20 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
           f"{metrics['act']['train_steps']} QAT steps; compress {metrics['wall_seconds']:.0f}s, "
           f"demo total {time.perf_counter() - start:.0f}s")
     print(f"\npublished to {save} ({'verified' if check.ok else 'NOT verified'}: "
-          f"{check.files} files match manifest.json, _SUCCESS written last):")
+          f"{check.files} files match {check.manifests()}, _SUCCESS written last):")
     for rel, size in listing:
         print(f"  {size:>10,d}  {save}/{rel}")
-    print(f"a copy is in {results} (the embedded server at {endpoint} has stopped).")
+    print(f"\nclsact history {root}  ({root}/latest names run {pointer['run_id']}):")
+    print(history.table(rows))
+    print(f"plot: {workdir / 'history.png'}")
+    print(f"a copy of the first run is in {results} (the embedded server at {endpoint} has "
+          "stopped).")
     print("With your own store: AWS_ENDPOINT_URL=https://... (or AWS S3), credentials from the "
           "usual AWS chain, then\n  clsact compress --config CONFIG --save-dir "
-          "s3://BUCKET/runs/ID   and   clsact verify s3://BUCKET/runs/ID  "
-          "(list: aws s3 ls s3://BUCKET/runs/ID/ --recursive)")
-    return 0 if check.ok else 1
+          "s3://BUCKET/runs/ID --gate s3://BUCKET   and   clsact history s3://BUCKET")
+    ok = check.ok and first_gate.blessed and not second_gate.blessed and \
+        pointer["run_id"] == run_id
+    if not ok:
+        print("demo: UNEXPECTED: the first run should be verified and blessed, the harmful "
+              "one refused, and latest should still name the first", file=sys.stderr)
+    return 0 if ok else 1

@@ -161,6 +161,23 @@ TRAIN_CONFIG: dict[str, tuple[str, Any]] = {
     "sparse_model": ("bool", False),
 }
 
+# Gate (clsact's own section, read by `clsact gate` and `compress --gate`; never passed to
+# ACT): which runs may replace the last blessed one. Accuracies are fractions (0.75 = 75 %);
+# every threshold is optional, but a gate without any refuses to bless.
+GATE: dict[str, tuple[str, Any]] = {
+    # where the `latest` pointer lives (a path or s3:// prefix); `clsact gate --against` wins
+    "against": ("str|null", None),
+    # floor: the compressed top-1 must be at least this
+    "min_top1": ("float|null", None),
+    # change against the last blessed run: top-1 may drop by at most this much (absolute)
+    "max_regression": ("float|null", None),
+    # ... and by at most this fraction of the last blessed run's top-1 (relative)
+    "max_regression_relative": ("float|null", None),
+    # anchor: the compressed top-1 may be at most this far below the run's own fp32 baseline
+    # (so small nightly losses cannot ratchet the accuracy down)
+    "max_drop_vs_fp32": ("float|null", None),
+}
+
 # Values ACT accepts for a few string keys; anything else fails deep inside paddle.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("QuantAware", "activation_quantize_type"): (
@@ -190,4 +207,4 @@ OLD_QUANT = "Quantization"
 
 def all_sections() -> dict[str, dict[str, tuple[str, Any]]]:
     """Every section name clsact accepts in a config file, with its key schema."""
-    return {"Global": GLOBAL, **STRATEGIES, "TrainConfig": TRAIN_CONFIG}
+    return {"Global": GLOBAL, **STRATEGIES, "TrainConfig": TRAIN_CONFIG, "Gate": GATE}

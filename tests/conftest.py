@@ -95,6 +95,50 @@ def s3_server():
         yield server
 
 
+@pytest.fixture
+def endpoint(s3_server):
+    """Make the S3 server the process default endpoint for the test (restored after)."""
+    from clsact import storage
+    from clsact.storage import s3 as s3mod
+
+    old = s3mod.settings()
+    storage.configure(endpoint_url=s3_server.endpoint)
+    yield s3_server.endpoint
+    s3mod._settings = old
+
+
+# the thresholds of the runs publish_run makes, and their validation set's fingerprint
+GATE = {"min_top1": 0.80, "max_regression": 0.005, "max_drop_vs_fp32": 0.01}
+VAL = "sha256:" + "a" * 64
+
+
+def publish_run(prefix: str, name: str, top1: float, *, fp32: float = 0.95,
+                val: str | None = VAL, gate_section: dict | None = GATE,
+                extra: dict | None = None, tmp: Path, location: str | None = None) -> str:
+    """Publish a run with id ``name`` and these accuracies at ``location`` (default
+    ``prefix/runs/name``) with clsact's real publisher; returns its location. Its
+    config.yaml holds ``gate_section`` as its Gate section."""
+    import json
+
+    from clsact import storage
+    from clsact.storage.publish import publish
+
+    stage = tmp / f"stage-{name}"
+    (stage / "model").mkdir(parents=True)
+    (stage / "model" / "inference.pdmodel").write_bytes(name.encode() * 100)
+    metrics = {"run_id": name, "baseline": {"top1": fp32, "top5": 0.99},
+               "compressed": {"top1": top1, "top5": 0.98},
+               "val_set": {"fingerprint": val} if val else None, **(extra or {})}
+    (stage / "metrics.json").write_text(json.dumps(metrics))
+    cfg: dict = {"Global": {"model_dir": "m", "data_dir": "d"}}
+    if gate_section is not None:
+        cfg["Gate"] = gate_section
+    (stage / "config.yaml").write_text(json.dumps(cfg))
+    location = location or f"{prefix.rstrip('/')}/runs/{name}"
+    publish(stage, storage.open_store(location, "run"), name)
+    return storage.open_store(location, "run").describe()
+
+
 _bucket_counter = iter(range(1_000_000))
 
 

@@ -352,6 +352,19 @@ def test_nightly_objects():
     assert cmd[cmd.index("--nightly") + 1] == RELEASE
     assert cmd[cmd.index("--keep-jobs") + 1] == "14"
     assert cmd[cmd.index("--timeout") + 1] == "82500s"    # stops following before the deadline
+    # the gate (on by default) reads and writes the bucket with the Secret as files
+    container = job["template"]["spec"]["containers"][0]
+    assert cmd[-1] == "--gate"
+    assert {"name": "CLSACT_S3_CREDENTIALS_DIR",
+            "value": "/var/run/secrets/clsact/s3"} in container["env"]
+    assert {"name": "s3-credentials", "mountPath": "/var/run/secrets/clsact/s3",
+            "readOnly": True} in container["volumeMounts"]
+    assert {"name": "s3-credentials", "secret": {"secretName": "clsact-s3"}} in \
+        job["template"]["spec"]["volumes"]
+    off = by_kind(helm_render({**vals, "nightly": {**vals["nightly"], "gate": False}}))
+    off_pod = off["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "--gate" not in off_pod["containers"][0]["command"]
+    assert "s3-credentials" not in json.dumps(off_pod)
     launch = yaml.safe_load(objs["ConfigMap"]["data"]["values.yaml"])
     v = values.resolve(launch, {})                         # what the submitter will resolve
     assert v["namespace"] == NAMESPACE and v["workers"] == 2 and v["name"] == RELEASE

@@ -143,6 +143,24 @@ def test_compress_s3_to_s3(tmp_path, s3_server, bucket, clas_model, small_digits
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert list_keys(client, bucket, "runs/nightly-1/") == keys
 
+    # the gate: bless nightly-1 by hand, then `compress --gate` a second run whose config
+    # sets no threshold: it is published, but not blessed (exit 1) and latest stays
+    prefix = f"s3://{bucket}"
+    ok = run_cli("gate", save, "--against", prefix, "--min-top1", "0", "--s3-endpoint",
+                 s3_server.endpoint)
+    assert ok.returncode == 0 and "BLESSED run nightly-1" in ok.stdout, ok.stderr[-2000:]
+    second = run_cli("compress", "--config", str(cfg), "--save-dir", f"{prefix}/runs/nightly-2",
+                     "--run-id", "nightly-2", "--s3-endpoint", s3_server.endpoint,
+                     "--gate", prefix)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert "NOT BLESSED run nightly-2 (thresholds): s3://" in second.stdout
+    assert "still names run nightly-1" in second.stdout
+    assert run_cli("verify", f"{prefix}/runs/nightly-2", "--s3-endpoint",
+                   s3_server.endpoint).returncode == 0
+    m2 = json.loads(client.get_object(Bucket=bucket, Key="runs/nightly-2/metrics.json")
+                    ["Body"].read())
+    assert m2["val_set"]["fingerprint"] == m["val_set"]["fingerprint"]  # same images
+
 
 def test_a_held_out_slice_chooses_the_model_and_val_is_measured_once(
         tmp_path, clas_model, small_digits_dir):

@@ -1,6 +1,10 @@
 """``clsact demo`` end to end: the honest result the README promises."""
 
+import hashlib
 import json
+from pathlib import Path
+
+from PIL import Image
 
 from tests.conftest import run_cli
 
@@ -17,5 +21,31 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
     # the run went through the embedded S3 server and was published + verified there
     assert m["save_dir"].startswith("s3://clsact-demo/runs/")
     assert m["config"] == "config.yaml" and m["data"]["train_samples"] == 1438
-    assert "(verified: 5 files match manifest.json" in proc.stdout
+    assert "(verified: 6 files match manifest.json and manifest.blessing.json" in proc.stdout
     assert (tmp_path / "demo" / "results" / "_SUCCESS").is_file()
+    # the validation set's fingerprint, recomputed here from the image files themselves
+    assert m["val_set"] == {"list": "val_list.txt", "images": 359, "hashed": 359,
+                            "fingerprint": fingerprint(tmp_path / "demo" / "data"),
+                            "method": m["val_set"]["method"]}
+    # the gate blessed the first run and refused the harmful second one
+    blessing = json.loads((tmp_path / "demo" / "results" / "blessing.json").read_text())
+    assert blessing["blessed"] and blessing["first_run"]
+    assert f"BLESSED run {m['run_id']}: s3://clsact-demo/latest now names" in proc.stdout
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("NOT BLESSED run")]
+    assert len(refused) == 1 and f"still names run {m['run_id']}" in refused[0], proc.stdout
+    assert f"latest names run {m['run_id']}" in proc.stdout
+    table = proc.stdout.split("clsact history s3://clsact-demo")[1]
+    assert "  blessed" in table and "not blessed (" in table
+    with Image.open(tmp_path / "demo" / "history.png") as img:
+        assert img.format == "PNG"
+
+
+def fingerprint(data: Path) -> str:
+    """The val set's fingerprint computed directly: sha256 of the sorted
+    '<label> <sha256 of the file>' lines of val_list.txt's images."""
+    lines = []
+    for line in (data / "val_list.txt").read_text().splitlines():
+        rel, label = line.rsplit(maxsplit=1)
+        lines.append(f"{label} {hashlib.sha256((data / rel).read_bytes()).hexdigest()}")
+    return "sha256:" + hashlib.sha256("".join(x + "\n" for x in sorted(lines)).encode()
+                                      ).hexdigest()

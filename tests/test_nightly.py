@@ -5,6 +5,7 @@ against the real kube-apiserver (tests play the operator by writing the status).
 from __future__ import annotations
 
 import os
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from clsact.errors import ConfigError
 from clsact.launch import nightly
 from clsact.launch.names import job_name
-from tests.test_launch_cluster import SPEC, cli, get_config_map, get_job, set_status
+from tests.conftest import publish_run
+from tests.test_launch_cluster import SPEC, cli, get_config_map, get_job, set_status, wait_for_job
 
 NOW = datetime(2026, 11, 29, 23, 40, tzinfo=timezone.utc)
 
@@ -123,3 +125,51 @@ def test_bad_nightly_flags_are_one_line_errors(kube, ns):
         assert proc.returncode == 2, proc.stderr
         lines = [x for x in proc.stderr.splitlines() if not x.startswith("clsact: valid:")]
         assert len(lines) == 1 and words in lines[0], proc.stderr
+
+
+def test_a_gated_nightly_blesses_or_refuses_the_night(kube, admin, ns, bucket, endpoint,
+                                                      tmp_path):
+    """`submit --nightly --wait --gate`: once the night's job succeeded (the test plays the
+    operator and publishes the run, with chosen accuracies, where the job was told to), the
+    submitter gates it against the nightly's save dir on the S3 server: night 1 is blessed
+    (exit 0) and the history plot written; night 2, 2 points worse, is refused (exit 1) and
+    latest still names night 1."""
+    from PIL import Image
+
+    from clsact import storage
+
+    prefix = f"s3://{bucket}/nightly"
+    start = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    nights = [(start + timedelta(minutes=i), top1) for i, top1 in enumerate((0.95, 0.93))]
+    for i, (when, top1) in enumerate(nights):
+        name = night_name("gated", when)
+
+        def play(name=name, top1=top1, i=i) -> None:
+            wait_for_job(admin, ns, name)
+            cmd = get_job(admin, ns, name)["spec"]["worker"]["template"]["spec"][
+                "containers"][0]["command"]
+            publish_run(prefix, name, top1, tmp=tmp_path / str(i),
+                        location=cmd[cmd.index("--save-dir") + 1])
+            set_status(admin, ns, name, {"phase": "Succeed"})
+
+        operator = threading.Thread(target=play)
+        operator.start()
+        proc = nightly_cli(kube, ns, "gated", when, "--wait", "--gate", "--save-dir", prefix,
+                           "--s3-endpoint", endpoint, "--keep-jobs", "5")
+        operator.join(60)
+        assert proc.returncode in (0, 1), (proc.stdout, proc.stderr)
+        latest = storage.open_store(prefix, "p").read_bytes("latest")
+        if i == 0:
+            assert proc.returncode == 0, (proc.stdout, proc.stderr)
+            assert f"BLESSED run {name}" in proc.stdout and "history of 1 runs" in proc.stdout
+            first, first_latest = name, latest
+            png = tmp_path / "history.png"
+            storage.open_store(prefix, "p").get_file("history.png", png)
+            with Image.open(png) as img:
+                assert img.format == "PNG"
+        else:
+            assert proc.returncode == 1, (proc.stdout, proc.stderr)
+            assert f"NOT BLESSED run {name} (max_regression, max_drop_vs_fp32)" in proc.stdout
+            assert f"still names run {first}" in proc.stdout and latest == first_latest
+    proc = nightly_cli(kube, ns, "gated", start, "--gate")
+    assert proc.returncode == 2 and "--gate needs --wait" in proc.stderr

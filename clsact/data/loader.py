@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import multiprocessing
@@ -32,11 +33,13 @@ MAX_LOGGED_BAD = 20
 
 @dataclass
 class Batch:
-    """Preprocessed images (N, 3, H, W) float32, labels (N,) int64, and the bad samples skipped."""
+    """Preprocessed images (N, 3, H, W) float32, labels (N,) int64, the bad samples skipped,
+    and (when asked for) the sha256 of each good sample's bytes by sample index."""
 
     images: np.ndarray
     labels: np.ndarray
     bad: list[tuple[str, str]] = field(default_factory=list)
+    digests: list[tuple[int, str]] = field(default_factory=list)
 
 
 def shard_indices(
@@ -86,9 +89,11 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def load_batch(
-    reader, spec: TransformSpec, items: list[tuple[int, str, int]], seed: int, epoch: int
+    reader, spec: TransformSpec, items: list[tuple[int, str, int]], seed: int, epoch: int,
+    digest: bool = False,
 ) -> Batch:
-    """Read and preprocess ``items`` (index, key, label); runs in a worker process.
+    """Read and preprocess ``items`` (index, key, label); runs in a worker process. With
+    ``digest``, also the sha256 of each good image's bytes (the validation set's fingerprint).
 
     ``reader`` is a :class:`~clsact.storage.base.Store` (keys are paths: its ``iter_many``
     fetches ahead, in parallel for object storage, while earlier images decode) or a
@@ -98,7 +103,7 @@ def load_batch(
         StorageError: the store failed beyond its retries (credentials, outage); a missing
             or corrupt image is not an error here but recorded in ``Batch.bad``.
     """
-    images, labels, bad = [], [], []
+    images, labels, bad, digests = [], [], [], []
     contents = reader.iter_many([key for _, key, _ in items])
     for (index, key, label), data in zip(items, contents, strict=True):
         try:
@@ -107,12 +112,14 @@ def load_batch(
             rng = sample_rng(seed, epoch, index) if spec.train else None
             images.append(preprocess(spec, data, rng))
             labels.append(label)
+            if digest:
+                digests.append((index, hashlib.sha256(data).hexdigest()))
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             bad.append((reader.describe(key), reason))
     shape = (0, 3, spec.img_size, spec.img_size)
     arr = np.stack(images) if images else np.zeros(shape, dtype=np.float32)
-    return Batch(arr, np.asarray(labels, dtype=np.int64), bad)
+    return Batch(arr, np.asarray(labels, dtype=np.int64), bad, digests)
 
 
 def _init_worker() -> None:
@@ -161,6 +168,8 @@ class BatchLoader:
         # yield batches whose every image was bad (empty) instead of skipping them: ranks
         # that must take the same number of steps stand in for them (clsact.act)
         self.keep_empty = False
+        # when a dict: every pass adds {sample index: sha256 of its bytes} for good samples
+        self.record_digests: dict[int, str] | None = None
         self._next_epoch = 0
         self._next_start = 0
         self._pool: ProcessPoolExecutor | None = None
@@ -198,9 +207,10 @@ class BatchLoader:
 
     def _batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         chunks = self._chunks(epoch)[start:]
+        digest = self.record_digests is not None
         if self.num_workers == 0:
             for chunk in chunks:
-                yield load_batch(self.reader, self.spec, chunk, self.seed, epoch)
+                yield load_batch(self.reader, self.spec, chunk, self.seed, epoch, digest)
             return
         pool = self._pool_get()
         pending: deque[Future] = deque()
@@ -209,7 +219,7 @@ class BatchLoader:
         try:
             for chunk in todo:
                 pending.append(pool.submit(load_batch, self.reader, self.spec, chunk, self.seed,
-                                           epoch))
+                                           epoch, digest))
                 if len(pending) >= depth:
                     yield pending.popleft().result()
             while pending:
@@ -229,6 +239,8 @@ class BatchLoader:
         limit = math.floor(self.max_bad_fraction * total)
         bad_pass: list[tuple[str, str]] = []
         for batch in self._batches(epoch, start):
+            if self.record_digests is not None:
+                self.record_digests.update(batch.digests)
             for path, reason in batch.bad:
                 if self.bad_total < MAX_LOGGED_BAD:
                     log.warning("skipping unreadable image %s: %s", path, reason)

@@ -3,7 +3,8 @@
 
 Exit codes: 0 success; 1 the job failed; 2 a user error (one ``clsact: error:`` line);
 3 ``submit --nightly`` refused: an earlier night is still running; 124 ``submit --wait`` timed
-out (the job was cancelled, except a nightly's, which goes on).
+out (the job was cancelled, except a nightly's, which goes on). With ``submit --wait --gate``,
+a run that succeeded but is not blessed exits 1 too.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ def add_parsers(sub: Any) -> None:
                    "naming the night (default %%Y-%%m-%%d)")
     g.add_argument("--keep-jobs", type=int, default=7, help="finished jobs of the release "
                    "kept (default 7)")
+    g.add_argument("--gate", nargs="?", const="", metavar="PREFIX", help="with --wait: after "
+                   "the run succeeded, `clsact gate` it against PREFIX (default: the nightly's "
+                   "save dir, else Gate.against) and write PREFIX/history.png; exit 1 when "
+                   "not blessed")
 
     p = sub.add_parser("status", help="phase of a job and its pods")
     _add_job_ref(p)
@@ -158,6 +163,7 @@ def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any]) -> dic
     labels = dict(file_values.get("labels") or {})
     labels[nightly.NIGHTLY_LABEL] = args.nightly
     args.night = night
+    args.night_prefix = save
     return {"name": night.job_base(base), "saveDir": night.save_dir(save), "labels": labels}
 
 
@@ -174,6 +180,7 @@ def _spec(args: argparse.Namespace):
         flags["s3Secret"] = args.s3_secret
     flags.update(night_flags)
     v = values.resolve(file_values, flags, src=args.values or "launch values")
+    args.resolved = v
     rendered = render.render(args.config, args.overrides, v)
     crds = [validate.load_crd(path) for path in args.crd]
     checked = validate.validate_objects(rendered.objects, crds,
@@ -219,7 +226,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from clsact.launch import jobs
     from clsact.launch.render import to_yaml
 
+    if args.gate is not None and not args.wait:
+        from clsact.errors import ConfigError
+
+        raise ConfigError("--gate needs --wait (the run is gated once it has succeeded)")
     rendered, checked = _spec(args)
+    gate_prefix = _gate_prefix(args) if args.gate is not None else None
     for line in checked:
         _note(f"valid: {line}")
     if args.dry_run:
@@ -272,7 +284,71 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"; see `clsact logs {outcome.name} -n {outcome.namespace}`", file=sys.stderr)
         return EXIT_JOB_FAILED
     print(f"{ref} {state.phase}")
-    return 0
+    if gate_prefix is None:
+        return 0
+    return _gate_run(args.resolved["saveDir"], gate_prefix, _s3_endpoint(args),
+                     plot=bool(args.nightly))
+
+
+def _s3_endpoint(args: argparse.Namespace) -> str | None:
+    """The S3 endpoint of the run: the launch values' s3Endpoint, else the config's."""
+    from clsact import config as config_mod
+
+    return args.resolved["s3Endpoint"] or (
+        config_mod.read_yaml(args.config).get("Global") or {}).get("s3_endpoint")
+
+
+def _gate_prefix(args: argparse.Namespace) -> str:
+    """Where ``submit --gate`` gates against: the flag, the nightly's save dir, Gate.against.
+
+    Raises:
+        ConfigError: none of them is set.
+    """
+    from clsact import config as config_mod
+    from clsact.errors import ConfigError
+
+    prefix = args.gate or getattr(args, "night_prefix", None) or (
+        config_mod.read_yaml(args.config).get("Gate") or {}).get("against")
+    if not prefix:
+        raise ConfigError("--gate: no prefix to gate against; pass --gate PREFIX or set "
+                          "Gate.against in the config")
+    return prefix
+
+
+def _gate_run(run: str, prefix: str, endpoint: str | None, *, plot: bool) -> int:
+    """Gate the finished run, print the verdict; for a nightly also refresh
+    ``PREFIX/history.png``. Returns 0 blessed, 1 not blessed.
+
+    Raises:
+        ClsactError: the gate failed (unreadable store, broken pointer).
+    """
+    from clsact import storage
+    from clsact.cli import run_gate
+
+    storage.configure(endpoint_url=endpoint)
+    code = run_gate(run, prefix, {})
+    if plot:
+        _write_history_plot(prefix)
+    return code
+
+
+def _write_history_plot(prefix: str) -> None:
+    """``PREFIX/history.png``: top-1 over the nights (a failure is only a warning)."""
+    import tempfile
+    from pathlib import Path
+
+    from clsact import history
+    from clsact.errors import ClsactError
+
+    try:
+        store, rows = history.history(prefix)
+        with tempfile.TemporaryDirectory(prefix="clsact-history-") as tmp:
+            png = Path(tmp) / "history.png"
+            history.plot(rows, png, title=f"top-1 of {store.describe()}")
+            store.put_file(png, "history.png")
+        print(f"history of {len(rows)} runs: {store.describe('history.png')}")
+    except ClsactError as exc:
+        _note(f"warning: the history plot was not written: {exc}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -14,13 +14,13 @@ import os
 from pathlib import Path
 
 from clsact.errors import StorageError
-from clsact.storage.base import AlreadyExists, Store
+from clsact.storage.base import AlreadyExists, Store, VersionConflict
 from clsact.storage.local import LocalStore
 from clsact.storage.s3 import S3Settings, S3Store, configure
 from clsact.storage.uri import check_location, is_uri, parse_s3
 
 __all__ = ["AlreadyExists", "LocalStore", "S3Settings", "S3Store", "Store", "check_location",
-           "configure", "input_dir", "is_uri", "open_store"]
+           "VersionConflict", "configure", "input_dir", "is_uri", "open_store"]
 
 
 def open_store(location: str | os.PathLike[str], what: str) -> Store:

@@ -21,6 +21,10 @@ class AlreadyExists(StorageError):
     """An exclusive write found the target already there."""
 
 
+class VersionConflict(StorageError):
+    """A compare-and-swap write found another version than the one it was based on."""
+
+
 class Store(ABC):
     """A directory-like location that can be read from and published to."""
 
@@ -79,6 +83,21 @@ class Store(ABC):
 
         Raises:
             AlreadyExists: ``exclusive`` and ``rel`` exists.
+            StorageError: the write failed.
+        """
+
+    @abstractmethod
+    def read_versioned(self, rel: str) -> tuple[bytes, str]:
+        """The content of ``rel`` and a token naming this version of it (for
+        :meth:`replace_if`). Raises like :meth:`read_bytes`."""
+
+    @abstractmethod
+    def replace_if(self, rel: str, data: bytes, version: str | None) -> None:
+        """Compare-and-swap: store ``data`` as ``rel`` only if ``rel`` is still at
+        ``version`` (from :meth:`read_versioned`), or, with ``version`` None, does not exist.
+
+        Raises:
+            VersionConflict: ``rel`` changed (or appeared, or vanished) since ``version``.
             StorageError: the write failed.
         """
 

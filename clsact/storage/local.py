@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -9,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clsact.errors import StorageError
-from clsact.storage.base import AlreadyExists, Store
+from clsact.storage.base import AlreadyExists, Store, VersionConflict
 
 
 def _reason(exc: OSError) -> str:
@@ -119,6 +121,33 @@ class LocalStore(Store):
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write {target}: {_reason(exc)}") from None
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str]:
+        """The content and its sha256 (the version token: equal content, equal version)."""
+        data = self.read_bytes(rel)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def replace_if(self, rel: str, data: bytes, version: str | None) -> None:
+        """Compare-and-swap under an exclusive ``flock`` on ``.<name>.lock`` beside ``rel``
+        (every writer through this method takes it), then an atomic rename."""
+        target = self.path(rel)
+        lock = target.parent / f".{target.name}.lock"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {target}: {_reason(exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current: str | None = self.read_versioned(rel)[1]
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise VersionConflict(f"{target} changed since it was read")
+            self.put_bytes(rel, data)
+        finally:
+            os.close(fd)  # releases the lock
 
     def delete(self, rel: str) -> None:
         """Remove ``rel`` and the directories it leaves empty below the root (as on S3,

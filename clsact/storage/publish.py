@@ -13,6 +13,11 @@ Protocol (the same on local disk and S3):
    writes ``_SUCCESS`` exclusively. A run interrupted at any point leaves no ``_SUCCESS``; a
    run that lost its claim (taken over with ``--overwrite``) uploads nothing more;
 3. :func:`verify` checks a published run against its manifest.
+
+Files added to a finished run later (the gate's ``blessing.json``) go with an *addendum*,
+``manifest.<name>.json``: the added files' sizes and sha256 and the sha256 of the
+``manifest.json`` they extend. :func:`add_to_run` writes the files, then the addendum;
+:func:`verify` checks every addendum it finds as strictly as the manifest.
 """
 
 from __future__ import annotations
@@ -185,6 +190,39 @@ def publish(staging: Path, dest: Store, run_id: str, *, overwrite: bool = False)
     return manifest
 
 
+def addendum_name(name: str) -> str:
+    """The addendum manifest of the files added under ``name`` (``manifest.<name>.json``)."""
+    return f"manifest.{name}.json"
+
+
+def add_to_run(store: Store, name: str, files: dict[str, bytes]) -> None:
+    """Add ``files`` (relative path -> content) to the finished run in ``store``, replacing
+    earlier ones of the same addendum, and write ``manifest.<name>.json`` last.
+
+    Raises:
+        StorageError: the run is not finished (no ``_SUCCESS``), a path would replace a file
+            of the run's manifest, or a write failed.
+    """
+    if not store.exists(SUCCESS):
+        raise StorageError(f"{store.describe()} holds no finished run ({SUCCESS}): nothing "
+                           "can be added to it")
+    body = store.read_bytes(MANIFEST)
+    owned = {f.get("path") for f in json.loads(body).get("files", []) if isinstance(f, dict)}
+    clash = sorted(set(files) & (owned | {MANIFEST, SUCCESS, CLAIM}))
+    if clash:
+        raise StorageError(f"{store.describe(clash[0])} belongs to the run itself; it cannot "
+                           "be replaced by an addition")
+    entries = []
+    for rel, data in sorted(files.items()):
+        store.put_bytes(rel, data)
+        entries.append({"path": rel, "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
+    addendum = {"format": "clsact-addendum/1", "extends": MANIFEST,
+                "manifest_sha256": hashlib.sha256(body).hexdigest(), "files": entries,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    store.put_bytes(addendum_name(name), (json.dumps(addendum, indent=2) + "\n").encode())
+
+
 @dataclass
 class Verification:
     """What :func:`verify` found."""
@@ -194,6 +232,11 @@ class Verification:
     files: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    addenda: list[str] = field(default_factory=list)  # manifest.<name>.json checked too
+
+    def manifests(self) -> str:
+        """``manifest.json`` and the addenda checked, for messages."""
+        return " and ".join([MANIFEST, *self.addenda])
 
     @property
     def ok(self) -> bool:
@@ -228,7 +271,26 @@ def verify(store: Store) -> Verification:
                                 f"run {out.run_id}")
     for entry in manifest.get("files", []):
         _verify_file(store, entry, out)
+    _verify_addenda(store, body, out)
     return out
+
+
+def _verify_addenda(store: Store, manifest_body: bytes, out: Verification) -> None:
+    digest = hashlib.sha256(manifest_body).hexdigest()
+    for rel, _size in store.list():
+        if not (rel.startswith("manifest.") and rel.endswith(".json") and "/" not in rel
+                and rel != MANIFEST):
+            continue
+        out.addenda.append(rel)
+        try:
+            addendum = json.loads(store.read_bytes(rel))
+        except (FileNotFoundError, ValueError):
+            out.problems.append(f"{rel}: unreadable")
+            continue
+        if addendum.get("manifest_sha256") != digest:
+            out.problems.append(f"{rel} extends another {MANIFEST} than this run's")
+        for entry in addendum.get("files", []):
+            _verify_file(store, entry, out)
 
 
 def _verify_file(store: Store, entry: dict, out: Verification) -> None:

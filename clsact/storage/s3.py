@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from clsact.errors import StorageError
-from clsact.storage.base import AlreadyExists, Store
+from clsact.storage.base import AlreadyExists, Store, VersionConflict
 from clsact.storage.uri import S3Location
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def translate(exc: Exception, op: str, uri: str, conf: S3Settings) -> Exception:
             return FileNotFoundError(errno.ENOENT, "no such object", uri)
         if code == "404" and op == "head_bucket":
             code = "NoSuchBucket"
-        if code == "PreconditionFailed" or status == 412:
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
             return AlreadyExists(f"{uri} already exists")
         attempts = meta.get("RetryAttempts")
         return StorageError(error_message(code, status, op, uri, str(err.get("Message", "")),
@@ -261,6 +261,27 @@ class S3Store(Store):
     def put_bytes(self, rel: str, data: bytes, *, exclusive: bool = False) -> None:
         extra = {"IfNoneMatch": "*"} if exclusive else {}
         self._call("put_object", rel, Key=self._key(rel), Body=data, **extra)
+
+    def read_versioned(self, rel: str) -> tuple[bytes, str]:
+        """The content and its ETag (one GET, so the two belong together)."""
+        body_errors = _body_errors()
+        for attempt in range(self.conf.max_attempts):
+            resp = self._call("get_object", rel, Key=self._key(rel))
+            try:
+                return resp["Body"].read(), str(resp["ETag"])
+            except body_errors:
+                time.sleep(backoff(attempt))
+        raise StorageError(f"{self.describe(rel)}: reading the object kept failing after "
+                           f"{self.conf.max_attempts} attempts")
+
+    def replace_if(self, rel: str, data: bytes, version: str | None) -> None:
+        """A conditional PUT: ``If-Match: <ETag>``, or ``If-None-Match: *`` to create (S3 and
+        MinIO evaluate it atomically; a store that ignores the header cannot give CAS)."""
+        cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            self._call("put_object", rel, Key=self._key(rel), Body=data, **cond)
+        except (AlreadyExists, FileNotFoundError):  # 412/409, or deleted since (404)
+            raise VersionConflict(f"{self.describe(rel)} changed since it was read") from None
 
     def delete(self, rel: str) -> None:
         self._call("delete_object", rel, Key=self._key(rel))
