@@ -26,6 +26,7 @@ class Row:
     run_id: str | None
     finished_at: str | None
     fp32_top1: float | None
+    fp32_top5: float | None
     top1: float | None
     top5: float | None
     verdict: str  # "blessed", "not blessed" or "-" (never gated)
@@ -50,7 +51,8 @@ def collect(prefix: Store) -> list[Row]:
         latest = (pointer.data is not None and pointer.run == rec.location
                   and pointer.data.get("run_id") == rec.run_id)
         rows.append(Row(rec.location, rec.run_id, rec.finished_at,
-                        rec.metric("baseline", "top1"), rec.metric("compressed", "top1"),
+                        rec.metric("baseline", "top1"), rec.metric("baseline", "top5"),
+                        rec.metric("compressed", "top1"),
                         rec.metric("compressed", "top5"), verdict,
                         [str(x) for x in b.get("failed", [])], latest,
                         (b.get("thresholds") or {}).get("min_top1")))
@@ -64,9 +66,10 @@ def _acc(x: float | None) -> str:
 
 def table(rows: list[Row]) -> str:
     """The rows as an aligned text table (accuracies in percent)."""
-    head = ("finished (UTC)", "run id", "fp32 top-1", "top-1", "top-5", "gate", "latest")
+    head = ("finished (UTC)", "run id", "fp32 top-1", "fp32 top-5", "top-1", "top-5", "gate",
+            "latest")
     body = [((r.finished_at or "-").replace("+00:00", "")[:19], r.run_id or "-",
-             _acc(r.fp32_top1), _acc(r.top1), _acc(r.top5),
+             _acc(r.fp32_top1), _acc(r.fp32_top5), _acc(r.top1), _acc(r.top5),
              r.verdict + (f" ({', '.join(r.failed)})" if r.failed else ""),
              "*" if r.latest else "") for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
