@@ -49,7 +49,8 @@ PROGRESS = f"{DIR}/progress.json"
 # are read, how failures are handled): left out of the fingerprint.
 NEUTRAL_GLOBAL = ("model_dir", "data_dir", "output_dir", "scratch_dir", "s3_endpoint",
                   "s3_max_attempts", "io_threads", "num_workers", "collective_timeout",
-                  "checkpoint", "checkpoint_every_steps", "checkpoint_every_minutes", "device")
+                  "checkpoint", "checkpoint_every_steps", "checkpoint_every_minutes", "device",
+                  "report", "report_budget", "report_timeout")
 NEUTRAL_TRAIN = ("logging_iter",)
 
 

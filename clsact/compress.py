@@ -251,6 +251,8 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
                                         "collecting the rank logs")
 
         def publish_run() -> None:
+            if g["report"]:
+                _deploy_report(staging, src_model, g, val_samples, metrics)
             for rank, text in enumerate(rank_logs[1:], start=1):
                 (staging / "logs").mkdir(exist_ok=True)
                 (staging / "logs" / f"rank-{rank}.log").write_text(text, encoding="utf-8")
@@ -260,7 +262,9 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             checkpoint.clear(dest)
 
         group.on_rank0(publish_run, "publishing",
-                       f"rank 0 could not publish to {dest.describe()}; see its log")
+                       f"rank 0 could not publish to {dest.describe()}; see its log",
+                       timeout=g["collective_timeout"] + (g["report_timeout"] if g["report"]
+                                                          else 0))
         return metrics
     except BaseException:
         # a run that failed before leaving anything to resume gives its save dir back
@@ -269,6 +273,19 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _deploy_report(staging: Path, src_model: Path, g: dict[str, Any], val_samples,
+                   metrics: dict[str, Any]) -> None:
+    """Measure the baseline and the compressed model as served; the report goes into the
+    staged run and its summary into ``metrics`` (:mod:`clsact.deploy.report`)."""
+    from clsact.deploy import report
+
+    t = time.perf_counter()
+    rep = report.measure_run(staging, src_model, staging / MODEL_SUBDIR, g, val_samples,
+                             metrics, budget_s=g["report_budget"])
+    metrics["report"] = {**rep["summary"], "files": list(report.REPORT_FILES),
+                         "seconds": round(time.perf_counter() - t, 3)}
 
 
 def _claim(dest: storage.Store, run_id: str, overwrite: bool) -> str:

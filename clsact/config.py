@@ -391,6 +391,9 @@ def _check_global_values(g: dict[str, Any], src: str) -> None:
         if g[key] is not None and g[key] <= 0:
             raise ConfigError(f"{src}: Global.{key} must be > 0 (or null for no such "
                               f"cadence), got {g[key]}")
+    for key in ("report_budget", "report_timeout"):
+        if g[key] <= 0:
+            raise ConfigError(f"{src}: Global.{key} must be > 0 seconds, got {g[key]}")
     for key in ("s3_max_attempts", "io_threads"):
         if g[key] < 1:
             raise ConfigError(f"{src}: Global.{key} must be >= 1, got {g[key]}")

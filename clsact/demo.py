@@ -241,7 +241,7 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
         bad_id = new_run_id()
         bad_save = f"{root}/runs/{bad_id}"
         harmful = [f"TrainConfig.learning_rate={bad_lr!r}",
-                   f"TrainConfig.train_iter={HARMFUL_STEPS}"]
+                   f"TrainConfig.train_iter={HARMFUL_STEPS}", "Global.report=false"]
         print(f"\n[5/6] a harmful second run (learning rate {HARMFUL_LR_FACTOR}x too high; "
               f"{HARMFUL_STEPS} steps are enough to ruin it): clsact compress ... "
               f"{' '.join('--set ' + x for x in harmful)} --save-dir {bad_save} --gate {root}",
@@ -266,6 +266,11 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
           f"{check.files} files match {check.manifests()}, _SUCCESS written last):")
     for rel, size in listing:
         print(f"  {size:>10,d}  {save}/{rel}")
+    if (results / "report.md").is_file():
+        print(f"\ndeploy report (the models measured as served; {results / 'report.md'}):")
+        body = (results / "report.md").read_text().splitlines()[1:]  # without the title
+        print("\n".join(line for line in body if line != "```").strip("\n"))
+        print(f"plot: {results / 'report.png'}")
     print(f"\nclsact history {root}  ({root}/latest names run {pointer['run_id']}):")
     print(history.table(rows))
     print(f"plot: {workdir / 'history.png'}")

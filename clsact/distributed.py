@@ -168,9 +168,10 @@ class Group:
         flags = self.allreduce_sum(np.array([0 if ok else 1], np.int64), what)
         return int(flags[0]) == 0
 
-    def on_rank0(self, action: Callable[[], None], what: str, failed: str) -> None:
+    def on_rank0(self, action: Callable[[], None], what: str, failed: str,
+                 timeout: float | None = None) -> None:
         """Run ``action`` on rank 0 only; every rank learns whether it worked, so all ranks
-        stop or none does.
+        stop or none does. The others wait ``timeout`` seconds (default: the group's).
 
         Raises:
             ClsactError: on rank 0 its own error; on the others ``failed``.
@@ -181,7 +182,12 @@ class Group:
                 action()
             except ClsactError as exc:
                 error = exc
-        if not self.agree(error is None, what):
+        usual, self.timeout = self.timeout, timeout or self.timeout
+        try:
+            ok = self.agree(error is None, what)
+        finally:
+            self.timeout = usual
+        if not ok:
             raise error or ClsactError(failed)
 
 

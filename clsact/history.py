@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clsact.errors import ClsactError
+from clsact.plotting import figure
 from clsact.runs import finished_runs, open_location, read_latest, read_run
 from clsact.storage import Store
 
@@ -94,19 +94,11 @@ def plot(rows: list[Row], path: Path, floor: float | None = None, title: str = "
     Raises:
         ClsactError: matplotlib is missing or the file cannot be written.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ClsactError(f"--plot needs matplotlib ({exc}); pip install matplotlib") from None
     if floor is None:
         floor = next((r.floor for r in reversed(rows) if r.floor is not None), None)
     xs = list(range(len(rows)))
     pct = [100 * r.top1 if r.top1 is not None else math.nan for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) + 3), 4), dpi=100)
-    try:
+    with figure(path, (max(6.0, 0.6 * len(rows) + 3), 4)) as ax:
         ax.plot(xs, [100 * r.fp32_top1 if r.fp32_top1 is not None else math.nan for r in rows],
                 color="0.6", linestyle=":", marker=".", label="fp32 baseline top-1")
         ax.plot(xs, pct, color="tab:blue", linewidth=1, label="compressed top-1")
@@ -132,13 +124,6 @@ def plot(rows: list[Row], path: Path, floor: float | None = None, title: str = "
         ax.set_title(title or "top-1 over runs")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        try:
-            fig.savefig(path, format="png")
-        except OSError as exc:
-            raise ClsactError(f"cannot write the plot {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
 
 
 def history(prefix_location: str) -> tuple[Store, list[Row]]:

@@ -62,6 +62,13 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     "selection_holdout": ("int", 0),
     "checkpoint_every_steps": ("int|null", None),
     "checkpoint_every_minutes": ("float|null", 15.0),
+    # the deploy report (clsact.deploy): after training, rank 0 measures the baseline and the
+    # compressed model through each runtime (latency per measurement at most report_budget
+    # seconds; accuracy on the validation set) and publishes report.{json,md,png} with the
+    # run; the other ranks wait up to report_timeout seconds for it and the upload
+    "report": ("bool", True),
+    "report_budget": ("float", 5.0),
+    "report_timeout": ("float", 7200.0),
 }
 
 STRATEGIES: dict[str, dict[str, tuple[str, Any]]] = {

@@ -5,7 +5,7 @@
 # Environment:
 #   IMAGE (default clsact; a full reference such as reg/clsact:v1 also sets TAG), REGISTRY, TAG
 #   BASE_IMAGE       default: the Debian base docker/base-image.sh builds without a registry
-#   EXTRAS           default: gpu,cuda-wheels (gpu) or cpu; with a CUDA runtime base: gpu
+#   EXTRAS           default: gpu,cuda-wheels,deploy (gpu) or cpu,deploy; with a CUDA runtime base: gpu,deploy
 #   BUILD_CA_BUNDLE  CA bundle pip trusts during the build (default: pip's configured cert)
 #   DOCKER_BUILD_NETWORK  default host (pip reaches the index as the host does)
 #   DOCKER_BUILD_ARGS     more `docker build` flags, e.g. --no-cache
@@ -17,8 +17,8 @@ log() { echo "build.sh: $*" >&2; }
 
 VARIANT="${1:-}"
 case "$VARIANT" in
-    gpu) EXTRAS="${EXTRAS:-gpu,cuda-wheels}"; GPUS=all; SUFFIX= ;;
-    cpu) EXTRAS="${EXTRAS:-cpu}"; GPUS=void; SUFFIX=-cpu ;;
+    gpu) EXTRAS="${EXTRAS:-gpu,cuda-wheels,deploy}"; GPUS=all; SUFFIX= ;;
+    cpu) EXTRAS="${EXTRAS:-cpu,deploy}"; GPUS=void; SUFFIX=-cpu ;;
     *) log "usage: docker/build.sh gpu|cpu"; exit 2 ;;
 esac
 

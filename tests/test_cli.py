@@ -11,7 +11,8 @@ from tests.conftest import copy_images, run_cli
 def config_file(tmp_path: Path, model_dir, data_dir, **glob) -> Path:
     cfg = {"Global": {"model_dir": str(model_dir), "data_dir": str(data_dir),
                       "train_list": "small_train.txt", "val_list": "small_val.txt",
-                      "img_size": 32, "resize_size": 36, "num_workers": 0, **glob},
+                      "img_size": 32, "resize_size": 36, "num_workers": 0, "report": False,
+                      **glob},
            "Distillation": {"loss": "soft_label"}, "QuantAware": {},
            "TrainConfig": {"train_iter": 1}}
     p = tmp_path / "c.yaml"

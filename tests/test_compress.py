@@ -16,7 +16,9 @@ def small_config(tmp_path: Path, model: Path, data: Path, **train) -> Path:
         "Global": {"model_dir": str(model), "data_dir": str(data),
                    "train_list": "small_train.txt", "val_list": "small_val.txt",
                    "batch_size": 16, "eval_batch_size": 32, "img_size": 32, "resize_size": 36,
-                   "num_workers": 2, "device": "cpu"},
+                   "num_workers": 2, "device": "cpu",
+                   # the deploy report is tested by tests/test_deploy.py (it takes seconds)
+                   "report": False},
         "Distillation": {"alpha": 1.0, "loss": "soft_label"},
         "QuantAware": {"use_pact": True, "onnx_format": True,
                        "quantize_op_types": ["conv2d", "depthwise_conv2d", "matmul_v2"]},

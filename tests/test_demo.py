@@ -10,7 +10,7 @@ from tests.conftest import run_cli
 
 
 def test_demo_compresses_without_losing_accuracy(tmp_path):
-    proc = run_cli("demo", "--workdir", str(tmp_path / "demo"), timeout=900)
+    proc = run_cli("demo", "--workdir", str(tmp_path / "demo"), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "QAT+distill int8" in proc.stdout and "baseline fp32" in proc.stdout
     m = json.loads((tmp_path / "demo" / "results" / "metrics.json").read_text())
@@ -21,7 +21,7 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
     # the run went through the embedded S3 server and was published + verified there
     assert m["save_dir"].startswith("s3://clsact-demo/runs/")
     assert m["config"] == "config.yaml" and m["data"]["train_samples"] == 1438
-    assert "(verified: 6 files match manifest.json and manifest.blessing.json" in proc.stdout
+    assert "(verified: 9 files match manifest.json and manifest.blessing.json" in proc.stdout
     assert (tmp_path / "demo" / "results" / "_SUCCESS").is_file()
     # the validation set's fingerprint, recomputed here from the image files themselves
     assert m["val_set"] == {"list": "val_list.txt", "images": 359, "hashed": 359,
@@ -37,6 +37,11 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
     table = proc.stdout.split("clsact history s3://clsact-demo")[1]
     assert "  blessed" in table and "not blessed (" in table
     with Image.open(tmp_path / "demo" / "history.png") as img:
+        assert img.format == "PNG"
+    # the first run's deploy report: published with it, printed with the image's path
+    assert m["report"]["speedup"] > 0 and "deploy report" in proc.stdout
+    assert f"plot: {tmp_path / 'demo' / 'results' / 'report.png'}" in proc.stdout
+    with Image.open(tmp_path / "demo" / "results" / "report.png") as img:
         assert img.format == "PNG"
 
 

@@ -1,0 +1,179 @@
+"""The run's deploy report: the baseline and the compressed model measured as served.
+
+``report.json`` (every measurement), ``report.md`` (the table and the verdict) and
+``report.png`` (top-1 through each runtime against its latency, baseline vs compressed). The
+headline compares, at batch 1 with one thread (a phone or a single request on a shared
+node), the compressed model through its fastest runtime with the baseline through *its*
+fastest fp32 runtime: the speedup a user gets by deploying the compressed model instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from clsact.deploy.bench import Measurement, bench_model, format_table
+from clsact.deploy.runtimes import ModelFiles, cpu_count
+from clsact.plotting import figure
+
+log = logging.getLogger(__name__)
+
+REPORT_FILES = ("report.json", "report.md", "report.png")
+HEADLINE = {"batch": 1, "threads": 1}
+
+
+def _at(m: Measurement, batch: int, threads: int) -> dict[str, Any] | None:
+    return next((e for e in m.latency if e["batch"] == batch and e["threads"] == threads),
+                None)
+
+
+def fastest(results: list[Measurement], model: str, *, fp32_only: bool = False,
+            batch: int = HEADLINE["batch"], threads: int = HEADLINE["threads"]
+            ) -> tuple[Measurement, dict[str, Any]] | None:
+    """The runtime serving ``model`` fastest at ``batch``/``threads`` (its measurement and
+    latency entry), among fp32 runtimes only with ``fp32_only``; None when none ran."""
+    from clsact.deploy.runtimes import RUNTIMES
+
+    int8 = {r.key for r in RUNTIMES if r.int8}
+    found = [(m, e) for m in results if m.model == model and m.status == "measured"
+             and not (fp32_only and m.runtime in int8)
+             and (e := _at(m, batch, threads)) is not None]
+    return min(found, key=lambda me: me[1]["p50_ms"]) if found else None
+
+
+def summary(results: list[Measurement], baseline: str, compressed: str) -> dict[str, Any]:
+    """The headline: the fastest deployment of the compressed model, its speedup over the
+    baseline's fastest fp32 runtime, and the runtimes flagged for lost accuracy."""
+    best, ref = fastest(results, compressed), fastest(results, baseline, fp32_only=True)
+    out: dict[str, Any] = {"setting": dict(HEADLINE), "fastest": None, "baseline_fastest_fp32":
+                           None, "speedup": None,
+                           "flagged": [f"{m.model} / {m.runtime}: {m.flag}" for m in results
+                                       if m.flag]}
+    if best:
+        out["fastest"] = {"runtime": best[0].runtime, "label": best[0].label,
+                          "p50_ms": best[1]["p50_ms"],
+                          "top1": (best[0].accuracy or {}).get("top1")}
+    if ref:
+        out["baseline_fastest_fp32"] = {"runtime": ref[0].runtime, "label": ref[0].label,
+                                        "p50_ms": ref[1]["p50_ms"],
+                                        "top1": (ref[0].accuracy or {}).get("top1")}
+    if best and ref and best[1]["p50_ms"] > 0:
+        out["speedup"] = round(ref[1]["p50_ms"] / best[1]["p50_ms"], 3)
+    return out
+
+
+def build(results: list[Measurement], baseline: str, compressed: str,
+          metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``report.json``'s content."""
+    m = metrics or {}
+    return {"format": "clsact-report/1", "run_id": m.get("run_id"),
+            "baseline_model": baseline, "compressed_model": compressed,
+            "qat_top1": {"baseline": (m.get("baseline") or {}).get("top1"),
+                         "compressed": (m.get("compressed") or {}).get("top1")},
+            "summary": summary(results, baseline, compressed),
+            "measurements": [asdict(x) for x in results]}
+
+
+def markdown(report: dict[str, Any], table: str) -> str:
+    """``report.md``: the headline, then the full table."""
+    s = report["summary"]
+    lines = [f"# Deploy report{' of run ' + report['run_id'] if report.get('run_id') else ''}",
+             ""]
+    best, ref = s["fastest"], s["baseline_fastest_fp32"]
+    if best and ref:
+        lines.append(f"At batch {s['setting']['batch']}, {s['setting']['threads']} thread: the "
+                     f"compressed model is fastest on **{best['label']}** "
+                     f"({best['p50_ms']:.2f} ms), **{s['speedup']:.2f}x** the baseline on its "
+                     f"fastest fp32 runtime, {ref['label']} ({ref['p50_ms']:.2f} ms).")
+    else:
+        lines.append("No runtime measured both models at batch 1 with one thread.")
+    q = report["qat_top1"]
+    if q.get("compressed") is not None:
+        lines.append(f"QAT evaluation (training graph): baseline top-1 "
+                     f"{100 * q['baseline']:.2f}%, compressed {100 * q['compressed']:.2f}%.")
+    lines += ["", *(f"- FLAGGED {f}" for f in s["flagged"]), "", "```", table, "```", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """``report.png``: top-1 through each runtime against its batch-1, 1-thread latency.
+
+    Raises:
+        ClsactError: matplotlib is missing or the file cannot be written.
+    """
+    with figure(path, (7, 4.5)) as ax:
+        for m in report["measurements"]:
+            e = next((x for x in m["latency"] if x["batch"] == HEADLINE["batch"]
+                      and x["threads"] == HEADLINE["threads"]), None)
+            if m["status"] != "measured" or e is None:
+                continue
+            top1 = (m["accuracy"] or {}).get("top1")
+            y = 100 * top1 if top1 is not None else 0.0
+            base = m["model"] == report["baseline_model"]
+            ax.scatter([e["p50_ms"]], [y], s=80, marker="o" if base else "s",
+                       color="tab:gray" if base else "tab:blue", zorder=3)
+            ax.annotate(f"{'baseline' if base else 'compressed'}: {m['runtime']}",
+                        (e["p50_ms"], y), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8)
+        ax.set_xlabel("latency p50, batch 1, 1 thread (ms)")
+        ax.set_ylabel("top-1 as served (%)")
+        s = report["summary"]
+        ax.set_title(f"deploy report: fastest {s['fastest']['runtime']} "
+                     f"{s['speedup']:.2f}x" if s.get("speedup") else "deploy report")
+        ax.grid(alpha=0.3)
+
+
+def write(out_dir: Path, results: list[Measurement], metrics: dict[str, Any] | None,
+          baseline: str = "baseline", compressed: str = "compressed") -> dict[str, Any]:
+    """Write report.json, report.md and report.png into ``out_dir``; returns the report.
+
+    Raises:
+        ClsactError: the files cannot be written.
+    """
+    report = build(results, baseline, compressed, metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(report, format_table(results)))
+    plot(report, out_dir / "report.png")
+    return report
+
+
+def measure_run(out_dir: Path, baseline_dir: Path, compressed_dir: Path, g: dict[str, Any],
+                val_samples: list, metrics: dict[str, Any] | None, *,
+                budget_s: float) -> dict[str, Any]:
+    """Benchmark the baseline and the compressed model of a run (every runtime that can run
+    them here; batch 1 and 32; one thread and all; accuracy on the validation set) and
+    write the report into ``out_dir``. Returns the report.
+
+    Raises:
+        ClsactError: a model cannot be loaded or run, or the data cannot be read.
+    """
+    from clsact.data.build import make_loader
+
+    names = (g["model_filename"], g["params_filename"])
+    m = metrics or {}
+    threads = tuple(dict.fromkeys((1, cpu_count())))
+    results: list[Measurement] = []
+    for name, where, ref in (("baseline", baseline_dir, (m.get("baseline") or {}).get("top1")),
+                             ("compressed", compressed_dir,
+                              (m.get("compressed") or {}).get("top1"))):
+        loader = make_loader(g, val_samples, train=False, batch_size=32)
+        try:
+            results += bench_model(name, ModelFiles.of(where, *names), g["img_size"],
+                                   threads=threads, budget_s=budget_s,
+                                   val_batches=lambda loader=loader: loader.epoch(0),
+                                   reference_top1=ref)
+        finally:
+            loader.close()
+    report = write(out_dir, results, metrics)
+    s = report["summary"]
+    if s["speedup"] is not None:
+        log.info("deploy report: compressed fastest on %s at %.2f ms, %.2fx the baseline's "
+                 "fastest fp32 runtime (%s)", s["fastest"]["runtime"], s["fastest"]["p50_ms"],
+                 s["speedup"], s["baseline_fastest_fp32"]["runtime"])
+    for line in s["flagged"]:
+        log.warning("deploy report: FLAGGED %s", line)
+    return report

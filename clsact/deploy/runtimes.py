@@ -1,0 +1,305 @@
+"""The runtimes a classification model can be served with, as clsact measures them.
+
+Each :class:`Runtime` says whether it can run a given model here (``skip_reason``: one line,
+or None) and loads it as a :class:`Predictor` (a function from an NCHW float32 batch to the
+scores) with a number of CPU threads.
+
+* ``paddle-cpu``: Paddle Inference on CPU with oneDNN, fp32 kernels (a quantized model runs its
+  quantize/dequantize ops in fp32: what a QAT model costs served naively);
+* ``paddle-cpu-int8``: Paddle Inference with oneDNN int8, enabled only for the op types whose
+  weights the QAT quantized (quantizing more, e.g. pool2d or elementwise_mul, has cost other
+  ACT users accuracy and speed); a model without quantized weights is skipped;
+* ``onnxruntime``: ONNX Runtime's CPU provider on the model exported by paddle2onnx 1.x
+  (``deploy_backend="onnxruntime"``: a QAT model becomes an ONNX QDQ graph, which ONNX Runtime
+  runs with int8 kernels where it can; paddle2onnx 2.x dropped quantized export);
+* ``openvino``: OpenVINO's CPU plugin reading the ``.pdmodel`` itself (its Paddle front end
+  reads quantize_linear/dequantize_linear);
+* ``paddle-gpu`` and ``paddle-gpu-trt-int8``: Paddle Inference on a GPU (TensorRT int8 for a
+  quantized model), skipped when no GPU is visible or the build has no CUDA/TensorRT.
+
+ONNX Runtime, paddle2onnx and OpenVINO come with ``pip install 'clsact[deploy]'``; without
+them those runtimes are skipped with that line. A model a converter rejects is skipped too
+(:class:`RuntimeSkip`), with the converter's first line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clsact.errors import ModelError
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+DEPLOY_EXTRA = "pip install 'clsact[deploy]'"
+
+
+class RuntimeSkip(Exception):
+    """This runtime cannot run this model here (the message says why, in one line)."""
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's size)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def quantized_op_types(model_file: str | Path) -> list[str]:
+    """The op types whose weights the model holds quantized: consumers of a
+    ``dequantize_linear`` whose input is a parameter (QAT's ``quantize_op_types`` that
+    occur in the model). Empty for an fp32 model.
+
+    Raises:
+        ModelError: the file is not a Paddle program.
+    """
+    from clsact.modelio import load_program
+
+    block = load_program(model_file).global_block()
+    dequantized_weights = {op.output("Y")[0] for op in block.ops
+                           if op.type == "dequantize_linear"
+                           and block.var(op.input("X")[0]).persistable}
+    return sorted({op.type for op in block.ops
+                   if op.type not in ("quantize_linear", "dequantize_linear")
+                   and any(name in dequantized_weights
+                           for slot in op.input_names for name in op.input(slot))})
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """An inference model on local disk, with what the runtimes need to know about it."""
+
+    model_file: Path
+    params_file: Path
+    quantized_ops: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model_dir: str | Path, model_filename: str = "inference.pdmodel",
+           params_filename: str = "inference.pdiparams") -> ModelFiles:
+        """Locate and inspect the model in ``model_dir``.
+
+        Raises:
+            ModelError: a file is missing or not a Paddle program.
+        """
+        from clsact.modelio import model_paths
+
+        model, params = model_paths(model_dir, model_filename, params_filename)
+        return cls(model, params, tuple(quantized_op_types(model)))
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the model holds quantized weights."""
+        return bool(self.quantized_ops)
+
+
+@contextmanager
+def _quiet_native() -> Iterator[None]:
+    """File descriptors 1 and 2 to /dev/null while native code runs: Paddle Inference's IR
+    passes print a summary per pass (oneDNN int8: a dozen coloured lines per predictor)
+    whatever glog is told, and paddle2onnx prints its progress to stdout."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in saved:
+        os.dup2(devnull, fd)
+    try:
+        yield
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)
+
+
+def _gpu_count() -> int:
+    import paddle
+
+    if not paddle.device.is_compiled_with_cuda():
+        return 0
+    return int(paddle.device.cuda.device_count())
+
+
+def _paddle_predictor(files: ModelFiles, threads: int, *, int8: bool = False,
+                      gpu: bool = False, trt_int8: bool = False) -> Predictor:
+    from paddle import inference as pi
+
+    config = pi.Config(str(files.model_file), str(files.params_file))
+    config.disable_glog_info()
+    config.switch_ir_optim(True)
+    if gpu:
+        config.enable_use_gpu(256, 0)
+        if trt_int8:
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=64,
+                                          min_subgraph_size=3,
+                                          precision_mode=pi.PrecisionType.Int8,
+                                          use_static=False, use_calib_mode=False)
+    else:
+        config.disable_gpu()
+        config.enable_mkldnn()
+        config.set_cpu_math_library_num_threads(threads)
+        if int8:
+            config.enable_mkldnn_int8(set(files.quantized_ops))
+    try:
+        with _quiet_native():
+            predictor = pi.create_predictor(config)
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"Paddle Inference cannot load {files.model_file}: {first}") from None
+    inp = predictor.get_input_handle(predictor.get_input_names()[0])
+    out = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        inp.reshape(list(batch.shape))
+        inp.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        predictor.run()
+        return out.copy_to_cpu()
+
+    return run
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _missing(*modules: str) -> str | None:
+    """The first of ``modules`` that cannot be imported, or None."""
+    import importlib.util
+
+    return next((m for m in modules if importlib.util.find_spec(m) is None), None)
+
+
+_ONNX: dict[Path, bytes] = {}
+
+
+def onnx_model(files: ModelFiles) -> bytes:
+    """The model exported to ONNX by paddle2onnx 1.x for ONNX Runtime (cached per file).
+
+    Raises:
+        RuntimeSkip: paddle2onnx is 2.x or cannot export this model.
+    """
+    if files.model_file in _ONNX:
+        return _ONNX[files.model_file]
+    import paddle2onnx
+
+    major = int(str(getattr(paddle2onnx, "__version__", "1")).split(".")[0] or 1)
+    if major >= 2:
+        raise RuntimeSkip(f"paddle2onnx {paddle2onnx.__version__} cannot export quantized "
+                          "models (2.x dropped it): pip install 'paddle2onnx<2'")
+    try:
+        with _quiet_native():
+            data = paddle2onnx.export(str(files.model_file), str(files.params_file),
+                                      save_file=None, opset_version=13, verbose=False,
+                                      deploy_backend="onnxruntime")
+    except Exception as exc:  # the converter raises many types
+        raise RuntimeSkip(f"paddle2onnx cannot convert the model: {_first_line(exc)}") from None
+    if not data:
+        raise RuntimeSkip("paddle2onnx produced no model (see its log)")
+    _ONNX[files.model_file] = data
+    return data
+
+
+def _ort_predictor(files: ModelFiles, threads: int) -> Predictor:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(onnx_model(files), opts,
+                                       providers=["CPUExecutionProvider"])
+    except RuntimeSkip:
+        raise
+    except Exception as exc:
+        raise RuntimeSkip(f"ONNX Runtime cannot load the exported model: "
+                          f"{_first_line(exc)}") from None
+    name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    return run
+
+
+def _openvino_predictor(files: ModelFiles, threads: int) -> Predictor:
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        model = core.read_model(str(files.model_file))
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                     "PERFORMANCE_HINT": "LATENCY"})
+    except Exception as exc:
+        raise RuntimeSkip(f"OpenVINO cannot read the model: {_first_line(exc)}") from None
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.array(request.get_output_tensor(0).data, copy=True)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One way of serving a model."""
+
+    key: str
+    label: str
+    device: str  # "cpu" or "gpu"
+    int8: bool   # runs int8 kernels (for a quantized model only)
+    gpu: bool = False
+    engine: str = "paddle"  # paddle, onnxruntime or openvino
+
+    def skip_reason(self, files: ModelFiles) -> str | None:
+        """Why this runtime cannot run ``files`` here (None: it can, unless loading it
+        raises :class:`RuntimeSkip`)."""
+        if self.int8 and not files.quantized:
+            return "not a quantized model (no quantized weights): int8 kernels do not apply"
+        needs = {"onnxruntime": ("onnxruntime", "paddle2onnx"),
+                 "openvino": ("openvino",)}.get(self.engine, ())
+        missing = _missing(*needs)
+        if missing:
+            return f"{missing} is not installed ({DEPLOY_EXTRA})"
+        if self.gpu:
+            try:
+                gpus = _gpu_count()
+            except Exception as exc:  # a CUDA build without a driver raises here
+                return f"no usable GPU ({type(exc).__name__})"
+            if gpus == 0:
+                return "no GPU visible to this process (or a CPU-only Paddle build)"
+        return None
+
+    def load(self, files: ModelFiles, threads: int) -> Predictor:
+        """The predictor of ``files`` on this runtime with ``threads`` CPU threads.
+
+        Raises:
+            RuntimeSkip: a converter or runtime rejects the model.
+            ModelError: Paddle Inference cannot load the model.
+        """
+        if self.engine == "onnxruntime":
+            return _ort_predictor(files, threads)
+        if self.engine == "openvino":
+            return _openvino_predictor(files, threads)
+        return _paddle_predictor(files, threads, int8=self.int8 and not self.gpu,
+                                 gpu=self.gpu, trt_int8=self.gpu and self.int8)
+
+
+RUNTIMES: tuple[Runtime, ...] = (
+    Runtime("paddle-cpu", "Paddle Inference CPU (oneDNN fp32)", "cpu", int8=False),
+    Runtime("paddle-cpu-int8", "Paddle Inference CPU (oneDNN int8)", "cpu", int8=True),
+    Runtime("onnxruntime", "ONNX Runtime CPU (paddle2onnx)", "cpu", int8=False,
+            engine="onnxruntime"),
+    Runtime("openvino", "OpenVINO CPU", "cpu", int8=False, engine="openvino"),
+    Runtime("paddle-gpu", "Paddle Inference GPU", "gpu", int8=False, gpu=True),
+    Runtime("paddle-gpu-trt-int8", "Paddle Inference GPU + TensorRT int8", "gpu", int8=True,
+            gpu=True),
+)

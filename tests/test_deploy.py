@@ -1,0 +1,308 @@
+"""`clsact bench`: the latency harness, runtime detection with skip lines, and the accuracy of
+a model as Paddle Inference serves it (equal to `clsact eval`), on real Paddle (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clsact.deploy import bench
+from clsact.deploy.latency import measure
+from clsact.deploy.runtimes import RUNTIMES, ModelFiles, quantized_op_types
+from tests.conftest import REPO, run_cli
+from tests.test_compress import small_config
+
+
+def compress_clas(tmp: Path, clas_model: Path, data: Path, report: bool) -> Path:
+    """A run `clsact compress` makes from the small conv net (QAT of conv2d,
+    depthwise_conv2d and matmul_v2 for 3 steps), with or without its deploy report."""
+    out = tmp / "run"
+    proc = run_cli("compress", "--config", str(small_config(tmp, clas_model, data)),
+                   "--save-dir", str(out), "--set", f"Global.report={str(report).lower()}",
+                   "--set", "Global.report_budget=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("deployed: fastest on " in proc.stdout) == report, proc.stdout
+    assert "[Paddle2ONNX]" not in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def compressed_run(tmp_path_factory, clas_model, small_digits_dir) -> Path:
+    """A published run without a deploy report."""
+    return compress_clas(tmp_path_factory.mktemp("plain"), clas_model, small_digits_dir, False)
+
+
+@pytest.fixture(scope="module")
+def reported_run(tmp_path_factory, clas_model, small_digits_dir) -> Path:
+    """A published run with its deploy report."""
+    return compress_clas(tmp_path_factory.mktemp("reported"), clas_model, small_digits_dir,
+                         True)
+
+
+class FakeClock:
+    """A clock that advances by the duration of each simulated call."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.calls = 0.0, iter(durations), 0
+
+    def call(self):
+        self.calls += 1
+        self.now += next(self.durations)
+
+    def __call__(self):
+        return self.now
+
+
+def test_latency_excludes_warmup_and_reports_percentiles():
+    # 5 slow warm-up calls (1 s), then calls of 10, 20, ..., 100 ms repeating
+    steady = [0.01 * (1 + i % 10) for i in range(1000)]
+    clock = FakeClock([1.0] * 5 + steady)
+    lat = measure(clock.call, 4, warmup=5, round_size=10, min_runs=20, clock=clock)
+    assert lat.warmup == 5 and lat.runs >= 20 and lat.stable
+    ms = np.asarray(steady[:lat.runs]) * 1000
+    assert lat.p50_ms == pytest.approx(np.percentile(ms, 50))
+    assert lat.p90_ms == pytest.approx(np.percentile(ms, 90))
+    assert lat.p50_ms < 100  # the 1 s warm-up calls are not in it
+    assert lat.images_per_second == pytest.approx(4 * 1000 / lat.p50_ms)
+    # without warm-up the slow calls land in the timed ones: the check above can fail
+    clock = FakeClock([1.0] * 5 + steady)
+    cold = measure(clock.call, 4, warmup=0, round_size=10, min_runs=20, clock=clock)
+    assert cold.p90_ms > 100
+
+
+def test_latency_runs_until_the_median_settles_or_the_budget_ends():
+    # a median that keeps drifting never settles: the budget stops it, and it says so
+    clock = FakeClock([0.001 * (1.5 ** (i // 10)) for i in range(10_000)])
+    lat = measure(clock.call, 1, warmup=0, budget_s=5.0, clock=clock)
+    assert not lat.stable and clock.now >= 5.0 and lat.runs < 10_000
+    with pytest.raises(ValueError):
+        measure(clock.call, 1, round_size=0)
+
+
+def test_skip_lines_and_quantized_op_types(mbv3_model, compressed_run):
+    fp32 = ModelFiles.of(mbv3_model)
+    assert quantized_op_types(fp32.model_file) == [] and not fp32.quantized
+    int8 = ModelFiles.of(compressed_run / "model")
+    # exactly the op types the config's QuantAware.quantize_op_types quantized in this net
+    assert int8.quantized_ops == ("conv2d", "depthwise_conv2d", "matmul_v2")
+    reasons = {r.key: r.skip_reason(fp32) for r in RUNTIMES}
+    assert reasons["paddle-cpu"] is None
+    assert "not a quantized model" in reasons["paddle-cpu-int8"]
+    assert "no GPU visible" in reasons["paddle-gpu"]  # this machine has none
+    assert {r.key: r.skip_reason(int8) for r in RUNTIMES}["paddle-cpu-int8"] is None
+
+
+def test_optional_runtimes_say_why_they_are_skipped(mbv3_model, monkeypatch):
+    import importlib.util
+
+    from clsact.deploy import runtimes
+
+    fp32 = ModelFiles.of(mbv3_model)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    reasons = {r.key: r.skip_reason(fp32) for r in RUNTIMES}
+    assert reasons["onnxruntime"] == "onnxruntime is not installed (pip install " \
+        "'clsact[deploy]')"
+    assert reasons["openvino"] is None
+    # paddle2onnx 2.x cannot export quantized models: refused with the pin to use
+    import paddle2onnx
+
+    monkeypatch.setattr(paddle2onnx, "__version__", "2.1.0")
+    with pytest.raises(runtimes.RuntimeSkip, match="pip install 'paddle2onnx<2'"):
+        runtimes.onnx_model(ModelFiles(fp32.model_file.with_name("x.pdmodel"),
+                                       fp32.params_file, ()))
+    # a model a converter rejects is a skip line, not a crash
+    bad = mbv3_model.parent / "bad-model"
+    bad.mkdir(exist_ok=True)
+    (bad / "inference.pdmodel").write_bytes(fp32.model_file.read_bytes()[:200])
+    (bad / "inference.pdiparams").write_bytes(b"")
+    broken = ModelFiles(bad / "inference.pdmodel", bad / "inference.pdiparams", ())
+    results = bench.bench_model("broken", broken, 32, runtimes=[
+        r for r in RUNTIMES if r.key == "openvino"], batches=(1,), budget_s=0.5)
+    assert results[0].status == "skipped" and "OpenVINO cannot read" in results[0].reason
+
+
+def test_onnxruntime_and_openvino_serve_the_fp32_model_like_paddle(mbv3_model, small_digits_dir,
+                                                                   tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--model-dir", str(mbv3_model), "--data-dir", str(small_digits_dir),
+                   "--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36",
+                   "--batch", "1", "--threads", "1", "--budget", "1", "--runtime", "paddle-cpu",
+                   "--runtime", "onnxruntime", "--runtime", "openvino", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    acc = {r["runtime"]: r["accuracy"] for r in json.loads(out.read_text())}
+    assert acc["onnxruntime"] == acc["openvino"] == acc["paddle-cpu"]
+    assert acc["paddle-cpu"]["samples"] == 64
+
+
+def test_thread_settings_are_honoured(mbv3_model):
+    """The predictor's OpenMP pool has as many threads as asked (counted in /proc)."""
+    script = (
+        "import os, sys, numpy as np\n"
+        "from clsact.deploy.runtimes import ModelFiles, RUNTIMES\n"
+        "p = RUNTIMES[0].load(ModelFiles.of(sys.argv[1]), int(sys.argv[2]))\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "[p(np.zeros((8, 3, 32, 32), 'float32')) for _ in range(3)]\n"
+        "print(len(os.listdir('/proc/self/task')) - before)\n")
+    grown = {}
+    for n in (1, 2):
+        proc = subprocess.run([sys.executable, "-c", script, str(mbv3_model), str(n)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        grown[n] = int(proc.stdout.strip().splitlines()[-1])
+    assert grown == {1: 0, 2: 1}
+
+
+def test_accuracy_through_paddle_inference_equals_clsact_eval(compressed_run, small_digits_dir,
+                                                             tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--model-dir", str(compressed_run), "--batch", "1", "--threads",
+                   "1", "--budget", "1", "--runtime", "paddle-cpu", "--runtime",
+                   "paddle-cpu-int8", "--runtime", "paddle-gpu", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["runtime"]: r for r in json.loads(out.read_text())}
+    ev = tmp_path / "eval.json"
+    assert run_cli("eval", "--model-dir", str(compressed_run), "--output",
+                   str(ev)).returncode == 0
+    evaluated = json.loads(ev.read_text())
+    served = results["paddle-cpu"]["accuracy"]
+    # Paddle Inference fp32 (oneDNN) scores the run's images exactly as `clsact eval` does
+    assert (served["top1"], served["top5"], served["samples"]) == (
+        evaluated["top1"], evaluated["top5"], evaluated["samples"]) == (
+        served["top1"], served["top5"], 64)
+    int8 = results["paddle-cpu-int8"]
+    assert int8["status"] == "measured" and int8["accuracy"]["samples"] == 64
+    assert int8["latency"][0]["batch"] == 1 and int8["latency"][0]["p50_ms"] > 0
+    metrics = json.loads((compressed_run / "metrics.json").read_text())
+    assert results["paddle-cpu"]["reference_top1"] == metrics["compressed"]["top1"]
+    assert results["paddle-gpu"]["status"] == "skipped"
+    assert "paddle-gpu: skipped: no GPU visible" in proc.stdout
+    assert "p50 ms" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_a_runtime_below_the_reference_is_flagged():
+    assert bench.accuracy_flag(0.900, 0.904) is None
+    flag = bench.accuracy_flag(0.890, 0.900)
+    assert flag and "1.00 points below" in flag
+
+
+def test_bench_errors_are_one_line(tmp_path):
+    for args, words in ((["--model-dir", str(tmp_path / "none"), "--data-dir", str(tmp_path)],
+                         "is not an existing directory"),
+                        (["--model-dir", "x", "--threads", "0"], "--threads takes"),
+                        (["--model-dir", "gs://b/m"], "unsupported scheme")):
+        proc = run_cli("bench", *args)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_run_publishes_its_deploy_report(reported_run):
+    from PIL import Image
+
+    from clsact.storage import LocalStore
+    from clsact.storage.publish import verify
+
+    compressed_run = reported_run
+    manifest = json.loads((compressed_run / "manifest.json").read_text())
+    listed = {f["path"] for f in manifest["files"]}
+    assert {"report.json", "report.md", "report.png"} <= listed
+    assert verify(LocalStore(compressed_run)).ok
+    with Image.open(compressed_run / "report.png") as img:
+        img.verify()
+    report = json.loads((compressed_run / "report.json").read_text())
+    metrics = json.loads((compressed_run / "metrics.json").read_text())
+    assert report["run_id"] == metrics["run_id"]
+    assert report["qat_top1"] == {"baseline": metrics["baseline"]["top1"],
+                                  "compressed": metrics["compressed"]["top1"]}
+    assert metrics["report"]["speedup"] == report["summary"]["speedup"] > 0
+    by = {(m["model"], m["runtime"]): m for m in report["measurements"]}
+    # served by Paddle Inference fp32, both models score exactly what the run measured
+    assert by[("baseline", "paddle-cpu")]["accuracy"]["top1"] == metrics["baseline"]["top1"]
+    assert by[("compressed", "paddle-cpu")]["accuracy"]["top1"] == \
+        metrics["compressed"]["top1"]
+    assert by[("baseline", "paddle-cpu-int8")]["status"] == "skipped"
+    assert by[("compressed", "paddle-cpu-int8")]["status"] == "measured"
+    settings = {(e["batch"], e["threads"]) for e in by[("compressed", "paddle-cpu")]["latency"]}
+    assert {(1, 1), (32, 1)} <= settings
+    fastest = report["summary"]["fastest"]
+    batch1 = [(e["p50_ms"], m["runtime"]) for m in report["measurements"]
+              if m["model"] == "compressed" for e in m["latency"]
+              if e["batch"] == 1 and e["threads"] == 1]
+    assert fastest["runtime"] == min(batch1)[1]  # the fastest, by its own numbers
+    text = (compressed_run / "report.md").read_text()
+    assert f"**{report['summary']['speedup']:.2f}x**" in text and "p50 ms" in text
+
+
+def test_report_regenerates_and_publishes_into_a_run_without_one(compressed_run, reported_run,
+                                                                  tmp_path):
+    from clsact.storage import LocalStore
+    from clsact.storage.publish import verify
+
+    metrics = json.loads((compressed_run / "metrics.json").read_text())
+    out = tmp_path / "again"
+    proc = run_cli("report", str(compressed_run), "--output", str(out), "--budget", "0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    by = {(m["model"], m["runtime"]): m for m in report["measurements"]}
+    assert by[("compressed", "paddle-cpu")]["accuracy"]["top1"] == metrics["compressed"]["top1"]
+    assert by[("baseline", "paddle-cpu")]["accuracy"]["top1"] == metrics["baseline"]["top1"]
+    assert "Deploy report of run" in proc.stdout
+    # --publish adds it to the run as an addendum: verify checks it
+    proc = run_cli("report", str(compressed_run), "--publish", "--budget", "0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check = verify(LocalStore(compressed_run))
+    assert check.ok and "manifest.report.json" in check.addenda, check.problems
+    # a run published with its report keeps it: one line, exit 2
+    proc = run_cli("report", str(reported_run), "--publish")
+    assert proc.returncode == 2 and "was published with its report" in proc.stderr
+    proc = run_cli("report", str(tmp_path))
+    assert proc.returncode == 2 and "is not a published clsact run" in proc.stderr
+
+
+def test_arm_export_refuses_without_a_python_for_paddle_lite(monkeypatch, tmp_path,
+                                                             compressed_run):
+    from clsact.deploy import export
+
+    proc = run_cli("export", "--target", "arm", str(compressed_run), "--lite-python",
+                   sys.executable)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "is Python 3.11: Paddle Lite 2.13rc0" in proc.stderr and "3.8-3.10" in proc.stderr
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.delenv(export.LITE_PYTHON_ENV, raising=False)
+    with pytest.raises(export.ExportRefused, match="none was found: pass --lite-python"):
+        export.find_lite_python()
+
+
+def test_arm_export_writes_a_paddle_lite_model(compressed_run, clas_model, tmp_path):
+    """With a Python 3.8-3.10 here (pyenv), Paddle Lite 2.13rc0's optimizer turns the QAT
+    model (quantize_linear/dequantize_linear) into a .nb for ARM; a file that is not a model
+    is refused with the optimizer's reason. (`make bench` compares the .nb sizes of
+    MobileNetV3: the int8 weights stay int8.)"""
+    from clsact.deploy import export
+
+    try:
+        python = export.find_lite_python()
+    except export.ExportRefused as exc:
+        pytest.skip(str(exc))
+    proc = run_cli("export", "--target", "arm", str(compressed_run), "--output", str(tmp_path),
+                   "--lite-python", python, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = tmp_path / f"{compressed_run.name}.nb"
+    assert f"{nb} (" in proc.stdout and nb.stat().st_size > 0
+    opt = export.lite_optimizer(python)
+    fp32 = export.export_arm(clas_model / "inference.pdmodel", clas_model / "inference.pdiparams",
+                             tmp_path / "fp32", opt)
+    assert fp32.read_bytes() != nb.read_bytes()
+    with pytest.raises(Exception, match="could not optimise"):
+        bad = tmp_path / "bad.pdmodel"
+        bad.write_bytes(b"not a model")
+        export.export_arm(bad, clas_model / "inference.pdiparams", tmp_path / "bad", opt)
