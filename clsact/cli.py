@@ -271,6 +271,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
               f"runtime; report.md in the run")
     for line in rep.get("flagged", []):
         print(f"FLAGGED {line}")
+    for line in rep.get("failed", []):
+        print(f"FAILED {line}")
     print(f"results in {metrics['save_dir']} (run {metrics['run_id']})")
     if args.gate is None or rank_info().rank != 0:
         return 0

@@ -188,6 +188,23 @@ def test_accuracy_through_paddle_inference_equals_clsact_eval(compressed_run, sm
     assert "p50 ms" in proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_a_runtime_that_breaks_is_reported_and_the_others_still_run(mbv3_model):
+    import dataclasses
+
+    class Broken(type(RUNTIMES[0])):
+        def load(self, files, threads):
+            raise RuntimeError("kernel exploded\nsecond line")
+
+    paddle_cpu = RUNTIMES[0]
+    broken = Broken(**{f.name: getattr(paddle_cpu, f.name)
+                       for f in dataclasses.fields(paddle_cpu)} | {"key": "broken"})
+    results = bench.bench_model("m", ModelFiles.of(mbv3_model), 32, runtimes=[broken, paddle_cpu],
+                                batches=(1,), budget_s=0.5)
+    assert (results[0].status, results[0].reason) == ("failed", "kernel exploded")
+    assert results[1].status == "measured" and results[1].latency
+    assert "m / broken: FAILED: kernel exploded" in bench.format_table(results)
+
+
 def test_a_runtime_below_the_reference_is_flagged():
     assert bench.accuracy_flag(0.900, 0.904) is None
     flag = bench.accuracy_flag(0.890, 0.900)

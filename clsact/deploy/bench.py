@@ -19,8 +19,17 @@ from typing import Any
 import numpy as np
 
 from clsact.deploy.latency import measure
-from clsact.deploy.runtimes import RUNTIMES, ModelFiles, Predictor, Runtime, RuntimeSkip
-from clsact.errors import ModelError
+from clsact.deploy.runtimes import (
+    RUNTIMES,
+    ModelFiles,
+    Predictor,
+    Runtime,
+    RuntimeSkip,
+)
+from clsact.deploy.runtimes import (
+    first_line as _first_line,
+)
+from clsact.errors import ClsactError, ModelError
 from clsact.metrics import TopK
 
 log = logging.getLogger(__name__)
@@ -34,7 +43,7 @@ class Measurement:
     model: str
     runtime: str
     label: str
-    status: str  # "measured" or "skipped"
+    status: str  # "measured", "skipped" (cannot run here) or "failed" (broke while running)
     reason: str | None = None
     latency: list[dict[str, Any]] = field(default_factory=list)
     accuracy: dict[str, Any] | None = None
@@ -77,8 +86,8 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
     ``val_batches`` (optional) gives a fresh pass over the validation set for the accuracy
     through each runtime (run with the most threads).
 
-    Raises:
-        ModelError: a runtime that should run the model failed to load or run it.
+    A runtime that cannot run the model here is ``skipped``; one that breaks on it is
+    ``failed``, with the first line of its error (the other runtimes are still measured).
     """
     rng = np.random.default_rng(seed)
     out = []
@@ -98,6 +107,10 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
         except RuntimeSkip as exc:
             m.status, m.reason, m.latency = "skipped", str(exc), []
             log.info("%s on %s: skipped: %s", name, rt.key, exc)
+        except (ClsactError, RuntimeError, ValueError, OSError) as exc:
+            # one runtime failing on a model is a finding, not a reason to lose the others
+            m.status, m.reason, m.accuracy = "failed", _first_line(exc), None
+            log.warning("%s on %s: FAILED: %s", name, rt.key, m.reason)
     return out
 
 
@@ -135,8 +148,9 @@ def format_table(results: list[Measurement]) -> str:
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     for m in results:
-        if m.status == "skipped":
-            notes.append(f"{m.model} / {m.runtime}: skipped: {m.reason}")
+        if m.status != "measured":
+            notes.append(f"{m.model} / {m.runtime}: "
+                         f"{'skipped' if m.status == 'skipped' else 'FAILED'}: {m.reason}")
             continue
         acc = m.accuracy or {}
         for i, e in enumerate(m.latency):

@@ -51,7 +51,9 @@ def summary(results: list[Measurement], baseline: str, compressed: str) -> dict[
     out: dict[str, Any] = {"setting": dict(HEADLINE), "fastest": None, "baseline_fastest_fp32":
                            None, "speedup": None,
                            "flagged": [f"{m.model} / {m.runtime}: {m.flag}" for m in results
-                                       if m.flag]}
+                                       if m.flag],
+                           "failed": [f"{m.model} / {m.runtime}: {m.reason}" for m in results
+                                      if m.status == "failed"]}
     if best:
         out["fastest"] = {"runtime": best[0].runtime, "label": best[0].label,
                           "p50_ms": best[1]["p50_ms"],
@@ -94,7 +96,8 @@ def markdown(report: dict[str, Any], table: str) -> str:
     if q.get("compressed") is not None:
         lines.append(f"QAT evaluation (training graph): baseline top-1 "
                      f"{100 * q['baseline']:.2f}%, compressed {100 * q['compressed']:.2f}%.")
-    lines += ["", *(f"- FLAGGED {f}" for f in s["flagged"]), "", "```", table, "```", ""]
+    lines += ["", *(f"- FLAGGED {f}" for f in s["flagged"]),
+              *(f"- FAILED {f}" for f in s["failed"]), "", "```", table, "```", ""]
     return "\n".join(lines)
 
 
@@ -176,4 +179,6 @@ def measure_run(out_dir: Path, baseline_dir: Path, compressed_dir: Path, g: dict
                  s["speedup"], s["baseline_fastest_fp32"]["runtime"])
     for line in s["flagged"]:
         log.warning("deploy report: FLAGGED %s", line)
+    for line in s["failed"]:
+        log.warning("deploy report: FAILED %s", line)
     return report

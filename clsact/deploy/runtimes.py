@@ -164,7 +164,8 @@ def _paddle_predictor(files: ModelFiles, threads: int, *, int8: bool = False,
     return run
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (at most 300 characters), or its type."""
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
@@ -199,7 +200,7 @@ def onnx_model(files: ModelFiles) -> bytes:
                                       save_file=None, opset_version=13, verbose=False,
                                       deploy_backend="onnxruntime")
     except Exception as exc:  # the converter raises many types
-        raise RuntimeSkip(f"paddle2onnx cannot convert the model: {_first_line(exc)}") from None
+        raise RuntimeSkip(f"paddle2onnx cannot convert the model: {first_line(exc)}") from None
     if not data:
         raise RuntimeSkip("paddle2onnx produced no model (see its log)")
     _ONNX[files.model_file] = data
@@ -220,7 +221,7 @@ def _ort_predictor(files: ModelFiles, threads: int) -> Predictor:
         raise
     except Exception as exc:
         raise RuntimeSkip(f"ONNX Runtime cannot load the exported model: "
-                          f"{_first_line(exc)}") from None
+                          f"{first_line(exc)}") from None
     name = session.get_inputs()[0].name
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -238,7 +239,7 @@ def _openvino_predictor(files: ModelFiles, threads: int) -> Predictor:
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                      "PERFORMANCE_HINT": "LATENCY"})
     except Exception as exc:
-        raise RuntimeSkip(f"OpenVINO cannot read the model: {_first_line(exc)}") from None
+        raise RuntimeSkip(f"OpenVINO cannot read the model: {first_line(exc)}") from None
     request = compiled.create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:
