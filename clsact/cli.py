@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from clsact import __version__, compat, logs
+from clsact.deploy import cli as deploy_cli
 from clsact.errors import EXIT_USER_ERROR, ClsactError
 from clsact.launch import cli as launch_cli
 from clsact.runtime import unwind_on_sigterm
@@ -122,72 +123,6 @@ def _add_gate(sub) -> None:
     _add_s3_endpoint(p)
 
 
-def _add_bench(sub) -> None:
-    from clsact.deploy.runtimes import RUNTIMES
-
-    p = sub.add_parser("bench", help="latency and accuracy of models as served, through each "
-                       "runtime", description="Measure each --model-dir (a published run, its "
-                       "model/ folder, or a bare model dir; path or s3://) through every runtime "
-                       "that can run it here: p50/p90 latency after warm-up per batch size and "
-                       "thread count, and the exact top-1/top-5 on the validation set (the "
-                       "run's, or --data-dir). Runtimes that cannot run say why.")
-    p.add_argument("--model-dir", action="append", required=True, metavar="DIR",
-                   help="repeatable: e.g. the baseline and the compressed model")
-    p.add_argument("--data-dir", help="validation images (default: the run's)")
-    p.add_argument("--val-list", help="default: the run's, else val_list.txt")
-    p.add_argument("--img-size", type=int, help="center crop (default: the run's, else 224)")
-    p.add_argument("--resize-size", type=int, help="default: the run's, else 256")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes "
-                   "(default 1 32)")
-    p.add_argument("--threads", nargs="+", default=["1", "all"], help="CPU thread counts "
-                   "(default: 1 all)")
-    p.add_argument("--runtime", action="append", choices=[r.key for r in RUNTIMES],
-                   help="only these runtimes (repeatable; default: all)")
-    p.add_argument("--budget", type=float, default=10.0, metavar="S", help="seconds per "
-                   "latency measurement at most (default 10)")
-    p.add_argument("--no-accuracy", action="store_true", help="latency only")
-    p.add_argument("--reference-top1", type=float, action="append", metavar="X",
-                   help="per --model-dir: top-1 to flag a runtime against (default: the "
-                   "run's own metrics)")
-    p.add_argument("--output", help="also write the results as JSON to this file")
-    _add_s3_endpoint(p)
-
-
-def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="measure a published run's baseline and compressed "
-                       "model as served again: report.{json,md,png}",
-                       description="Benchmark the run's baseline (Global.model_dir of its "
-                       "config, or --baseline-dir) and its compressed model through every "
-                       "runtime (latency, accuracy on the run's validation set) and write the "
-                       "report to --output, or add it to the run with --publish (a run made "
-                       "with --no-report).")
-    p.add_argument("run", metavar="RUN", help="a published run: path or s3://bucket/prefix")
-    p.add_argument("--output", metavar="DIR", help="where the files go (default "
-                   "./report-<run id>)")
-    p.add_argument("--publish", action="store_true", help="add the files to the run (listed "
-                   "in manifest.report.json) instead")
-    p.add_argument("--baseline-dir", help="the fp32 model (default: the run's Global.model_dir)")
-    p.add_argument("--budget", type=float, default=5.0, metavar="S",
-                   help="seconds per latency measurement at most (default 5)")
-    _add_s3_endpoint(p)
-
-
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="the compressed model for a deployment target "
-                       "(arm: a Paddle Lite .nb)",
-                       description="Optimise a published run's compressed model (RUN/model) "
-                       "for ARM CPUs with Paddle Lite 2.13's optimizer into a .nb file, "
-                       "which Paddle Lite's MobileConfig runs on Android/ARM Linux.")
-    p.add_argument("run", metavar="RUN", help="a published run (or a model dir): path or s3://")
-    p.add_argument("--target", choices=("arm",), required=True)
-    p.add_argument("--output", metavar="DIR", default=".", help="where <name>.nb goes "
-                   "(default: the current directory)")
-    p.add_argument("--name", help="file name without .nb (default: the run's id)")
-    p.add_argument("--lite-python", metavar="PYTHON", help="a Python 3.8-3.10 for Paddle "
-                   "Lite's optimizer (default: $CLSACT_LITE_PYTHON, PATH, pyenv)")
-    _add_s3_endpoint(p)
-
-
 def _add_history(sub) -> None:
     p = sub.add_parser("history", help="every finished run under a prefix: accuracy, gate "
                        "verdict, latest", description="List the finished runs under PREFIX "
@@ -240,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_gate(sub)
     _add_history(sub)
-    _add_bench(sub)
-    _add_report(sub)
-    _add_export(sub)
+    deploy_cli.add_parsers(sub, _add_s3_endpoint)
     _add_dataset(sub)
     _add_demo(sub)
     launch_cli.add_parsers(sub)
@@ -303,189 +236,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
     storage.configure(endpoint_url=args.s3_endpoint)
     return run_gate(args.run, args.against, threshold_flags(args), regate=args.regate,
                     as_json=args.json)
-
-
-def _thread_counts(values: list[str]) -> tuple[int, ...]:
-    """``--threads`` values ("all" = this process's CPUs), deduplicated, in order.
-
-    Raises:
-        ClsactError: a value is neither a positive integer nor ``all``.
-    """
-    from clsact.deploy.runtimes import cpu_count
-
-    out: list[int] = []
-    for v in values:
-        n = cpu_count() if v == "all" else int(v) if v.isdigit() and int(v) > 0 else None
-        if n is None:
-            raise ClsactError(f"--threads takes positive integers or 'all', got {v!r}")
-        if n not in out:
-            out.append(n)
-    return tuple(out)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """``clsact bench``."""
-    import tempfile
-
-    from clsact import storage
-    from clsact.deploy import bench
-    from clsact.deploy.runtimes import RUNTIMES
-
-    storage.configure(endpoint_url=args.s3_endpoint)
-    if any(b < 1 for b in args.batch) or args.budget <= 0:
-        raise ClsactError("--batch sizes must be >= 1 and --budget > 0")
-    refs = args.reference_top1 or []
-    if refs and len(refs) != len(args.model_dir):
-        raise ClsactError(f"--reference-top1 given {len(refs)} times for {len(args.model_dir)} "
-                          "--model-dir: give one per model, or none")
-    threads = _thread_counts(args.threads)
-    runtimes = [r for r in RUNTIMES if not args.runtime or r.key in args.runtime]
-    results = []
-    with tempfile.TemporaryDirectory(prefix="clsact-bench-") as scratch:
-        for i, location in enumerate(args.model_dir):
-            target = _bench_target(args, location, Path(scratch) / f"m{i}")
-            ref = refs[i] if refs else target["reference"]
-            loader = target["loader"]
-            try:
-                results += bench.bench_model(
-                    target["name"], target["files"], target["img_size"], runtimes=runtimes,
-                    batches=tuple(args.batch), threads=threads, budget_s=args.budget,
-                    val_batches=(lambda loader=loader: loader.epoch(0)) if loader else None,
-                    reference_top1=ref)
-            finally:
-                if loader is not None:
-                    loader.close()
-    print(bench.format_table(results))
-    if args.output:
-        Path(args.output).write_text(json.dumps(bench.to_json(results), indent=2) + "\n")
-    return 0
-
-
-def _bench_target(args: argparse.Namespace, location: str, scratch: Path) -> dict:
-    """The model files, name, crop size, reference top-1 and validation loader of one
-    ``--model-dir`` (settings from its run, as ``clsact eval`` takes them).
-
-    Raises:
-        ClsactError: a location, the model, or the data cannot be used.
-    """
-    from clsact import config
-    from clsact.data.build import make_loader, read_samples
-    from clsact.deploy.bench import local_model
-    from clsact.deploy.runtimes import ModelFiles
-    from clsact.evalsettings import check_model_input, find_run, plan
-    from clsact.modelio import inspect_model
-
-    chosen = plan({"model_dir": location, "data_dir": args.data_dir, "val_list": args.val_list,
-                   "img_size": args.img_size, "resize_size": args.resize_size,
-                   "model_filename": None, "params_filename": None}) if (
-        args.data_dir or find_run(location)) else None
-    settings = chosen.settings if chosen else {
-        "model_dir": location, "data_dir": ".", "img_size": args.img_size or 224,
-        "resize_size": args.resize_size or 256}
-    g = config.complete_global({**settings, "batch_size": 32, "device": "cpu"},
-                               chosen.run_config if chosen and chosen.run_config else "bench")
-    model_dir = local_model(g["model_dir"], scratch, (g["model_filename"], g["params_filename"]))
-    files = ModelFiles.of(model_dir, g["model_filename"], g["params_filename"])
-    check_model_input(inspect_model(files.model_file, g["input_name"]).input_shape,
-                      g["img_size"], location)
-    loader = None
-    if chosen is not None and not args.no_accuracy:
-        loader = make_loader(g, read_samples(g, "val"), train=False, batch_size=32)
-    return {"name": location.rstrip("/").rsplit("/", 1)[-1] if chosen is None or
-            not chosen.run_config else _run_name(chosen.run_config, chosen.model_dir),
-            "files": files, "img_size": g["img_size"], "loader": loader,
-            "reference": _reference_top1(chosen)}
-
-
-def _run_name(run_config: str, model_dir: str) -> str:
-    run = run_config.rsplit("/", 1)[0]
-    return run.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _reference_top1(chosen) -> float | None:
-    """The run's own compressed top-1 (metrics.json) for a run's model, else None."""
-    if chosen is None or not chosen.run_config:
-        return None
-    from clsact import storage
-
-    run = chosen.run_config.rsplit("/", 1)[0]
-    try:
-        metrics = json.loads(storage.open_store(run, "--model-dir").read_bytes("metrics.json"))
-    except (OSError, ValueError, ClsactError):
-        return None
-    value = (metrics.get("compressed") or {}).get("top1")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """``clsact report``: regenerate a run's deploy report."""
-    import tempfile
-
-    from clsact import config, storage
-    from clsact.data.build import read_samples
-    from clsact.deploy import report
-    from clsact.storage.publish import add_to_run
-
-    storage.configure(endpoint_url=args.s3_endpoint)
-    if args.budget <= 0:
-        raise ClsactError("--budget must be > 0 seconds")
-    run = storage.open_store(args.run, "RUN")
-    try:
-        metrics = json.loads(run.read_bytes("metrics.json"))
-        cfg = config.validate(config.load_yaml(run.read_bytes("config.yaml").decode()),
-                              source=run.describe("config.yaml"))
-    except FileNotFoundError as exc:
-        raise ClsactError(f"{args.run} is not a published clsact run (no {exc.filename}); "
-                          "pass a run's save dir") from None
-    except ValueError as exc:
-        raise ClsactError(f"{run.describe('metrics.json')} is not JSON ({exc})") from None
-    g = cfg.globals
-    names = [g["model_filename"], g["params_filename"]]
-    if args.publish and "report" in metrics:
-        raise ClsactError(f"{run.describe()} was published with its report (in manifest.json); "
-                          "write a new one elsewhere with --output DIR")
-    with tempfile.TemporaryDirectory(prefix="clsact-report-") as tmp:
-        work = Path(tmp)
-        baseline = storage.input_dir(args.baseline_dir or g["model_dir"], "--baseline-dir",
-                                     names, work / "baseline")
-        compressed = storage.input_dir(f"{args.run.rstrip('/')}/model", "RUN/model", names,
-                                       work / "compressed")
-        out = work / "out" if args.publish else Path(
-            args.output or f"report-{metrics.get('run_id', 'run')}")
-        report.measure_run(out, baseline, compressed, g, read_samples(g, "val"), metrics,
-                           budget_s=args.budget)
-        if args.publish:
-            add_to_run(run, "report", {name: (out / name).read_bytes()
-                                       for name in report.REPORT_FILES})
-            where = run.describe()
-        else:
-            where = str(out)
-        print((out / "report.md").read_text())
-    print(f"report.json, report.md, report.png in {where}")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """``clsact export --target arm``."""
-    import tempfile
-
-    from clsact import storage
-    from clsact.deploy import export
-    from clsact.evalsettings import find_run
-
-    storage.configure(endpoint_url=args.s3_endpoint)
-    opt = export.lite_optimizer(export.find_lite_python(args.lite_python))
-    found = find_run(args.run)
-    model_loc = found[1] if found else args.run
-    names = ([found[2]["model_filename"], found[2]["params_filename"]] if found else
-             ["inference.pdmodel", "inference.pdiparams"])
-    name = args.name or (found[0].rstrip("/").rsplit("/", 1)[-1] if found else "model")
-    with tempfile.TemporaryDirectory(prefix="clsact-export-") as tmp:
-        local = storage.input_dir(model_loc, "RUN", names, Path(tmp) / "model")
-        nb = export.export_arm(local / names[0], local / names[1], Path(args.output) / name, opt)
-    print(f"{nb} ({nb.stat().st_size:,d} bytes): Paddle Lite {export.LITE_VERSION} naive "
-          "buffer for ARM CPUs; run it with paddlelite's MobileConfig.set_model_from_file")
-    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -594,8 +344,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "verify": cmd_verify,
-            "gate": cmd_gate, "history": cmd_history, "bench": cmd_bench,
-            "report": cmd_report, "export": cmd_export,
+            "gate": cmd_gate, "history": cmd_history, **deploy_cli.COMMANDS,
             "dataset": cmd_dataset, "demo": cmd_demo, **launch_cli.COMMANDS}
 
 
