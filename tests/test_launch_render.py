@@ -382,3 +382,6 @@ def test_the_wheel_ships_the_templates(tmp_path):
     for template in ("paddlejob.yaml.j2", "kubeflow-paddlejob.yaml.j2", "_pod.yaml.j2",
                      "configmap.yaml.j2", "rbac.yaml.j2"):
         assert f"clsact/k8s/{template}" in names
+    # every module of the source tree ships (pyproject lists the packages by name)
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "clsact").rglob("*.py")}
+    assert modules - set(names) == set(), "add the missing package to [tool.setuptools]"
