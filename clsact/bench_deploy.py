@@ -21,15 +21,26 @@ from pathlib import Path
 
 import yaml
 
+QAT_DEFAULT = {"use_pact": False, "onnx_format": True,
+               "quantize_op_types": ["conv2d", "depthwise_conv2d"]}
+# QuantAware settings that can move the int8 speed (issue 14, item 4): each is the default
+# above with one change, compressed and measured the same way.
+VARIANTS: dict[str, dict] = {
+    "default (conv2d + depthwise, per-channel)": {},
+    "no depthwise (conv2d only)": {"quantize_op_types": ["conv2d"]},
+    "+ matmul_v2 (the classifier's FCs)": {
+        "quantize_op_types": ["conv2d", "depthwise_conv2d", "matmul_v2"]},
+    "per-tensor weights (abs_max)": {"weight_quantize_type": "abs_max"},
+    "is_full_quantize": {"is_full_quantize": True},
+    "onnx_format false (fake quant ops)": {"onnx_format": False},
+}
 
-def build_models(work: Path, steps: int) -> tuple[Path, Path, Path]:
-    """(fp32 model dir, compressed run dir, data dir): the digits at 224, the exported
-    MobileNetV3Large, and ``clsact compress`` of it for ``steps`` steps."""
+
+def build_fp32(work: Path) -> tuple[Path, Path]:
+    """(fp32 model dir, data dir): the digits at 224 and the exported MobileNetV3Large."""
     import paddle
     from paddle.vision.models import MobileNetV3Large
 
-    from clsact import config
-    from clsact.compress import compress
     from clsact.demo import build_digits_dataset
 
     data = work / "data"
@@ -44,25 +55,34 @@ def build_models(work: Path, steps: int) -> tuple[Path, Path, Path]:
     paddle.jit.save(net, str(fp32 / "inference"),
                     input_spec=[paddle.static.InputSpec([None, 3, 224, 224], "float32",
                                                         "inputs")])
+    return fp32, data
+
+
+def compress_model(work: Path, name: str, fp32: Path, data: Path, steps: int,
+                   quant_aware: dict | None = None) -> Path:
+    """``clsact compress`` of ``fp32`` for ``steps`` steps with :data:`QAT_DEFAULT` updated
+    by ``quant_aware``; returns the run dir (its model in ``model/``)."""
+    from clsact import config
+    from clsact.compress import compress
+
     cfg = {"Global": {"model_dir": str(fp32), "data_dir": str(data), "val_list": "bench_val.txt",
                       "batch_size": 8, "eval_batch_size": 32, "img_size": 224,
                       "resize_size": 256, "random_flip": False, "num_workers": 2,
                       "device": "cpu", "report": False, "checkpoint": False},
            "Distillation": {"alpha": 1.0, "loss": "soft_label"},
-           "QuantAware": {"use_pact": False, "onnx_format": True,
-                          "quantize_op_types": ["conv2d", "depthwise_conv2d"]},
+           "QuantAware": {**QAT_DEFAULT, **(quant_aware or {})},
            "TrainConfig": {"train_iter": steps, "eval_iter": steps, "logging_iter": steps,
                            "learning_rate": 0.0001,
                            "optimizer_builder": {"optimizer": {"type": "Momentum"}}}}
-    path = work / "bench.yaml"
+    path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    run = work / "run"
+    run = work / name
     compress(config.load(path), save_dir=str(run))
-    return fp32, run, data
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; prints a table, writes JSON."""
+    """Run the benchmark; prints the tables, writes JSON."""
     from clsact import compat, logs
 
     compat.quiet_native_output()
@@ -70,16 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default="bench-results/deploy.json")
     p.add_argument("--steps", type=int, default=10, help="QAT steps (default 10)")
     p.add_argument("--budget", type=float, default=15.0, help="seconds per measurement")
+    p.add_argument("--no-sweep", action="store_true", help="skip the QuantAware variants "
+                   "(each is compressed again: about 3 minutes apiece)")
     args = p.parse_args(argv)
     logs.setup(False)
 
-    from clsact.deploy import bench, report
+    from clsact.deploy import bench, profile, report
     from clsact.deploy.runtimes import ModelFiles, cpu_count
 
     with tempfile.TemporaryDirectory(prefix="clsact-bench-deploy-") as tmp:
         work = Path(tmp)
         t = time.perf_counter()
-        fp32, run, _data = build_models(work, args.steps)
+        fp32, data = build_fp32(work)
+        run = compress_model(work, "run", fp32, data, args.steps)
         build_s = time.perf_counter() - t
         threads = tuple(dict.fromkeys((1, cpu_count())))
         results = []
@@ -87,22 +110,151 @@ def main(argv: list[str] | None = None) -> int:
             results += bench.bench_model(name, ModelFiles.of(where), 224, threads=threads,
                                          batches=(1, 32), budget_s=args.budget)
         summary = report.summary(results, "fp32", "compressed")
+        fp32_calls, _ = predictors(ModelFiles.of(fp32), "fp32")
+        q_calls, _ = predictors(ModelFiles.of(run / "model"), "compressed")
+        q_calls.pop("compressed/paddle-cpu", None)  # QDQ run in fp32: not a deployment
+        paired = side_by_side({**fp32_calls, **q_calls}, "fp32/", "compressed")
+        base_key = paired["baseline"]
+        anatomy = {name: profile.where_time_goes(ModelFiles.of(where))
+                   for name, where in (("fp32", fp32), ("compressed", run / "model"))}
         sizes = _arm_sizes(fp32, run / "model", work)
+        variants = [] if args.no_sweep else sweep(work, fp32, data, args.steps,
+                                                  (base_key, fp32_calls[base_key]))
     print(bench.format_table(results))
     best, ref = summary["fastest"], summary["baseline_fastest_fp32"]
     print(f"\nbatch 1, 1 thread: compressed through {best['runtime']} {best['p50_ms']:.2f} ms "
           f"vs fp32 through {ref['runtime']} {ref['p50_ms']:.2f} ms: "
           f"{summary['speedup']:.2f}x ({'met' if summary['speedup'] > 1 else 'NOT met'}: the "
           "target is > 1)")
-    print(f"Paddle Lite .nb for ARM: {sizes}")
+    print("side by side (interleaved rounds, batch 1, 1 thread, median ms): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in paired["ms"].items()))
+    print(f"  compressed through {paired['fastest']} vs fp32 through {base_key}: "
+          f"{paired['speedup']:.2f}x (paired; {'met' if paired['speedup'] > 1 else 'NOT met'})")
+    print(f"Paddle Lite .nb for ARM: {sizes}\n")
+    print(profile.format_anatomy(anatomy))
+    if variants:
+        print("\n" + format_sweep(variants))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": "MobileNetV3Large x1.0, 224 px", "qat_steps": args.steps,
                                "build_seconds": round(build_s, 1), "summary": summary,
-                               "arm_nb_bytes": sizes, "measurements": bench.to_json(results)},
+                               "side_by_side": paired,
+                               "arm_nb_bytes": sizes, "measurements": bench.to_json(results),
+                               "where_time_goes": anatomy, "variants": variants},
                               indent=2) + "\n")
     print(f"written to {out}")
     return 0
+
+
+CPU_RUNTIMES = ("paddle-cpu", "paddle-cpu-int8", "onnxruntime", "openvino")
+
+
+def predictors(files, label: str) -> tuple[dict, dict[str, str]]:
+    """``{label/runtime: predict-a-224-batch-of-1}`` for each CPU runtime that can run the
+    model with one thread, and ``{label/runtime: why not}`` for the others."""
+    import numpy as np
+
+    from clsact.deploy.runtimes import RUNTIMES, RuntimeSkip
+    from clsact.errors import ClsactError
+
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    calls, skipped = {}, {}
+    for rt in RUNTIMES:
+        if rt.key not in CPU_RUNTIMES:
+            continue
+        key = f"{label}/{rt.key}"
+        reason = rt.skip_reason(files)
+        if reason is None:
+            try:
+                predict = rt.load(files, 1)
+                calls[key] = lambda predict=predict: predict(x)
+                continue
+            except (RuntimeSkip, ClsactError, RuntimeError, ValueError) as exc:
+                reason = str(exc)
+        skipped[key] = reason
+    return calls, skipped
+
+
+def side_by_side(calls: dict, baseline: str, label: str, rounds: int = 9) -> dict:
+    """Interleaved rounds of ``calls`` (:func:`clsact.deploy.latency.interleaved`): each
+    call's median ms, and the fastest ``label/...`` call's paired speedup over the fastest
+    call whose key starts with ``baseline`` (a key or a ``label/`` prefix)."""
+    from clsact.deploy.latency import interleaved, paired_ratio
+
+    per_round = interleaved(calls, rounds=rounds, per_round=20)
+    ms = {k: round(float(sorted(v)[len(v) // 2]), 3) for k, v in per_round.items()}
+
+    def fastest(prefix: str) -> str | None:
+        keys = [k for k in ms if k.startswith(prefix)]
+        return min(keys, key=ms.__getitem__) if keys else None
+
+    best, base = fastest(f"{label}/"), fastest(baseline)
+    return {"ms": ms, "fastest": best, "baseline": base,
+            "speedup": round(paired_ratio(per_round, base, best), 3) if best and base
+            else None}
+
+
+def sweep(work: Path, fp32: Path, data: Path, steps: int, baseline: tuple[str, object]
+          ) -> list[dict]:
+    """Each of :data:`VARIANTS` compressed, then its CPU runtimes measured at batch 1, one
+    thread, interleaved with ``baseline`` (the fp32 model's fastest: (key, call)), with the
+    time split by kind (int8, fp32, qdq, layout) through ONNX Runtime and OpenVINO."""
+    from clsact.deploy import profile
+    from clsact.deploy.runtimes import ModelFiles, RuntimeSkip
+    from clsact.errors import ClsactError
+
+    out = []
+    for i, (name, change) in enumerate(VARIANTS.items()):
+        row: dict = {"variant": name, "quant_aware": change}
+        out.append(row)
+        try:
+            files = ModelFiles.of(compress_model(work, f"variant{i}", fp32, data, steps,
+                                                 change) / "model")
+        except ClsactError as exc:
+            row["error"] = str(exc)
+            continue
+        census = profile.paddle_census(files.model_file)
+        row["int8_weight_ops"] = sum(r.get("int8_weights", 0) for r in census.values())
+        row["quantize_linear"] = census.get("quantize_linear", {}).get("ops", 0)
+        row["quantized_op_types"] = list(files.quantized_ops)
+        calls, row["skipped"] = predictors(files, "v")
+        calls.pop("v/paddle-cpu", None)  # QDQ run in fp32: not a deployment
+        row.update(side_by_side({baseline[0]: baseline[1], **calls}, baseline[0], "v"))
+        for key, fn in (("onnxruntime", profile.onnxruntime_ops),
+                        ("openvino", profile.openvino_ops)):
+            try:
+                row[f"{key}_split"] = profile.split(fn(files))
+            except RuntimeSkip as exc:
+                row[f"{key}_split"] = f"skipped: {exc}"
+    return out
+
+
+def format_sweep(variants: list[dict]) -> str:
+    """The variants as a table: ms per runtime (interleaved with the fp32 model's fastest),
+    the fastest one's paired speedup over it, and the time split int8/fp32/qdq/layout."""
+    keys = ("paddle-cpu-int8", "onnxruntime", "openvino")
+    lines = ["QuantAware variant (batch 1, 1 thread): int8-weight ops, QDQ pairs; ms through "
+             "Paddle int8 / ORT / OpenVINO; fp32 model's fastest (interleaved); speedup of "
+             "the fastest over it (paired)"]
+    notes = []
+    for row in variants:
+        if "error" in row:
+            lines.append(f"  {row['variant']:<42} FAILED: {row['error']}")
+            continue
+        ms = row["ms"]
+        cells = " / ".join(f"{ms[f'v/{k}']:6.2f}" if f"v/{k}" in ms else "  -   " for k in keys)
+        speed = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
+        lines.append(f"  {row['variant']:<42} {row['int8_weight_ops']:3d} "
+                     f"{row['quantize_linear']:4d}  {cells}  {ms[row['baseline']]:6.2f}  "
+                     f"{speed}")
+        for k in ("onnxruntime_split", "openvino_split"):
+            split = row.get(k)
+            if isinstance(split, dict):
+                lines.append(f"  {'':<42} {k.split('_')[0]:>12}: " + ", ".join(
+                    f"{kind} {v:.2f}" for kind, v in split.items()))
+        notes += [f"  {row['variant']} / {k.split('/', 1)[1]}: skipped: {why}"
+                  for k, why in row.get("skipped", {}).items()]
+    return "\n".join(lines + notes)
 
 
 def _arm_sizes(fp32: Path, compressed: Path, work: Path) -> dict[str, int] | str:

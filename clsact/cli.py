@@ -153,6 +153,12 @@ def _add_dataset(sub) -> None:
     pk.add_argument("--max-missing", type=int, default=0,
                     help="listed images that may be missing (skipped) before failing")
     pk.add_argument("--overwrite", action="store_true", help="replace existing indexes")
+    pk.add_argument("--resize-short", type=int, metavar="N", help="store the images resized "
+                    "to a short side of N px (never enlarged; JPEG --quality): a cheaper decode "
+                    "every epoch. Use the config's Global.resize_size (the loader checks)")
+    pk.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images "
+                    "(default 95)")
+    pk.add_argument("--workers", type=int, help="processes resizing (default: the CPUs, <= 8)")
     _add_s3_endpoint(pk)
 
 
@@ -320,13 +326,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_dataset(args: argparse.Namespace) -> int:
     """``clsact dataset pack``."""
     from clsact import storage
+    from clsact.data.build import default_workers
     from clsact.data.shards import index_name, pack
 
     if args.shard_mb <= 0 or args.max_missing < 0:
         raise ClsactError("--shard-mb must be > 0 and --max-missing >= 0")
+    if args.resize_short is not None and args.resize_short < 8:
+        raise ClsactError(f"--resize-short {args.resize_short} is too small: give the "
+                          "config's Global.resize_size (e.g. 256)")
+    if not 1 <= args.quality <= 100 or (args.workers is not None and args.workers < 1):
+        raise ClsactError("--quality must be in 1..100 and --workers >= 1")
     storage.configure(endpoint_url=args.s3_endpoint)
     for st in pack(args.src, args.dst, args.lists, shard_bytes=int(args.shard_mb * 2**20),
-                   seed=args.seed, overwrite=args.overwrite, max_missing=args.max_missing):
+                   seed=args.seed, overwrite=args.overwrite, max_missing=args.max_missing,
+                   resize_short=args.resize_short, quality=args.quality,
+                   workers=args.workers or default_workers()):
         mb = st.bytes / 2**20
         print(f"{st.index}: {st.samples} images in {st.shards} shards, {mb:.1f} MB, "
               f"{st.missing} missing, {st.seconds:.1f}s ({mb / max(st.seconds, 1e-9):.1f} MB/s)")

@@ -41,7 +41,7 @@ from clsact.data.build import make_loader, read_samples, selection
 from clsact.data.fingerprint import val_fingerprint
 from clsact.data.listfile import Sample
 from clsact.distributed import Group, aggregate_eval
-from clsact.errors import ConfigError, DataError, ModelError
+from clsact.errors import ConfigError, DataError, DeviceError, ModelError
 from clsact.modelio import model_paths
 from clsact.runtime import rank_info, select_device
 from clsact.storage import publish
@@ -204,6 +204,9 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
                         f"{ranks.world} ranks: every rank needs at least one; use more images "
                         "or fewer ranks")
     device = select_device(g["device"])  # before the model is fetched and the save dir claimed
+    if g["decode"] == "gpu" and device != "gpu":
+        raise DeviceError(f"Global.decode gpu, but this run's device is {device} (no GPU "
+                          "here): set Global.decode: cpu")
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
     group.scratch.append(work)
     claimed: list[str] = []

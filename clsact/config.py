@@ -379,6 +379,9 @@ def _check_global_values(g: dict[str, Any], src: str) -> None:
             raise ConfigError(f"{src}: Global.{key} must be three numbers (R, G, B), got {v}")
     if any(x <= 0 for x in g["std"]):
         raise ConfigError(f"{src}: Global.std values must be > 0")
+    if g["decode"] == "gpu" and g["device"] == "cpu":
+        raise ConfigError(f"{src}: Global.decode gpu needs Global.device gpu (or auto on a "
+                          "GPU machine); set Global.decode: cpu to decode on the CPU")
     if g["collective_timeout"] <= 0:
         raise ConfigError(f"{src}: Global.collective_timeout must be > 0 seconds")
     if g["selection_holdout"] < 0:

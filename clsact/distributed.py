@@ -38,25 +38,11 @@ from typing import Any
 import numpy as np
 
 from clsact.errors import ClsactError, DistributedError
-from clsact.runtime import RankInfo
+from clsact.runtime import RankInfo, dynamic_mode
 
 log = logging.getLogger(__name__)
 EXIT_RANK_LOST = 3
 TEACHER_PREFIX = "teacher_"
-
-
-@contextmanager
-def _dynamic_mode() -> Iterator[None]:
-    import paddle
-
-    static = not paddle.in_dynamic_mode()
-    if static:
-        paddle.disable_static()
-    try:
-        yield
-    finally:
-        if static:
-            paddle.enable_static()
 
 
 class Group:
@@ -110,6 +96,9 @@ class Group:
         print(msg, file=sys.stderr, flush=True)
         for path in self.scratch:
             shutil.rmtree(path, ignore_errors=True)
+        from clsact.data.loader import abort_all
+
+        abort_all()  # decode workers and shared-memory slots
         os._exit(EXIT_RANK_LOST)
 
     def start(self) -> None:
@@ -124,7 +113,7 @@ class Group:
         check_launched(os.environ, self.world)
         import paddle.distributed as dist
 
-        with self.watchdog("start-up (joining the process group)"), _dynamic_mode():
+        with self.watchdog("start-up (joining the process group)"), dynamic_mode():
             dist.init_parallel_env()
         self._started = True
         log.info("rank %d of %d joined the process group", self.rank, self.world)
@@ -136,7 +125,7 @@ class Group:
         import paddle
         import paddle.distributed as dist
 
-        with self.watchdog(what), _dynamic_mode():
+        with self.watchdog(what), dynamic_mode():
             tensor = paddle.to_tensor(np.ascontiguousarray(array))
             dist.all_reduce(tensor)
             return tensor.numpy()
@@ -148,7 +137,7 @@ class Group:
         import paddle.distributed as dist
 
         box = [obj]
-        with self.watchdog(what), _dynamic_mode():
+        with self.watchdog(what), dynamic_mode():
             dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -159,7 +148,7 @@ class Group:
         import paddle.distributed as dist
 
         out: list[Any] = []
-        with self.watchdog(what), _dynamic_mode():
+        with self.watchdog(what), dynamic_mode():
             dist.all_gather_object(out, obj)
         return out
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from clsact.errors import DeviceError
@@ -67,3 +69,19 @@ def select_device(requested: str) -> str:
     paddle.set_device(device)
     unwind_on_sigterm()
     return device
+
+
+@contextmanager
+def dynamic_mode() -> Iterator[None]:
+    """Paddle's dynamic (eager) mode inside the block, whatever mode the caller is in (ACT
+    trains in static mode; collectives and GPU decoding use eager tensors)."""
+    import paddle
+
+    static = not paddle.in_dynamic_mode()
+    if static:
+        paddle.disable_static()
+    try:
+        yield
+    finally:
+        if static:
+            paddle.enable_static()

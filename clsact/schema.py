@@ -38,6 +38,9 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     "max_bad_fraction": ("float", 0.001),
     "seed": ("int", 0),
     "device": ("str", "auto"),
+    # where JPEGs are decoded: cpu (OpenCV in the loader's workers) or gpu (nvJPEG in the
+    # main process, clsact.data.gpu_decode; needs Global.device gpu and a CUDA build)
+    "decode": ("str", "cpu"),
     "output_dir": ("str", "./output"),
     # object storage (clsact additions): endpoint of an S3-compatible store (else
     # AWS_ENDPOINT_URL, else AWS), attempts per request before giving up, parallel object
@@ -195,6 +198,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("QuantAware", "weight_quantize_type"): ("channel_wise_abs_max", "abs_max"),
     ("QuantAware", "dtype"): ("int8",),
     ("Global", "device"): ("auto", "cpu", "gpu"),
+    ("Global", "decode"): ("cpu", "gpu"),
     ("Global", "lr_scaling"): ("linear", "none"),
 }
 

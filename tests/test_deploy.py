@@ -98,7 +98,7 @@ def test_skip_lines_and_quantized_op_types(mbv3_model, compressed_run):
     assert {r.key: r.skip_reason(int8) for r in RUNTIMES}["paddle-cpu-int8"] is None
 
 
-def test_optional_runtimes_say_why_they_are_skipped(mbv3_model, monkeypatch):
+def test_optional_runtimes_say_why_they_are_skipped(mbv3_model, monkeypatch, capsys):
     import importlib.util
 
     from clsact.deploy import runtimes
@@ -114,8 +114,18 @@ def test_optional_runtimes_say_why_they_are_skipped(mbv3_model, monkeypatch):
     # paddle2onnx 2.x cannot export quantized models: refused with the pin to use
     import paddle2onnx
 
+    from clsact.deploy import onnx_export
+
     monkeypatch.setattr(paddle2onnx, "__version__", "2.1.0")
-    with pytest.raises(runtimes.RuntimeSkip, match="pip install 'paddle2onnx<2'"):
+    assert onnx_export.main([str(fp32.model_file), str(fp32.params_file), "x.onnx"]) == 1
+    assert "pip install 'paddle2onnx<2'" in capsys.readouterr().err
+    # the converter runs in a child: its crash (it aborts on models it does not know) is a
+    # skip line, and this process lives on
+    crash = mbv3_model.parent / "abort.sh"
+    crash.write_text("#!/bin/sh\nkill -ABRT $$\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(onnx_export.sys, "executable", str(crash))
+    with pytest.raises(runtimes.RuntimeSkip, match=r"paddle2onnx crashed \(SIGABRT\)"):
         runtimes.onnx_model(ModelFiles(fp32.model_file.with_name("x.pdmodel"),
                                        fp32.params_file, ()))
     # a model a converter rejects is a skip line, not a crash
@@ -166,8 +176,12 @@ def test_accuracy_through_paddle_inference_equals_clsact_eval(compressed_run, sm
     out = tmp_path / "bench.json"
     proc = run_cli("bench", "--model-dir", str(compressed_run), "--batch", "1", "--threads",
                    "1", "--budget", "1", "--runtime", "paddle-cpu", "--runtime",
-                   "paddle-cpu-int8", "--runtime", "paddle-gpu", "--output", str(out))
+                   "paddle-cpu-int8", "--runtime", "paddle-gpu", "--output", str(out),
+                   "--profile")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # --profile: the ops and the per-op times by precision through both converters
+    assert "conv2d 2 (2 int8)" in proc.stdout and "onnxruntime, run" in proc.stdout
+    assert proc.stdout.count("by kind: int8") == 2
     results = {r["runtime"]: r for r in json.loads(out.read_text())}
     ev = tmp_path / "eval.json"
     assert run_cli("eval", "--model-dir", str(compressed_run), "--output",
@@ -273,7 +287,8 @@ def test_report_regenerates_and_publishes_into_a_run_without_one(compressed_run,
     assert by[("baseline", "paddle-cpu")]["accuracy"]["top1"] == metrics["baseline"]["top1"]
     assert "Deploy report of run" in proc.stdout
     # --publish adds it to the run as an addendum: verify checks it
-    proc = run_cli("report", str(compressed_run), "--publish", "--budget", "0.5")
+    # the run's model/ folder names the run too
+    proc = run_cli("report", str(compressed_run / "model"), "--publish", "--budget", "0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = verify(LocalStore(compressed_run))
     assert check.ok and "manifest.report.json" in check.addenda, check.problems
@@ -323,3 +338,104 @@ def test_arm_export_writes_a_paddle_lite_model(compressed_run, clas_model, tmp_p
         bad = tmp_path / "bad.pdmodel"
         bad.write_bytes(b"not a model")
         export.export_arm(bad, clas_model / "inference.pdiparams", tmp_path / "bad", opt)
+
+
+def test_census_counts_int8_weights_and_the_qdq_on_every_output(mbv3_model, compressed_run):
+    from clsact.deploy.profile import paddle_census
+
+    fp32 = paddle_census(ModelFiles.of(mbv3_model).model_file)
+    assert "quantize_linear" not in fp32
+    assert all(r["int8_weights"] == 0 and r["qdq_inputs"] == 0 for r in fp32.values())
+    q = paddle_census(ModelFiles.of(compressed_run / "model").model_file)
+    # the clas net: 2 convolutions, 1 depthwise, 1 linear, all quantized by its config
+    assert {k: q[k]["int8_weights"] for k in ("conv2d", "depthwise_conv2d", "matmul_v2")} == {
+        "conv2d": 2, "depthwise_conv2d": 1, "matmul_v2": 1}
+    assert q["relu"]["int8_weights"] == 0
+    # paddleslim's onnx_format export puts a QDQ pair on every op's output (scales for
+    # TensorRT): the ReLUs and the BN are fed through one too
+    assert q["relu"]["qdq_inputs"] == q["relu"]["ops"] == 2 and q["batch_norm"]["qdq_inputs"] == 1
+    assert q["quantize_linear"]["ops"] > 4
+
+
+def _convs(census: dict) -> int:
+    return sum(census.get(k, {}).get("ops", 0) for k in ("conv2d", "depthwise_conv2d"))
+
+
+def test_runtime_profiles_account_for_every_convolution_and_its_precision(mbv3_model,
+                                                                          compressed_run):
+    """The profiles, read from ONNX Runtime's and OpenVINO's own counters, against the
+    convolutions counted in the Paddle program: each is attributed once, to an int8 kernel
+    only for the quantized model."""
+    from clsact.deploy import profile
+
+    for where, quantized in ((mbv3_model, False), (compressed_run / "model", True)):
+        files = ModelFiles.of(where)
+        n_convs = _convs(profile.paddle_census(files.model_file))
+        size = 32
+        ort_rows = profile.onnxruntime_ops(files, runs=3, img_size=size)
+        ort_convs = sum(r.nodes for r in ort_rows if r.op in ("Conv", "QLinearConv", "FusedConv"))
+        assert ort_convs == n_convs, ort_rows
+        ov_rows = profile.openvino_ops(files, runs=3, img_size=size)
+        ov_convs = sum(r.nodes for r in ov_rows
+                       if r.op in ("Convolution", "GroupConvolution"))
+        assert ov_convs == n_convs, ov_rows
+        for rows in (ort_rows, ov_rows):
+            parts = profile.split(rows)
+            assert set(parts) == set(profile.KINDS) and all(v >= 0 for v in parts.values())
+            assert (parts["int8"] > 0) == quantized, rows
+            assert parts["fp32"] > 0  # the classifier head and pooling stay fp32
+        assert (profile.split(ort_rows)["qdq"] > 0) == quantized  # ORT keeps Q/DQ nodes
+        text = profile.format_ops("t", ort_rows)
+        assert "by kind: int8" in text and ort_rows[0].op in text
+
+
+def test_ort_profile_events_are_averaged_per_op_type():
+    from clsact.deploy.profile import _ort_rows
+
+    def ev(op, dur):
+        return {"cat": "Node", "name": f"{op}_n_kernel_time", "dur": dur,
+                "args": {"op_name": op, "provider": "CPUExecutionProvider"}}
+
+    rows = _ort_rows([ev("QLinearConv", 3000), ev("QLinearConv", 1000), ev("Conv", 400),
+                      ev("Conv", 600), ev("QuantizeLinear", 100), ev("QuantizeLinear", 150),
+                      ev("Transpose", 200), ev("Transpose", 50),
+                      {"cat": "Session", "name": "model_run", "dur": 9999}], runs=2)
+    assert [(r.op, r.kind, r.ms, r.nodes) for r in rows] == [
+        ("QLinearConv", "int8", 2.0, 1), ("Conv", "fp32", 0.5, 1),
+        ("QuantizeLinear", "qdq", 0.125, 1), ("Transpose", "layout", 0.125, 1)]
+
+
+def test_error_lines_skip_native_preambles():
+    from clsact.deploy.runtimes import first_line
+
+    ov = RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'creator_it != "
+                      "CREATORS_MAP.end()' failed at src/frontends/paddle/src/frontend.cpp:62:\n"
+                      "FrontEnd API failed with OpConversionFailure:\nNo creator found for "
+                      "fake_quantize_moving_average_abs_max node.\n\n")
+    assert first_line(ov) == "No creator found for fake_quantize_moving_average_abs_max node."
+    assert first_line(ValueError("bad shape\ndetail")) == "bad shape"
+    assert first_line(ValueError("")) == "ValueError"
+
+
+def test_interleaved_rounds_take_turns_and_pair_the_ratio():
+    """Calls take turns round by round, so a burst of load that slows one round slows every
+    call in it alike: the paired ratio stays 2.0 although rounds 2-3 run 3x slower."""
+    from clsact.deploy.latency import interleaved, paired_ratio
+
+    now = [0.0]
+    order: list[str] = []
+
+    def call(name, ms):
+        def run():
+            slow = 3.0 if len(order) // 8 in (2, 3) else 1.0  # load during rounds 2-3
+            now[0] += ms * slow / 1000.0
+            order.append(name)
+        return run
+
+    rounds = interleaved({"a": call("a", 2.0), "b": call("b", 1.0)}, rounds=6, per_round=4,
+                         warmup=0, clock=lambda: now[0])
+    assert order == (["a"] * 4 + ["b"] * 4) * 6  # turns, round by round
+    assert rounds["a"] == pytest.approx([2, 2, 6, 6, 2, 2])
+    assert paired_ratio(rounds, "a", "b") == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        interleaved({}, rounds=1)

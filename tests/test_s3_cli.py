@@ -161,6 +161,40 @@ def test_reader_may_evaluate_and_bad_secret_is_named(auth_server):
                           "S3 rejected the credentials (InvalidAccessKeyId)")
 
 
+@pytest.mark.parametrize("reader_name", ["obstore", "boto3"])
+def test_image_reads_name_credential_and_permission_errors(auth_server, small_digits_dir,
+                                                           monkeypatch, reader_name):
+    """The hot read path (either client) ends with boto3's one-line messages."""
+    from clsact.errors import StorageError
+    from clsact.storage import S3Store
+    from clsact.storage.s3 import S3Settings
+    from clsact.storage.s3read import READER_ENV
+    from clsact.storage.uri import parse_s3
+
+    server, keys, _ = auth_server
+    monkeypatch.setenv(READER_ENV, reader_name)
+    name = small_lines(small_digits_dir)[0]
+
+    def store(where, attempts):  # another setting: clients are cached per settings
+        return S3Store(parse_s3(where, "x"), S3Settings(endpoint_url=server.endpoint,
+                                                        max_attempts=attempts))
+
+    for k, v in keys["admin"].items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(StorageError, match="s3://no-such-bucket/x/a.jpg: the bucket does not"):
+        list(store("s3://no-such-bucket/x", 4).iter_many(["a.jpg"]))
+    for k, v in keys["reader"].items():
+        monkeypatch.setenv(k, v)
+    assert list(store("s3://lab/inputs/data", 2).iter_many([name])) == [
+        (small_digits_dir / name).read_bytes()]
+    with pytest.raises(StorageError, match=r"s3://lab/runs/x.jpg: access denied"):
+        list(store("s3://lab/runs", 2).iter_many(["x.jpg"]))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(StorageError, match="S3 rejected the credentials") as err:
+        store("s3://lab/inputs/data", 3).read_range(name, 0, 10)
+    assert "not-the-secret" not in str(err.value) and "\n" not in str(err.value)
+
+
 def test_missing_save_bucket_fails_before_training(s3_inputs, tmp_path):
     cfg = config_file(tmp_path, "s3://inputs/model", "s3://inputs/data")
     proc = s3_cli(s3_inputs, "compress", "--config", str(cfg), "--save-dir",

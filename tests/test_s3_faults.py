@@ -16,11 +16,20 @@ from clsact.errors import StorageError
 from clsact.storage import S3Store
 from clsact.storage.publish import publish, verify
 from clsact.storage.s3 import S3Settings
+from clsact.storage.s3read import READER_ENV
 from clsact.storage.uri import parse_s3
 from tests.conftest import upload_tree
 from tests.faultproxy import FaultProxy
 
 MIXED = {"drop": 0.08, "503": 0.08, "500": 0.04, "truncate": 0.08}
+
+
+@pytest.fixture(params=["obstore", "boto3"])
+def reader(request, monkeypatch):
+    """The client of the hot read path (iter_many, read_range): both must hide the faults
+    (the loader's workers inherit the choice through the environment)."""
+    monkeypatch.setenv(READER_ENV, request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -40,13 +49,17 @@ def proxied(s3_server, bucket):
         p.stop()
 
 
-def test_retries_hide_a_mix_of_faults(tmp_path, s3_server, bucket, proxied):
+def test_retries_hide_a_mix_of_faults(tmp_path, s3_server, bucket, proxied, reader):
     blobs = {f"obj/{i:03d}.bin": os.urandom(20_000 + i) for i in range(60)}
     for key, data in blobs.items():
         s3_server.client().put_object(Bucket=bucket, Key=f"p/{key}", Body=data)
     proxy, store = proxied(MIXED)
     got = list(store.iter_many(list(blobs)))
     assert got == list(blobs.values())
+    whole = b"".join(blobs.values())
+    s3_server.client().put_object(Bucket=bucket, Key="p/shard.tar", Body=whole)
+    for start in range(0, len(whole) - 50_000, 97_000):
+        assert store.read_range("shard.tar", start, 50_000) == whole[start:start + 50_000]
     stage = tmp_path / "stage"
     for i in range(8):
         (stage / "model").mkdir(parents=True, exist_ok=True)
@@ -60,7 +73,8 @@ def test_retries_hide_a_mix_of_faults(tmp_path, s3_server, bucket, proxied):
     print("injected:", dict(proxy.counts))
 
 
-def test_loader_reads_every_image_through_faults(digits_dir, bucket, s3_server, proxied):
+def test_loader_reads_every_image_through_faults(digits_dir, bucket, s3_server, proxied,
+                                                reader):
     lines = (digits_dir / "val_list.txt").read_text().splitlines()[:48]
     upload_tree(s3_server.client(), bucket, "p", digits_dir, [ln.split()[0] for ln in lines])
     samples = [Sample(ln.split()[0], int(ln.split()[1])) for ln in lines]
@@ -91,7 +105,31 @@ def test_beyond_the_bound_one_clear_error(s3_server, bucket, proxied, fault, fra
     assert f"s3://{bucket}/p/img.jpg" in msg and fragment in msg and "\n" not in msg
 
 
-def test_unreachable_endpoint(bucket):
+@pytest.mark.parametrize("fault", ["503", "500", "drop", "truncate"])
+def test_fast_reads_beyond_the_bound_one_clear_error(s3_server, bucket, proxied, fault,
+                                                     monkeypatch):
+    """obstore's reads (images, shard ranges) end like boto3's: one line naming the object
+    and the attempts, within bounded time; a missing object is still a missing object."""
+    monkeypatch.setenv(READER_ENV, "obstore")
+    s3_server.client().put_object(Bucket=bucket, Key="p/img.jpg", Body=b"x" * 5000)
+    proxy, store = proxied({fault: 1.0}, attempts=3, methods=("GET",))
+    start = time.perf_counter()
+    for read in (lambda: store.read_range("img.jpg", 10, 100),
+                 lambda: list(store.iter_many(["img.jpg"]))):
+        with pytest.raises(StorageError) as err:
+            read()
+        msg = str(err.value)
+        assert f"s3://{bucket}/p/img.jpg" in msg and "after 3 attempts" in msg, msg
+        assert "\n" not in msg
+    assert time.perf_counter() - start < 60, "bounded: 3 attempts with capped backoff"
+    proxy.rates = {}
+    got = list(store.iter_many(["img.jpg", "missing.jpg"]))
+    assert got[0] == b"x" * 5000 and isinstance(got[1], FileNotFoundError)
+
+
+@pytest.mark.parametrize("reader_name", ["boto3", "obstore"])
+def test_unreachable_endpoint(bucket, monkeypatch, reader_name):
+    monkeypatch.setenv(READER_ENV, reader_name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -99,6 +137,8 @@ def test_unreachable_endpoint(bucket):
                     S3Settings(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2))
     with pytest.raises(StorageError, match=f"cannot connect to http://127.0.0.1:{port}"):
         store.read_bytes("x")
+    with pytest.raises(StorageError, match=f"cannot connect to http://127.0.0.1:{port}"):
+        store.read_range("x", 0, 10)
 
 
 def test_checksums_survive_faulty_uploads(tmp_path, s3_server, bucket, proxied):

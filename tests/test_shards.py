@@ -41,7 +41,8 @@ def glob_for(data: str) -> dict:
     return {"data_dir": data, "img_size": 32, "resize_size": 36, "crop_scale": [0.7, 1.0],
             "crop_ratio": [0.75, 1.333], "random_flip": False, "mean": [0.5] * 3,
             "std": [0.25] * 3, "num_workers": 2, "max_bad_fraction": 0.0, "seed": 0,
-            "train_list": "small_train.shards.json", "val_list": "small_val.shards.json"}
+            "train_list": "small_train.shards.json", "val_list": "small_val.shards.json",
+            "decode": "cpu"}
 
 
 def images_by_path(g, name, train=False):
@@ -138,3 +139,78 @@ def test_an_index_cannot_point_outside_its_directory(tmp_path, name):
     (tmp_path / "train.shards.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match="is not a plain relative path inside"):
         read_index(open_store(str(tmp_path), "x"), "train.shards.json")
+
+
+def test_packed_training_batches_differ_between_epochs_at_a_few_reads_each(tmp_path,
+                                                                         small_digits_dir):
+    """A batch is PACKED_BLOCKS_PER_BATCH blocks redrawn every epoch (with one block per batch
+    the same 16 images would form a batch every epoch), each block one ranged read."""
+    from clsact.data.build import PACKED_BLOCKS_PER_BATCH, read_samples
+
+    out = tmp_path / "packed"
+    proc = run_cli("dataset", "pack", str(small_digits_dir), str(out), "--lists",
+                   "small_train.txt", "--shard-mb", "0.02")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    g = {**glob_for(str(out)), "num_workers": 0}
+    loader = make_loader(g, read_samples(g, "train"), train=True, batch_size=16)
+    assert loader.block == 16 // PACKED_BLOCKS_PER_BATCH
+    sets = [{frozenset(i for i, _, _ in chunk) for chunk in loader._chunks(e)} for e in (0, 1)]
+    assert len(sets[0] & sets[1]) <= 1, "batches are made of other images each epoch"
+    reads = []
+    read_range = loader.reader.store.read_range
+    loader.reader.store.read_range = lambda *a: reads.append(a) or read_range(*a)
+    batches = list(loader.epoch(0))
+    assert len(batches) == len(sets[0])
+    # one read per block, fewer where blocks happen to lie together (or more at a shard's end)
+    shard_ends = sum(1 for chunk in loader._chunks(0)
+                     if len({key[0] for _, key, _ in chunk}) > 1)
+    assert len(reads) <= len(batches) * PACKED_BLOCKS_PER_BATCH + shard_ends
+
+
+def test_ranged_reads_group_members_that_lie_together():
+    from clsact.data.shards import MAX_GAP, _runs
+
+    keys = [("b.tar", 1536, 100, "p3"), ("a.tar", 512, 100, "p0"), ("a.tar", 1536, 100, "p1"),
+            ("a.tar", 1536 + 100 + MAX_GAP + 1, 10, "p2"), ("b.tar", 512, 100, "p4")]
+    assert _runs(keys) == [[1, 2], [3], [4, 0]]
+
+
+def test_pack_resized_images_and_the_loader_checks_the_size(tmp_path, small_digits_dir):
+    import cv2
+
+    from clsact.data.build import read_samples
+
+    out = tmp_path / "packed"
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = (small_digits_dir / "small_val.txt").read_text().splitlines()[:20]
+    for ln in lines:
+        rel = ln.split()[0]
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes((small_digits_dir / rel).read_bytes())
+    (src / "bad.jpg").write_bytes(b"not an image")
+    (src / "l.txt").write_text("\n".join(lines) + "\nbad.jpg 3\n")
+    proc = run_cli("dataset", "pack", str(src), str(out), "--lists", "l.txt",
+                   "--resize-short", "20", "--quality", "90", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index = json.loads((out / "l.shards.json").read_text())
+    assert (index["resize_short"], index["quality"]) == (20, 90)
+    samples = read_index(open_store(str(out), "x"), "l.shards.json", resize_size=20)
+    reader = make_loader({**glob_for(str(out)), "resize_size": 20, "img_size": 16},
+                         samples, train=False, batch_size=8).reader
+    stored = dict(zip((s.path for s in samples),
+                      reader.iter_many([s.key for s in samples]), strict=True))
+    assert stored["bad.jpg"] == b"not an image"  # kept as it was: the loader counts it bad
+    for ln in lines:
+        rel = ln.split()[0]
+        orig = cv2.imdecode(np.frombuffer((src / rel).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(np.frombuffer(stored[rel], np.uint8), cv2.IMREAD_COLOR)
+        assert min(img.shape[:2]) == 20 < min(orig.shape[:2])
+        want = cv2.resize(orig, img.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        assert np.abs(img.astype(int) - want).mean() < 8  # JPEG 90 of the same resize
+    with pytest.raises(DataError, match=r"pre-resized to a short side of 20 px but "
+                                        r"Global.resize_size is 36: set Global.resize_size 20, "
+                                        r"or pack again with --resize-short 36"):
+        read_samples({**glob_for(str(out)), "val_list": "l.shards.json"}, "val")
+    bad = run_cli("dataset", "pack", str(src), str(out), "--resize-short", "0")
+    assert bad.returncode == 2 and "--resize-short 0 is too small" in bad.stderr

@@ -60,7 +60,11 @@ def stores(tmp_path: Path, s3_server, bucket: str):
     return [LocalStore(tmp_path / "root"), s3]
 
 
-def test_round_trip_on_every_backend(tmp_path, s3_server, bucket):
+@pytest.mark.parametrize("reader", ["obstore", "boto3"])
+def test_round_trip_on_every_backend(tmp_path, s3_server, bucket, reader, monkeypatch):
+    from clsact.storage.s3read import READER_ENV
+
+    monkeypatch.setenv(READER_ENV, reader)
     src = tmp_path / "big.bin"
     payload = bytes(range(256)) * (12 * 4096 + 7)  # ~12 MB: a multipart upload on S3
     src.write_bytes(payload)
@@ -137,3 +141,15 @@ def test_stores_stay_inside_their_root(tmp_path, rel):
     assert local.path("a/./b.txt") == tmp_path / "root" / "a/./b.txt"
     with pytest.raises(StorageError, match="is outside s3://bkt/pre"):
         parse_s3("s3://bkt/pre", "x").join(rel)
+
+
+def test_the_read_client_is_chosen_by_environment(monkeypatch):
+    from clsact.storage import s3read
+
+    monkeypatch.delenv(s3read.READER_ENV, raising=False)
+    assert s3read.enabled()  # obstore is installed (a dependency)
+    monkeypatch.setenv(s3read.READER_ENV, "boto3")
+    assert not s3read.enabled()
+    monkeypatch.setenv(s3read.READER_ENV, "curl")
+    with pytest.raises(StorageError, match="CLSACT_S3_READER='curl': use obstore, boto3"):
+        s3read.enabled()

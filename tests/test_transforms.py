@@ -8,7 +8,7 @@ from clsact.data.transforms import (
     TransformSpec,
     center_crop,
     decode_image,
-    normalize_chw,
+    normalize_batch,
     preprocess,
     random_resized_crop,
     resize_short,
@@ -62,10 +62,18 @@ def test_eval_output_shape_range_and_determinism():
 
 
 def test_normalize_matches_formula():
-    img = np.full((2, 2, 3), 128, np.uint8)
-    out = normalize_chw(img, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    assert out.shape == (3, 2, 2)
-    assert np.allclose(out, (128 / 255 - 0.5) / 0.25, atol=1e-5)
+    """Every uint8 value and channel against ``(x/255 - mean)/std`` computed in float64 (the
+    pipeline's definition, as PaddleClas' NormalizeImage writes it)."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    pixels[0, 0, :3, :] = [[0, 0, 0], [255, 255, 255], [128, 1, 254]]
+    out = normalize_batch(pixels, mean, std)
+    assert out.shape == (3, 3, 5, 7) and out.dtype == np.float32 and out.flags.c_contiguous
+    want = ((pixels.astype(np.float64) / 255 - mean) / std).transpose(0, 3, 1, 2)
+    assert np.abs(out - want).max() < 2e-6
+    filled = np.zeros_like(out)
+    assert normalize_batch(pixels, mean, std, out=filled) is filled
+    assert np.array_equal(filled, out)
 
 
 def test_train_transform_is_seeded_and_varies():

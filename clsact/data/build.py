@@ -14,6 +14,10 @@ from clsact.data.transforms import TransformSpec
 from clsact.errors import DataError
 from clsact.storage import open_store
 
+# a packed training batch is this many blocks of consecutive members (each one ranged read),
+# redrawn every epoch: batches differ between epochs at a few reads per batch
+PACKED_BLOCKS_PER_BATCH = 8
+
 
 def default_workers() -> int:
     """Decode workers when ``Global.num_workers`` is unset: the CPUs this process may use, <= 8."""
@@ -44,7 +48,7 @@ def read_samples(g: dict[str, Any], which: str) -> list[Sample]:
     """
     name = g["train_list" if which == "train" else "val_list"]
     if is_index(name):
-        return read_index(open_store(g["data_dir"], "Global.data_dir"), name)
+        return read_index(open_store(g["data_dir"], "Global.data_dir"), name, g["resize_size"])
     return read_list(g["data_dir"], name)
 
 
@@ -85,6 +89,6 @@ def make_loader(g: dict[str, Any], samples: list[Sample], *, train: bool, batch_
         ShardReader(store) if packed else store, samples, transform_spec(g, train),
         batch_size=batch_size, num_workers=workers, shuffle=train, seed=g["seed"],
         max_bad_fraction=g["max_bad_fraction"], rank=rank, world=world,
-        block=batch_size if packed else 1,
-        name="train" if train else "validation",
+        block=max(1, batch_size // PACKED_BLOCKS_PER_BATCH) if packed else 1,
+        name="train" if train else "validation", decode=g["decode"],
     )

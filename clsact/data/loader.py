@@ -2,8 +2,14 @@
 
 * Order: a pure function of (number of samples, epoch, seed, rank, world size) —
   :func:`shard_indices` — so every rank can compute its own disjoint shard.
-* Workers: a pool of spawned processes (they import numpy and OpenCV only) decode whole
-  batches; the main process keeps ``2 x workers`` batches in flight and yields them in order.
+* Workers: a pool of spawned processes (they import numpy and OpenCV only) decode and crop
+  whole batches; the main process keeps ``2 x workers`` batches in flight and yields them in
+  order.
+* Transport: workers write uint8 HWC crops into shared-memory slots (:mod:`clsact.data.shm`,
+  a quarter of the bytes of float32 and no pickling of pixels) and the main process
+  normalises each batch once, out of its slot, into float32 NCHW. Where ``/dev/shm`` has no
+  room, batches go through the pool's pipes as float32 (``shared_memory=False``, as before),
+  after one warning.
 * Bad images (missing, unreadable, not decodable): skipped, counted, logged with their path.
   When more than ``max_bad_fraction`` of one pass's samples are bad, the pass fails with a
   :class:`~clsact.errors.DataError` naming the first bad file, so a broken dataset never
@@ -16,30 +22,53 @@ import hashlib
 import logging
 import math
 import multiprocessing
+import weakref
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from clsact.data import shm
 from clsact.data.listfile import Sample
-from clsact.data.transforms import TransformSpec, preprocess
+from clsact.data.transforms import TransformSpec, crop, normalize_batch
 from clsact.errors import DataError
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_BAD = 20
+_LOADERS: weakref.WeakSet[BatchLoader] = weakref.WeakSet()  # of this process
+
+
+def abort_all() -> None:
+    """Kill every loader's decode workers and remove its shared-memory slots, for a process
+    about to ``os._exit`` (the rank watchdog): nothing else would, and orphaned spawn workers
+    would outlive it."""
+    for loader in list(_LOADERS):
+        pool = loader._pool
+        for proc in list(getattr(pool, "_processes", {}).values()) if pool else []:
+            proc.kill()
+        if loader._ring is not None:
+            loader._ring.close()
+    shm.close_all()
 
 
 @dataclass
 class Batch:
     """Preprocessed images (N, 3, H, W) float32, labels (N,) int64, the bad samples skipped,
-    and (when asked for) the sha256 of each good sample's bytes by sample index."""
+    and (when asked for) the sha256 of each good sample's bytes by sample index.
 
-    images: np.ndarray
+    From a worker writing into shared memory, ``images`` is None until the main process
+    normalises the ``slot`` (the ring index the uint8 crops are in)."""
+
+    images: np.ndarray | None
     labels: np.ndarray
     bad: list[tuple[str, str]] = field(default_factory=list)
     digests: list[tuple[int, str]] = field(default_factory=list)
+    slot: int | None = None
+    # Global.decode gpu: the undecoded bytes, with (sample index, description) of each
+    raw: list[bytes] | None = None
+    raw_items: list[tuple[int, str]] | None = None
 
 
 def shard_indices(
@@ -53,8 +82,9 @@ def shard_indices(
     and the remainder, different each shuffled epoch, is left out.
 
     ``block > 1`` (packed datasets): samples are dealt in blocks of ``block`` consecutive
-    indices — the block order reshuffled per epoch, the order within each block too — so a
-    batch is one contiguous byte range of a shard.
+    indices — the block order reshuffled per epoch, the order within each block too — so
+    each block is one contiguous byte range of a shard (a batch spans a few blocks, drawn
+    anew every epoch).
 
     Raises:
         ValueError: ``rank`` is not in ``[0, world)``.
@@ -90,10 +120,13 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def load_batch(
     reader, spec: TransformSpec, items: list[tuple[int, str, int]], seed: int, epoch: int,
-    digest: bool = False,
+    digest: bool = False, slot: tuple[int, str] | None = None, raw: bool = False,
 ) -> Batch:
     """Read and preprocess ``items`` (index, key, label); runs in a worker process. With
     ``digest``, also the sha256 of each good image's bytes (the validation set's fingerprint).
+    With ``slot`` (ring index, shared-memory name) the uint8 crops go into that slot and the
+    batch carries no pixels; otherwise they are normalised here. With ``raw`` nothing is
+    decoded: the batch carries the bytes (decoded on the GPU by the main process).
 
     ``reader`` is a :class:`~clsact.storage.base.Store` (keys are paths: its ``iter_many``
     fetches ahead, in parallel for object storage, while earlier images decode) or a
@@ -105,21 +138,63 @@ def load_batch(
     """
     images, labels, bad, digests = [], [], [], []
     contents = reader.iter_many([key for _, key, _ in items])
+    if raw:
+        return _raw_batch(reader, items, contents, digest)
     for (index, key, label), data in zip(items, contents, strict=True):
         try:
             if isinstance(data, OSError):
                 raise data
             rng = sample_rng(seed, epoch, index) if spec.train else None
-            images.append(preprocess(spec, data, rng))
+            images.append(crop(spec, data, rng))
             labels.append(label)
             if digest:
                 digests.append((index, hashlib.sha256(data).hexdigest()))
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             bad.append((reader.describe(key), reason))
-    shape = (0, 3, spec.img_size, spec.img_size)
-    arr = np.stack(images) if images else np.zeros(shape, dtype=np.float32)
-    return Batch(arr, np.asarray(labels, dtype=np.int64), bad, digests)
+    out = Batch(None, np.asarray(labels, dtype=np.int64), bad, digests)
+    if slot is not None:
+        shm.write_slot(slot[1], images)
+        out.slot = slot[0]
+        return out
+    pixels = (np.stack(images) if images
+              else np.zeros((0, spec.img_size, spec.img_size, 3), dtype=np.uint8))
+    out.images = normalize_batch(pixels, spec.mean, spec.std)
+    return out
+
+
+def _raw_batch(reader, items, contents, digest: bool) -> Batch:
+    """The fetched bytes of ``items`` (unreadable ones recorded as bad)."""
+    datas, raw_items, labels, bad, digests = [], [], [], [], []
+    for (index, key, label), data in zip(items, contents, strict=True):
+        if isinstance(data, OSError):
+            bad.append((reader.describe(key), data.strerror or str(data)))
+            continue
+        datas.append(data)
+        raw_items.append((index, reader.describe(key)))
+        labels.append(label)
+        if digest:
+            digests.append((index, hashlib.sha256(data).hexdigest()))
+    return Batch(None, np.asarray(labels, dtype=np.int64), bad, digests, raw=datas,
+                 raw_items=raw_items)
+
+
+def decode_on_device(batch: Batch, spec: TransformSpec, seed: int, epoch: int) -> Batch:
+    """A raw batch decoded and preprocessed on the GPU (:mod:`clsact.data.gpu_decode`),
+    brought to host memory as the float32 the program is fed; images nvJPEG and OpenCV
+    both reject become bad samples (and leave the fingerprint)."""
+    from clsact.data import gpu_decode
+    from clsact.runtime import dynamic_mode
+
+    assert batch.raw is not None and batch.raw_items is not None
+    rngs = [sample_rng(seed, epoch, i) if spec.train else None for i, _ in batch.raw_items]
+    with dynamic_mode():  # ACT's training loop runs in static mode
+        x, kept, failed = gpu_decode.preprocess_batch(batch.raw, spec, rngs)
+        images = x.numpy()
+    lost = {batch.raw_items[i][0] for i, _ in failed}
+    return Batch(images, batch.labels[kept],
+                 batch.bad + [(batch.raw_items[i][1], why) for i, why in failed],
+                 [d for d in batch.digests if d[0] not in lost])
 
 
 def _init_worker() -> None:
@@ -150,6 +225,8 @@ class BatchLoader:
         world: int = 1,
         block: int = 1,
         name: str = "data",
+        shared_memory: bool | None = None,
+        decode: str = "cpu",
     ) -> None:
         self.reader = reader
         self.samples = samples
@@ -170,9 +247,21 @@ class BatchLoader:
         self.keep_empty = False
         # when a dict: every pass adds {sample index: sha256 of its bytes} for good samples
         self.record_digests: dict[int, str] | None = None
+        # workers hand over uint8 crops in shared memory (None: when /dev/shm has room)
+        self.shared_memory = shared_memory
+        # "gpu": workers only fetch; the main process decodes on the GPU (gpu_decode)
+        self.decode = decode
+        if decode == "gpu":
+            from clsact.data import gpu_decode
+
+            gpu_decode.check_available()
+        # pixel bytes the workers handed over (float32 through pipes, uint8 through slots)
+        self.bytes_in = 0
         self._next_epoch = 0
         self._next_start = 0
         self._pool: ProcessPoolExecutor | None = None
+        self._ring: shm.SlotRing | None = None
+        _LOADERS.add(self)
 
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's sample indices for ``epoch``."""
@@ -205,28 +294,77 @@ class BatchLoader:
                                              initializer=_init_worker)
         return self._pool
 
+    def _ring_get(self, depth: int) -> shm.SlotRing | None:
+        """The shared-memory ring for ``depth`` batches in flight, or None (pipes) when
+        switched off or ``/dev/shm`` lacks the room (warned once)."""
+        if self._ring is not None or self.shared_memory is False:
+            return self._ring
+        slot_bytes = self.batch_size * self.spec.img_size * self.spec.img_size * 3
+        need, free = depth * slot_bytes, shm.shm_free_bytes()
+        if need * shm.HEADROOM > free:
+            log.warning("%s loader: %s has %.0f MB free, %d batches in flight need %.0f MB: "
+                        "batches go through pipes as float32 (4x the bytes). Give it room: "
+                        "docker run --shm-size, or the pod's shmSize", self.name, shm.SHM_DIR,
+                        free / 2**20, depth, need * shm.HEADROOM / 2**20)
+            self.shared_memory = False
+            return None
+        try:
+            self._ring = shm.SlotRing(depth, slot_bytes)
+            weakref.finalize(self, self._ring.close)  # a loader dropped without close()
+        except OSError as exc:
+            log.warning("%s loader: no shared memory (%s): batches go through pipes",
+                        self.name, exc)
+            self.shared_memory = False
+        return self._ring
+
+    def _received(self, fut: Future, epoch: int) -> Batch:
+        """A worker's batch with its images normalised out of its slot (if it used one), or
+        decoded on the GPU (raw bytes)."""
+        batch = fut.result()
+        if batch.raw is not None:
+            return decode_on_device(batch, self.spec, self.seed, epoch)
+        if batch.slot is None:
+            self.bytes_in += batch.images.nbytes
+            return batch
+        assert self._ring is not None
+        n, size = len(batch.labels), self.spec.img_size
+        pixels = self._ring.view(batch.slot, (n, size, size, 3))
+        batch.images = normalize_batch(pixels, self.spec.mean, self.spec.std)
+        batch.slot = None
+        self.bytes_in += pixels.nbytes
+        return batch
+
     def _batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         chunks = self._chunks(epoch)[start:]
         digest = self.record_digests is not None
+        raw = self.decode == "gpu"
         if self.num_workers == 0:
             for chunk in chunks:
-                yield load_batch(self.reader, self.spec, chunk, self.seed, epoch, digest)
+                batch = load_batch(self.reader, self.spec, chunk, self.seed, epoch, digest,
+                                   raw=raw)
+                yield decode_on_device(batch, self.spec, self.seed, epoch) if raw else batch
             return
         pool = self._pool_get()
-        pending: deque[Future] = deque()
-        todo = iter(chunks)
         depth = 2 * self.num_workers
+        ring = None if raw else self._ring_get(depth)
+        pending: deque[Future] = deque()
         try:
-            for chunk in todo:
+            # batch k writes slot k % depth: the batch that used it before (k - depth) has
+            # been normalised out of it by then (at most depth in flight, taken in order)
+            for k, chunk in enumerate(chunks):
+                slot = (k % depth, ring.names[k % depth]) if ring is not None else None
                 pending.append(pool.submit(load_batch, self.reader, self.spec, chunk, self.seed,
-                                           epoch, digest))
+                                           epoch, digest, slot, raw))
                 if len(pending) >= depth:
-                    yield pending.popleft().result()
+                    yield self._received(pending.popleft(), epoch)
             while pending:
-                yield pending.popleft().result()
+                yield self._received(pending.popleft(), epoch)
         finally:
+            # an abandoned pass: a batch still being decoded would write into a slot the
+            # next pass reuses, so wait for those that cannot be cancelled
             for fut in pending:
-                fut.cancel()
+                if not fut.cancel():
+                    wait([fut])
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Yield the batches of one epoch (from batch ``start``); bad samples are skipped and
@@ -267,3 +405,6 @@ class BatchLoader:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None

@@ -10,10 +10,18 @@ file ``L`` (e.g. ``train_list.txt``)::
 The index is written last (exclusively): it exists only for a complete pack. Point
 ``Global.train_list`` / ``val_list`` at the ``.shards.json`` files to train from the pack.
 
-Reading: the loader hands out *blocks* of consecutive members (one batch each; the pack
-order is already shuffled, blocks are reshuffled every epoch and dealt to ranks), and
-:class:`ShardReader` fetches each block with one ranged read — sequential I/O instead of one
-request per image.
+``--resize-short N`` stores every image already resized (short side N, never enlarged,
+re-encoded as JPEG quality ``--quality``, 95 by default) in a pool of processes: decoding a
+256-px image instead of a 500x375 (or a 12 MP) one is the cheaper decode every epoch of every
+night pays for once. The index records N; the loader refuses a config whose
+``Global.resize_size`` is not N (the evaluation would crop a different view). An image that
+does not decode is stored as it is (the loader skips and counts it, as from the tree).
+
+Reading: the loader hands out *blocks* of consecutive members (the pack order is already
+shuffled; blocks are reshuffled every epoch, the order inside each too, and dealt to ranks);
+a training batch is several blocks (:data:`clsact.data.build.PACKED_BLOCKS_PER_BATCH`), so
+batches are made of other images every epoch, and :class:`ShardReader` fetches each block
+with one ranged read: a few large sequential reads per batch instead of one request per image.
 """
 
 from __future__ import annotations
@@ -22,11 +30,15 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import posixpath
 import tarfile
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +87,36 @@ def _tar_member(name: str, data: bytes) -> tuple[bytes, int]:
     return head + data + b"\0" * pad, len(head)
 
 
+def resized_jpeg(data: bytes, short: int, quality: int) -> bytes:
+    """``data`` re-encoded as a JPEG whose short side is at most ``short`` (PaddleClas'
+    rounding, bilinear; never enlarged); the bytes unchanged when they do not decode."""
+    import cv2
+
+    from clsact.data.transforms import resize_short
+
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        return data
+    if min(img.shape[:2]) > short:
+        img = resize_short(img, short)
+    ok, out = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return out.tobytes() if ok else data
+
+
+def _resize_all(items: list[bytes | OSError], short: int, quality: int) -> list:
+    """:func:`resized_jpeg` over a chunk (in a pack worker); errors pass through."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return [x if isinstance(x, OSError) else resized_jpeg(x, short, quality) for x in items]
+
+
 def pack_list(src: Store, list_name: str, dst: Store, *, shard_bytes: int = 256 * 2**20,
               seed: int = 0, overwrite: bool = False, max_missing: int = 0,
-              scratch: Path | None = None) -> PackStats:
-    """Pack the images of one list file of ``src`` into tar shards + an index in ``dst``.
+              scratch: Path | None = None, resize_short: int | None = None,
+              quality: int = 95, workers: int = 1) -> PackStats:
+    """Pack the images of one list file of ``src`` into tar shards + an index in ``dst``
+    (with ``resize_short``: resized and re-encoded by ``workers`` processes).
 
     Raises:
         DataError: the list file is bad, or more than ``max_missing`` listed images are
@@ -96,11 +134,13 @@ def pack_list(src: Store, list_name: str, dst: Store, *, shard_bytes: int = 256 
     shards: list[dict] = []
     members: list[list] = []
     missing: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="clsact-pack-", dir=scratch) as tmp:
+    chunks = [[samples[i] for i in order[k:k + 256]] for k in range(0, len(order), 256)]
+    with tempfile.TemporaryDirectory(prefix="clsact-pack-", dir=scratch) as tmp, \
+            _resizer(resize_short, quality, workers) as resize:
         writer = _ShardWriter(Path(tmp), dst, folder, shard_bytes, shards)
-        for start_i in range(0, len(order), 256):
-            chunk = [samples[i] for i in order[start_i:start_i + 256]]
-            for sample, data in zip(chunk, src.iter_many([s.path for s in chunk]), strict=True):
+        contents = (list(src.iter_many([s.path for s in chunk])) for chunk in chunks)
+        for chunk, datas in zip(chunks, resize(contents), strict=True):
+            for sample, data in zip(chunk, datas, strict=True):
                 if isinstance(data, OSError):
                     missing.append(src.describe(sample.path))
                     if len(missing) > max_missing:
@@ -112,6 +152,7 @@ def pack_list(src: Store, list_name: str, dst: Store, *, shard_bytes: int = 256 
                 members.append([shard, offset, len(data), sample.label, sample.path])
         writer.close()
     body = {"format": FORMAT, "source": src.describe(list_name), "seed": seed,
+            "resize_short": resize_short, "quality": quality if resize_short else None,
             "samples": len(members), "missing": missing[:100], "shards": shards,
             "members": members}
     data = json.dumps(body, separators=(",", ":")).encode()
@@ -126,6 +167,30 @@ def pack_list(src: Store, list_name: str, dst: Store, *, shard_bytes: int = 256 
     total = sum(s["bytes"] for s in shards)
     return PackStats(dst.describe(index), len(members), len(shards), total, len(missing),
                      round(time.perf_counter() - start, 3))
+
+
+@contextmanager
+def _resizer(short: int | None, quality: int, workers: int):
+    """A function from an iterator of chunks (lists of bytes) to the chunks resized, in
+    order, by a pool of ``workers`` processes (the identity without ``short``)."""
+    if not short:
+        yield lambda chunks: chunks
+        return
+    if workers <= 1:
+        yield lambda chunks: (_resize_all(c, short, quality) for c in chunks)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        # map() would read every chunk ahead: keep 2 x workers in flight instead
+        def run(chunks):
+            pending: deque = deque()
+            for c in chunks:
+                pending.append(pool.submit(_resize_all, c, short, quality))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        yield run
 
 
 class _ShardWriter:
@@ -176,11 +241,14 @@ class _ShardWriter:
             self._finish()
 
 
-def read_index(store: Store, name: str) -> list[Sample]:
-    """The samples of a packed index, in pack order, each with its shard location.
+def read_index(store: Store, name: str, resize_size: int | None = None) -> list[Sample]:
+    """The samples of a packed index, in pack order, each with its shard location. With
+    ``resize_size`` (the config's ``Global.resize_size``), an index packed with another
+    ``--resize-short`` is refused.
 
     Raises:
-        DataError: the index is missing, not a clsact index, or inconsistent.
+        DataError: the index is missing, not a clsact index, inconsistent, or packed for
+            another resize size.
     """
     where = store.describe(name)
     try:
@@ -192,6 +260,11 @@ def read_index(store: Store, name: str) -> list[Sample]:
         raise DataError(f"packed index {where} cannot be read: {exc}") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise DataError(f"{where} is not a clsact shard index (format {FORMAT})")
+    packed_at = body.get("resize_short")
+    if packed_at and resize_size is not None and packed_at != resize_size:
+        raise DataError(f"{where} holds images pre-resized to a short side of {packed_at} px "
+                        f"but Global.resize_size is {resize_size}: set Global.resize_size "
+                        f"{packed_at}, or pack again with --resize-short {resize_size}")
     try:
         shards = [str(s["name"]) for s in body["shards"]]
     except (KeyError, TypeError) as exc:
@@ -226,34 +299,46 @@ class ShardReader:
         return f"{self.store.describe(shard)}:{path}"
 
     def iter_many(self, keys: list) -> Iterator[bytes | OSError]:
-        """The members' bytes in order (OSError for a shard that cannot be read): one
-        ranged read per run of keys in the same shard. (Splitting a run into parallel
-        smaller reads measured slower: more requests, and the batch is one block anyway.)
+        """The members' bytes in the order of ``keys`` (OSError for a shard that cannot be
+        read): one ranged read per stretch of members lying together in a shard (a block of
+        a batch, in whatever order), whatever order the keys come in.
 
         Raises:
             StorageError: the store failed beyond its retries.
         """
+        out: list[bytes | OSError | None] = [None] * len(keys)
         for run in _runs(keys):
-            shard = run[0][0]
-            lo = min(k[1] for k in run)
-            hi = max(k[1] + k[2] for k in run)
+            shard = keys[run[0]][0]
+            lo = keys[run[0]][1]
+            hi = max(keys[i][1] + keys[i][2] for i in run)
             try:
                 blob = self.store.read_range(shard, lo, hi - lo)
             except OSError as exc:
-                yield from [exc] * len(run)
+                for i in run:
+                    out[i] = exc
                 continue
-            for _, off, size, _ in run:
-                yield blob[off - lo: off - lo + size]
+            for i in run:
+                _, off, size, _ = keys[i]
+                out[i] = blob[off - lo: off - lo + size]
+        yield from out  # type: ignore[misc]
 
 
-def _runs(keys: list) -> list[list]:
-    """``keys`` split into maximal runs of the same shard."""
-    runs: list[list] = []
-    for key in keys:
-        if runs and runs[-1][0][0] == key[0]:
-            runs[-1].append(key)
+MAX_GAP = 64 * 1024  # bytes between two members still read in one request
+
+
+def _runs(keys: list) -> list[list[int]]:
+    """Indices of ``keys`` grouped into ranged reads: sorted by (shard, offset), a new read
+    where the shard changes or the next member starts more than :data:`MAX_GAP` after the
+    end of the previous one."""
+    runs: list[list[int]] = []
+    end = 0
+    for i in sorted(range(len(keys)), key=lambda i: (keys[i][0], keys[i][1])):
+        shard, off, size, _ = keys[i]
+        if runs and keys[runs[-1][0]][0] == shard and off - end <= MAX_GAP:
+            runs[-1].append(i)
         else:
-            runs.append([key])
+            runs.append([i])
+        end = max(end, off + size) if len(runs[-1]) > 1 else off + size
     return runs
 
 

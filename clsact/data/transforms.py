@@ -13,6 +13,9 @@ reader differs slightly and is ~2x slower. OpenCV ships with paddleslim
   ``img_size`` -> horizontal flip with p=0.5 (unless ``random_flip`` is off) -> normalise
   -> CHW float32.
 
+The two halves are separate (:func:`crop` gives uint8 HWC, :func:`normalize_batch` a whole
+batch's float32 NCHW) so the loader's workers hand over a quarter of the bytes.
+
 Random choices come from a ``numpy.random.Generator`` the caller seeds per (epoch, sample), so
 a sample's augmentation does not depend on which worker decodes it.
 """
@@ -54,11 +57,16 @@ def decode_image(data: bytes) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the shorter side to ``size`` (PaddleClas' rounding)."""
+    percent = size / min(h, w)
+    return max(1, int(round(h * percent))), max(1, int(round(w * percent)))
+
+
 def resize_short(img: np.ndarray, size: int) -> np.ndarray:
     """Resize so the shorter side is ``size`` (aspect kept, bilinear)."""
     h, w = img.shape[:2]
-    percent = size / min(h, w)
-    new_w, new_h = max(1, int(round(w * percent))), max(1, int(round(h * percent)))
+    new_h, new_w = short_side_size(h, w, size)
     if (new_w, new_h) == (w, h):
         return img
     return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -73,19 +81,13 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[top : top + size, left : left + size]
 
 
-def random_resized_crop(
-    img: np.ndarray,
-    size: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """A random crop of random area and aspect ratio, resized to ``size`` x ``size``.
+def crop_window(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
+                rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random window of random area and aspect ratio.
 
     Up to 10 tries find a window that fits; otherwise the largest central window with an
     aspect ratio inside ``ratio`` is used.
     """
-    h, w = img.shape[:2]
     area = h * w
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     for _ in range(10):
@@ -94,33 +96,51 @@ def random_resized_crop(
         cw = int(round(math.sqrt(target * aspect)))
         ch = int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
-            top = int(rng.integers(0, h - ch + 1))
-            left = int(rng.integers(0, w - cw + 1))
-            break
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
     else:
-        in_ratio = w / h
-        if in_ratio < ratio[0]:
-            cw, ch = w, int(round(w / ratio[0]))
-        elif in_ratio > ratio[1]:
-            ch, cw = h, int(round(h * ratio[1]))
-        else:
-            cw, ch = w, h
-        top, left = (h - ch) // 2, (w - cw) // 2
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def random_resized_crop(
+    img: np.ndarray,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A random crop of random area and aspect ratio (:func:`crop_window`), resized to
+    ``size`` x ``size``."""
+    top, left, ch, cw = crop_window(img.shape[0], img.shape[1], scale, ratio, rng)
     crop = img[top : top + ch, left : left + cw]
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def normalize_chw(img: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """``(img/255 - mean)/std`` as float32, HWC -> CHW."""
-    scale = np.float32(1.0 / 255.0)
-    m = np.asarray(mean, dtype=np.float32)
-    s = np.asarray(std, dtype=np.float32)
-    out = (img.astype(np.float32) * scale - m) / s
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+def normalize_batch(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """``(pixels/255 - mean)/std`` as float32, NHWC uint8 -> NCHW, in one pass per channel
+    (``pixels * (1/(255 std)) - mean/std``: equal to the formula within float32 rounding).
+    ``out`` (N, C, H, W) float32 is filled when given."""
+    n, h, w, c = pixels.shape
+    if out is None:
+        out = np.empty((n, c, h, w), dtype=np.float32)
+    for ch in range(c):
+        scale = np.float32(1.0 / (255.0 * std[ch]))
+        shift = np.float32(-mean[ch] / std[ch])
+        np.multiply(pixels[..., ch], scale, out=out[:, ch], dtype=np.float32)
+        out[:, ch] += shift
+    return out
 
 
-def preprocess(spec: TransformSpec, data: bytes, rng: np.random.Generator | None) -> np.ndarray:
-    """Decode and preprocess one image to a CHW float32 array of ``img_size``.
+def crop(spec: TransformSpec, data: bytes, rng: np.random.Generator | None) -> np.ndarray:
+    """Decode and crop (train: random resized crop and flip; eval: resize short side and
+    center crop) one image to ``img_size`` x ``img_size``, RGB uint8 HWC: what the loader's
+    workers hand over before normalising.
 
     Raises:
         ValueError: the bytes are not a decodable image (or too small to crop).
@@ -132,6 +152,14 @@ def preprocess(spec: TransformSpec, data: bytes, rng: np.random.Generator | None
         img = random_resized_crop(img, spec.img_size, spec.crop_scale, spec.crop_ratio, rng)
         if spec.random_flip and rng.random() < 0.5:
             img = img[:, ::-1]
-    else:
-        img = center_crop(resize_short(img, spec.resize_size), spec.img_size)
-    return normalize_chw(img, spec.mean, spec.std)
+        return img
+    return center_crop(resize_short(img, spec.resize_size), spec.img_size)
+
+
+def preprocess(spec: TransformSpec, data: bytes, rng: np.random.Generator | None) -> np.ndarray:
+    """Decode and preprocess one image to a CHW float32 array of ``img_size``.
+
+    Raises:
+        ValueError: the bytes are not a decodable image (or too small to crop).
+    """
+    return normalize_batch(crop(spec, data, rng)[None], spec.mean, spec.std)[0]

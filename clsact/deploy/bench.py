@@ -100,9 +100,9 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
             log.info("%s on %s: skipped: %s", name, rt.key, reason)
             continue
         try:
-            _measure(m, rt, files, img_size, batches, threads, budget_s, rng)
+            predict = _measure(m, rt, files, img_size, batches, threads, budget_s, rng)
             if val_batches is not None:
-                m.accuracy = top_k(rt.load(files, max(threads)), val_batches())
+                m.accuracy = top_k(predict, val_batches())
                 m.flag = accuracy_flag(m.accuracy["top1"], reference_top1)
         except RuntimeSkip as exc:
             m.status, m.reason, m.latency = "skipped", str(exc), []
@@ -116,10 +116,15 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
 
 def _measure(m: Measurement, rt: Runtime, files: ModelFiles, img_size: int,
              batches: tuple[int, ...], threads: tuple[int, ...], budget_s: float,
-             rng: np.random.Generator) -> None:
+             rng: np.random.Generator) -> Predictor:
+    """Latency of ``rt`` at each thread count and batch size into ``m``; returns the
+    predictor with the most threads (for the accuracy pass)."""
     name = m.model
+    kept = None
     for n_threads in threads:
         predict = rt.load(files, n_threads)
+        if n_threads == max(threads):
+            kept = predict
         for batch in batches:
             x = rng.random((batch, 3, img_size, img_size), dtype=np.float32)
             _check_output(predict(x), batch, rt, files)
@@ -127,6 +132,8 @@ def _measure(m: Measurement, rt: Runtime, files: ModelFiles, img_size: int,
             m.latency.append({**lat.to_dict(), "threads": n_threads})
             log.info("%s on %s: batch %d, %d thread(s): p50 %.2f ms", name, rt.key, batch,
                      n_threads, lat.p50_ms)
+    assert kept is not None
+    return kept
 
 
 def _check_output(scores: np.ndarray, batch: int, rt: Runtime, files: ModelFiles) -> None:

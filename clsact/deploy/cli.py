@@ -46,6 +46,10 @@ def _add_bench(sub, add_s3_endpoint) -> None:
     p.add_argument("--reference-top1", type=float, action="append", metavar="X",
                    help="per --model-dir: top-1 to flag a runtime against (default: the "
                    "run's own metrics)")
+    p.add_argument("--profile", action="store_true", help="also where the time goes: each "
+                   "model's ops (how many hold int8 weights, the QDQ pairs) and ONNX Runtime's "
+                   "and OpenVINO's per-op times by precision (int8, fp32, qdq, layout) at "
+                   "batch 1, one thread")
     p.add_argument("--output", help="also write the results as JSON to this file")
     add_s3_endpoint(p)
 
@@ -108,7 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
     from clsact import storage
-    from clsact.deploy import bench
+    from clsact.deploy import bench, profile
     from clsact.deploy.runtimes import RUNTIMES
 
     storage.configure(endpoint_url=args.s3_endpoint)
@@ -121,9 +125,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     threads = _thread_counts(args.threads)
     runtimes = [r for r in RUNTIMES if not args.runtime or r.key in args.runtime]
     results = []
+    profiles: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="clsact-bench-") as scratch:
         for i, location in enumerate(args.model_dir):
             target = _bench_target(args, location, Path(scratch) / f"m{i}")
+            if args.profile:
+                profiles[target["name"]] = profile.where_time_goes(target["files"],
+                                                                   target["img_size"])
             ref = refs[i] if refs else target["reference"]
             loader = target["loader"]
             try:
@@ -136,6 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 if loader is not None:
                     loader.close()
     print(bench.format_table(results))
+    if profiles:
+        print("\n" + profile.format_anatomy(profiles))
     if args.output:
         Path(args.output).write_text(json.dumps(bench.to_json(results), indent=2) + "\n")
     return 0
@@ -172,12 +182,13 @@ def _bench_target(args: argparse.Namespace, location: str, scratch: Path) -> dic
     if chosen is not None and not args.no_accuracy:
         loader = make_loader(g, read_samples(g, "val"), train=False, batch_size=32)
     return {"name": location.rstrip("/").rsplit("/", 1)[-1] if chosen is None or
-            not chosen.run_config else _run_name(chosen.run_config, chosen.model_dir),
+            not chosen.run_config else _run_name(chosen.run_config),
             "files": files, "img_size": g["img_size"], "loader": loader,
             "reference": _reference_top1(chosen)}
 
 
-def _run_name(run_config: str, model_dir: str) -> str:
+def _run_name(run_config: str) -> str:
+    """The run id a run's ``config.yaml`` location belongs to (its folder's name)."""
     run = run_config.rsplit("/", 1)[0]
     return run.rstrip("/").rsplit("/", 1)[-1]
 
@@ -201,25 +212,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``clsact report``: regenerate a run's deploy report."""
     import tempfile
 
-    from clsact import config, storage
+    from clsact import storage
     from clsact.data.build import read_samples
     from clsact.deploy import report
+    from clsact.evalsettings import find_run
     from clsact.storage.publish import add_to_run
 
     storage.configure(endpoint_url=args.s3_endpoint)
     if args.budget <= 0:
         raise ClsactError("--budget must be > 0 seconds")
-    run = storage.open_store(args.run, "RUN")
+    found = find_run(args.run)
+    if found is None:
+        raise ClsactError(f"{args.run} is not a published clsact run (no config.yaml and "
+                          "manifest.json); pass a run's save dir")
+    run_loc, model_loc, g = found
+    run = storage.open_store(run_loc, "RUN")
     try:
         metrics = json.loads(run.read_bytes("metrics.json"))
-        cfg = config.validate(config.load_yaml(run.read_bytes("config.yaml").decode()),
-                              source=run.describe("config.yaml"))
-    except FileNotFoundError as exc:
-        raise ClsactError(f"{args.run} is not a published clsact run (no {exc.filename}); "
-                          "pass a run's save dir") from None
+    except FileNotFoundError:
+        raise ClsactError(f"{run.describe('metrics.json')} is missing: the run did not finish "
+                          "publishing") from None
     except ValueError as exc:
         raise ClsactError(f"{run.describe('metrics.json')} is not JSON ({exc})") from None
-    g = cfg.globals
     names = [g["model_filename"], g["params_filename"]]
     if args.publish and "report" in metrics:
         raise ClsactError(f"{run.describe()} was published with its report (in manifest.json); "
@@ -228,7 +242,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         work = Path(tmp)
         baseline = storage.input_dir(args.baseline_dir or g["model_dir"], "--baseline-dir",
                                      names, work / "baseline")
-        compressed = storage.input_dir(f"{args.run.rstrip('/')}/model", "RUN/model", names,
+        compressed = storage.input_dir(model_loc, "RUN/model", names,
                                        work / "compressed")
         out = work / "out" if args.publish else Path(
             args.output or f"report-{metrics.get('run_id', 'run')}")

@@ -70,3 +70,35 @@ def measure(call: Callable[[], object], batch: int, *, warmup: int = 5, round_si
     ms = np.asarray(times) * 1000.0
     return Latency(batch, float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
                    len(times), warmup, stable)
+
+
+def interleaved(calls: dict[str, Callable[[], object]], *, rounds: int = 9, per_round: int = 20,
+                warmup: int = 5, clock: Callable[[], float] = time.perf_counter
+                ) -> dict[str, list[float]]:
+    """Per-round median latency (ms) of each call, the calls taking turns round by round
+    (A B C, A B C, ...): load that comes and goes on a shared machine hits them alike, so
+    ratios between them (:func:`paired_ratio`) hold where separate measurements drift.
+
+    Raises:
+        ValueError: no calls, or a count below 1.
+    """
+    if not calls or min(rounds, per_round) < 1 or warmup < 0:
+        raise ValueError("at least one call; rounds, per_round >= 1; warmup >= 0")
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times = []
+            for _ in range(per_round):
+                t0 = clock()
+                call()
+                times.append(clock() - t0)
+            out[name].append(float(np.median(times)) * 1000.0)
+    return out
+
+
+def paired_ratio(rounds: dict[str, list[float]], slow: str, fast: str) -> float:
+    """The median over rounds of ``slow``'s latency / ``fast``'s (> 1: ``fast`` is faster)."""
+    return float(np.median(np.asarray(rounds[slow]) / np.asarray(rounds[fast])))

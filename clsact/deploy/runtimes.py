@@ -51,10 +51,34 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+QDQ_OPS = ("quantize_linear", "dequantize_linear")
+# ``onnx_format: false`` (paddleslim's older format): activations through a fake quantize
+# op, int8-valued weights, and the op's *output* dequantized with the weight scales
+_OLD_DEQUANT = ("fake_channel_wise_dequantize_max_abs", "fake_dequantize_max_abs")
+
+
+def int8_op_indices(block) -> set[int]:
+    """Indices (in ``block.ops``) of the ops whose weights are stored quantized, in either
+    format QAT saves: consumers of a ``dequantize_linear`` of a parameter (``onnx_format:
+    true``), or producers of a ``fake_*dequantize_max_abs`` input (``onnx_format: false``)."""
+    dequantized_weights = {op.output("Y")[0] for op in block.ops
+                           if op.type == "dequantize_linear"
+                           and block.var(op.input("X")[0]).persistable}
+    old_dequantized = {op.input("X")[0] for op in block.ops if op.type in _OLD_DEQUANT}
+    out = set()
+    for i, op in enumerate(block.ops):
+        if op.type in QDQ_OPS or op.type in _OLD_DEQUANT or op.type.startswith("fake_"):
+            continue
+        inputs = {name for slot in op.input_names for name in op.input(slot)}
+        outputs = {name for slot in op.output_names for name in op.output(slot)}
+        if inputs & dequantized_weights or outputs & old_dequantized:
+            out.add(i)
+    return out
+
+
 def quantized_op_types(model_file: str | Path) -> list[str]:
-    """The op types whose weights the model holds quantized: consumers of a
-    ``dequantize_linear`` whose input is a parameter (QAT's ``quantize_op_types`` that
-    occur in the model). Empty for an fp32 model.
+    """The op types whose weights the model holds quantized (QAT's ``quantize_op_types``
+    that occur in the model, :func:`int8_op_indices`). Empty for an fp32 model.
 
     Raises:
         ModelError: the file is not a Paddle program.
@@ -62,13 +86,7 @@ def quantized_op_types(model_file: str | Path) -> list[str]:
     from clsact.modelio import load_program
 
     block = load_program(model_file).global_block()
-    dequantized_weights = {op.output("Y")[0] for op in block.ops
-                           if op.type == "dequantize_linear"
-                           and block.var(op.input("X")[0]).persistable}
-    return sorted({op.type for op in block.ops
-                   if op.type not in ("quantize_linear", "dequantize_linear")
-                   and any(name in dequantized_weights
-                           for slot in op.input_names for name in op.input(slot))})
+    return sorted({block.ops[i].type for i in int8_op_indices(block)})
 
 
 @dataclass(frozen=True)
@@ -165,9 +183,15 @@ def _paddle_predictor(files: ModelFiles, threads: int, *, int8: bool = False,
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an error's message (at most 300 characters), or its type."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """The telling line of an error's message (at most 300 characters), or its type: the
+    first, or with native runtimes' "Exception from file:line" / "Check ... failed at"
+    preambles, the last line of the message."""
+    lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
+    if not lines:
+        return type(exc).__name__
+    noise = ("Exception from ", "Check '", "FrontEnd API failed")
+    telling = [x for x in lines if not x.startswith(noise)]
+    return (telling[-1] if lines[0].startswith(noise) and telling else lines[0])[:300]
 
 
 def _missing(*modules: str) -> str | None:
@@ -181,47 +205,46 @@ _ONNX: dict[Path, bytes] = {}
 
 
 def onnx_model(files: ModelFiles) -> bytes:
-    """The model exported to ONNX by paddle2onnx 1.x for ONNX Runtime (cached per file).
+    """The model exported to ONNX by paddle2onnx 1.x for ONNX Runtime, in a child process
+    (:mod:`clsact.deploy.onnx_export`; cached per file).
 
     Raises:
-        RuntimeSkip: paddle2onnx is 2.x or cannot export this model.
+        RuntimeSkip: paddle2onnx is 2.x, cannot export this model, or crashes on it.
     """
-    if files.model_file in _ONNX:
-        return _ONNX[files.model_file]
-    import paddle2onnx
+    if files.model_file not in _ONNX:
+        from clsact.deploy import onnx_export
 
-    major = int(str(getattr(paddle2onnx, "__version__", "1")).split(".")[0] or 1)
-    if major >= 2:
-        raise RuntimeSkip(f"paddle2onnx {paddle2onnx.__version__} cannot export quantized "
-                          "models (2.x dropped it): pip install 'paddle2onnx<2'")
-    try:
-        with _quiet_native():
-            data = paddle2onnx.export(str(files.model_file), str(files.params_file),
-                                      save_file=None, opset_version=13, verbose=False,
-                                      deploy_backend="onnxruntime")
-    except Exception as exc:  # the converter raises many types
-        raise RuntimeSkip(f"paddle2onnx cannot convert the model: {first_line(exc)}") from None
-    if not data:
-        raise RuntimeSkip("paddle2onnx produced no model (see its log)")
-    _ONNX[files.model_file] = data
-    return data
+        _ONNX[files.model_file] = onnx_export.export(files.model_file, files.params_file)
+    return _ONNX[files.model_file]
 
 
-def _ort_predictor(files: ModelFiles, threads: int) -> Predictor:
+def ort_session(files: ModelFiles, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session of the model's paddle2onnx export with ``threads``
+    intra-op threads (``profile_prefix``: with ORT's per-node profiling into that prefix).
+
+    Raises:
+        RuntimeSkip: the model cannot be exported or ONNX Runtime cannot load it.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     try:
-        session = ort.InferenceSession(onnx_model(files), opts,
-                                       providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx_model(files), opts, providers=["CPUExecutionProvider"])
     except RuntimeSkip:
         raise
     except Exception as exc:
         raise RuntimeSkip(f"ONNX Runtime cannot load the exported model: "
                           f"{first_line(exc)}") from None
+
+
+def _ort_predictor(files: ModelFiles, threads: int) -> Predictor:
+    session = ort_session(files, threads)
     name = session.get_inputs()[0].name
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -192,15 +192,27 @@ class S3Store(Store):
         return self._get(rel)
 
     def read_range(self, rel: str, start: int, length: int) -> bytes:
-        data = self._get(rel, Range=f"bytes={start}-{start + length - 1}")
+        from clsact.storage import s3read
+
+        if s3read.enabled():
+            data = s3read.get(self.conf, self.loc.bucket, self._key(rel), self.describe(rel),
+                              (start, start + length))
+        else:
+            data = self._get(rel, Range=f"bytes={start}-{start + length - 1}")
         if len(data) != length:
             raise OSError(f"{self.describe(rel)} is truncated (wanted bytes {start}-"
                           f"{start + length - 1}, got {len(data)})")
         return data
 
     def iter_many(self, rels: list[str]) -> Iterator[bytes | OSError]:
+        """The objects' bytes in order (OSError for one that cannot be read), fetched on
+        ``io_threads`` threads: through obstore when it is installed (:mod:`s3read`: a
+        fraction of botocore's CPU per request), else boto3."""
+        from clsact.storage import s3read
+
         pool = _process_pool(self.conf.io_threads)
-        futures = [pool.submit(self._read_or_oserror, rel) for rel in rels]
+        read = self._fast_read_or_oserror if s3read.enabled() else self._read_or_oserror
+        futures = [pool.submit(read, rel) for rel in rels]
         try:
             for fut in futures:
                 yield fut.result()
@@ -211,6 +223,14 @@ class S3Store(Store):
     def _read_or_oserror(self, rel: str) -> bytes | OSError:
         try:
             return self.read_bytes(rel)
+        except OSError as exc:
+            return exc
+
+    def _fast_read_or_oserror(self, rel: str) -> bytes | OSError:
+        from clsact.storage import s3read
+
+        try:
+            return s3read.get(self.conf, self.loc.bucket, self._key(rel), self.describe(rel))
         except OSError as exc:
             return exc
 
@@ -374,8 +394,9 @@ def credentials_from_dir(path: str) -> dict[str, str]:
     return out
 
 
-def make_client(conf: S3Settings):
-    """A boto3 S3 client with clsact's retry, timeout and addressing settings.
+def make_session():
+    """The boto3 session whose credentials every client uses: the keys in
+    ``CLSACT_S3_CREDENTIALS_DIR`` when set, else boto3's chain.
 
     Raises:
         StorageError: the AWS profile named by AWS_PROFILE does not exist, or the credentials
@@ -384,15 +405,25 @@ def make_client(conf: S3Settings):
     import os
 
     import boto3
-    from botocore.config import Config
     from botocore.exceptions import ProfileNotFound
 
     folder = os.environ.get(CREDENTIALS_DIR_ENV)
     keys = credentials_from_dir(folder) if folder else {}
     try:
-        session = boto3.session.Session(**keys)
+        return boto3.session.Session(**keys)
     except ProfileNotFound as exc:
         raise StorageError(f"{exc}; fix AWS_PROFILE") from None
+
+
+def make_client(conf: S3Settings):
+    """A boto3 S3 client with clsact's retry, timeout and addressing settings.
+
+    Raises:
+        StorageError: see :func:`make_session`.
+    """
+    from botocore.config import Config
+
+    session = make_session()
     custom = conf.endpoint_url is not None or _env_endpoint() is not None
     config = Config(
         retries={"mode": "standard", "total_max_attempts": conf.max_attempts},
