@@ -48,9 +48,7 @@ def abort_all() -> None:
         pool = loader._pool
         for proc in list(getattr(pool, "_processes", {}).values()) if pool else []:
             proc.kill()
-        if loader._ring is not None:
-            loader._ring.close()
-    shm.close_all()
+    shm.close_all()  # every ring of this process, the loaders' included
 
 
 @dataclass
