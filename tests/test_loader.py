@@ -189,28 +189,30 @@ def test_slots_of_dead_owners_are_removed_by_the_next_ring(tmp_path):
 
 
 ABORT = """
-import os, sys
+import os, signal, sys
+from clsact.data import loader
 from clsact.data.listfile import read_list
-from clsact.data.loader import BatchLoader, abort_all
 from clsact.data.transforms import TransformSpec
 from clsact.storage import LocalStore
 
 if __name__ == "__main__":
-    ld = BatchLoader(LocalStore(sys.argv[1]), read_list(sys.argv[1], "small_val.txt"),
-                     TransformSpec(train=False, img_size=32, resize_size=36), batch_size=16,
-                     num_workers=2, shuffle=False)
+    loader.PARENT_WATCH = sys.argv[3] == "watch"
+    ld = loader.BatchLoader(LocalStore(sys.argv[1]), read_list(sys.argv[1], "small_val.txt"),
+                            TransformSpec(train=False, img_size=32, resize_size=36),
+                            batch_size=16, num_workers=2, shuffle=False)
     next(iter(ld.epoch(0)))
     print(" ".join(ld._ring.names), "|", " ".join(map(str, ld.worker_pids())), flush=True)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # OOM killer, kubelet, a failing node
     if sys.argv[2] == "abort":
-        abort_all()
+        loader.abort_all()
     os._exit(3)  # as the rank watchdog does: no finally, no atexit
 """
 
 
-@pytest.mark.parametrize("abort", [True, False])
-def test_the_watchdog_exit_leaves_no_slots_or_workers(tmp_path, small_digits_dir, abort):
-    """``os._exit`` runs no cleanup: without ``abort_all`` the slots and the spawned workers
-    outlive the process (the check can fail); with it, nothing is left."""
+def _run_and_die(tmp_path, data_dir, how: str, watch: bool) -> tuple[list[str], list[str]]:
+    """Run ABORT (ending ``how``); the slot names it left and its worker PIDs still alive
+    after up to 5 s (the workers poll their parent every 0.5 s)."""
     import subprocess
     import sys
     import time
@@ -219,19 +221,49 @@ def test_the_watchdog_exit_leaves_no_slots_or_workers(tmp_path, small_digits_dir
     script.write_text(ABORT)
     out, err = tmp_path / "out", tmp_path / "err"
     with out.open("w") as fo, err.open("w") as fe:  # files: orphans would hold a pipe open
-        proc = subprocess.run([sys.executable, str(script), str(small_digits_dir),
-                               "abort" if abort else "leave"], stdout=fo, stderr=fe,
+        proc = subprocess.run([sys.executable, str(script), str(data_dir), how,
+                               "watch" if watch else "no-watch"], stdout=fo, stderr=fe,
                               timeout=120, cwd=str(Path(__file__).parent.parent))
-    assert proc.returncode == 3, err.read_text()[-2000:]
+    assert proc.returncode == (-9 if how == "kill" else 3), err.read_text()[-2000:]
     names, pids = (part.split() for part in out.read_text().strip().splitlines()[-1].split("|"))
-    time.sleep(0.5)
-    left = [n for n in names if (Path(SHM_DIR) / n).exists()]
-    alive = [p for p in pids if Path(f"/proc/{p}").exists()
-             and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+
+    def alive() -> list[str]:
+        return [p for p in pids if Path(f"/proc/{p}").exists()
+                and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+
+    deadline = time.monotonic() + 5
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [n for n in names if (Path(SHM_DIR) / n).exists()], alive()
+
+
+def _clean(left: list[str], alive: list[str]) -> None:
+    for p in alive:
+        os.kill(int(p), 9)
+    for n in left:
+        (Path(SHM_DIR) / n).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("abort", [True, False])
+def test_the_watchdog_exit_leaves_no_slots_or_workers(tmp_path, small_digits_dir, abort):
+    """``os._exit`` runs no cleanup: without ``abort_all`` (and with the workers' parent watch
+    off) the slots and the spawned workers outlive the process, so the check can fail; with
+    it, nothing is left."""
+    left, alive = _run_and_die(tmp_path, small_digits_dir, "abort" if abort else "leave",
+                               watch=False)
     try:
         assert (left == [] and alive == []) == abort, (left, alive)
     finally:
-        for p in alive:
-            os.kill(int(p), 9)
-        for n in left:
-            (Path(SHM_DIR) / n).unlink(missing_ok=True)
+        _clean(left, alive)
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_workers_of_a_sigkilled_rank_exit_by_themselves(tmp_path, small_digits_dir, watch):
+    """A SIGKILL runs nothing of the process: its workers leave because they watch their
+    parent (without the watch they stay, as orphans: the check can fail). Its slots stay
+    until the next ring sweeps them (test_slots_of_dead_owners_are_removed_by_the_next_ring)."""
+    left, alive = _run_and_die(tmp_path, small_digits_dir, "kill", watch=watch)
+    try:
+        assert (alive == []) == watch, alive
+    finally:
+        _clean(left, alive)

@@ -4,7 +4,7 @@
   :func:`shard_indices` — so every rank can compute its own disjoint shard.
 * Workers: a pool of spawned processes (they import numpy and OpenCV only) decode and crop
   whole batches; the main process keeps ``2 x workers`` batches in flight and yields them in
-  order.
+  order. A worker exits by itself when its parent dies (a SIGKILLed rank leaves no orphans).
 * Transport: workers write uint8 HWC crops into shared-memory slots (:mod:`clsact.data.shm`,
   a quarter of the bytes of float32 and no pickling of pixels) and the main process
   normalises each batch once, out of its slot, into float32 NCHW. Where ``/dev/shm`` has no
@@ -22,6 +22,9 @@ import hashlib
 import logging
 import math
 import multiprocessing
+import os
+import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -38,6 +41,9 @@ from clsact.errors import DataError
 log = logging.getLogger(__name__)
 MAX_LOGGED_BAD = 20
 _LOADERS: weakref.WeakSet[BatchLoader] = weakref.WeakSet()  # of this process
+# workers exit by themselves when their parent dies (SIGKILL, OOM kill); see _watch_parent
+PARENT_WATCH = True
+PARENT_POLL_S = 0.5
 
 
 def abort_all() -> None:
@@ -195,10 +201,25 @@ def decode_on_device(batch: Batch, spec: TransformSpec, seed: int, epoch: int) -
                  [d for d in batch.digests if d[0] not in lost])
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                         name="clsact-parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit this worker once ``parent`` is no longer its parent.
+
+    A SIGKILLed (or OOM-killed) rank runs no cleanup, and spawned workers would outlive it
+    as orphans, holding memory and the pod's CPU. ``prctl(PR_SET_PDEATHSIG)`` is not used:
+    it fires when the *thread* that started the worker ends, and the pool may start workers
+    from its manager thread."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
 
 
 class BatchLoader:
@@ -288,8 +309,9 @@ class BatchLoader:
     def _pool_get(self) -> ProcessPoolExecutor:
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.num_workers, mp_context=ctx,
-                                             initializer=_init_worker)
+            self._pool = ProcessPoolExecutor(
+                self.num_workers, mp_context=ctx, initializer=_init_worker,
+                initargs=(os.getpid() if PARENT_WATCH else None,))
         return self._pool
 
     def _ring_get(self, depth: int) -> shm.SlotRing | None:
