@@ -1,13 +1,17 @@
 """Running paddleslim ACT with clsact's loaders, exact (sharded) evaluation and rank sync.
 
 ACT owns the training loop; clsact owns what ACT calls back into: the training data
-generator (where, between two steps, the ranks average their state — see
-:mod:`clsact.distributed` — and rank 0 takes checkpoints at their cadence) and the evaluation
-callback (sharded, aggregated, broadcast; a checkpoint after each evaluation).
+generator (where, between two steps, the ranks average their state when they synchronise
+through the host — see :mod:`clsact.distributed` — and rank 0 takes checkpoints at their
+cadence) and the evaluation callback (sharded, aggregated, broadcast; a checkpoint after
+each evaluation). With ``gradients`` synchronisation ACT runs fleet's program, whose
+gradient all-reduce is checked when the loop starts (:func:`clsact.distributed.
+allreduce_coverage`).
 
 With more than one rank every rank takes the same steps: a batch whose every image was
 unreadable is replaced by a stand-in (the rank's previous batch) that the next average
-weighs 0, so no rank meets the others' collectives one step early.
+weighs 0 (with in-graph gradients its gradient is averaged in like any other), so no rank
+meets the others' collectives one step early.
 
 ACT's pre-training check of ``TrainConfig.origin_metric`` calls the eval callback on the fp32
 model before training starts; clsact answers it with the baseline top-1 it measured already
@@ -17,6 +21,7 @@ model before training starts; clsact answers it with the baseline top-1 it measu
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +30,17 @@ import numpy as np
 
 from clsact import checkpoint, compat, logs
 from clsact.config import Config
-from clsact.distributed import Group, aggregate_eval, average_state, state_digest, state_names
-from clsact.errors import ClsactError
+from clsact.distributed import (
+    GRADIENTS,
+    Group,
+    aggregate_eval,
+    allreduce_coverage,
+    average_state,
+    in_graph_allreduce,
+    state_digest,
+    state_names,
+)
+from clsact.errors import ClsactError, DistributedError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +66,13 @@ def ensure_evaluation(cfg: Config, steps_per_epoch: int) -> int:
 
 class _RankSync:
     """Averages the student's state across ranks when it changed since the last average,
-    weighting each rank by the samples of its last step."""
+    weighting each rank by the samples of its last step: between steps when the ranks
+    synchronise through the host (``per_step``), else (gradients all-reduced in the graph)
+    only before evaluations."""
 
-    def __init__(self, group: Group) -> None:
+    def __init__(self, group: Group, per_step: bool = True) -> None:
         self.group = group
+        self.per_step = per_step
         self.names: list[str] | None = None
         self.program = None  # ACT's training program, captured when its loop starts
         self.dirty = False
@@ -85,15 +102,17 @@ class _RankSync:
             self.names = names
         return self.names
 
-    def sync(self) -> None:
-        """Average the state if a step changed it since the last average."""
-        if not self.group.active or not self.dirty:
-            self.dirty = False
-            return
+    def sync(self, between_steps: bool = False) -> bool:
+        """Average the state if a step changed it since the last average (between steps
+        only when synchronising per step); returns whether it did."""
+        if not self.group.active or not self.dirty or (between_steps and not self.per_step):
+            self.dirty = self.dirty and self.group.active and not self.per_step
+            return False
         scope, place = self._scope_and_place()
         average_state(self.group, scope, self.ensure_names(), place, self.weight)
         self.dirty = False
         self.syncs += 1
+        return True
 
     def digest(self) -> str | None:
         """sha256 of this rank's state (None before training)."""
@@ -135,6 +154,24 @@ class RunState:
     batches: int = 0
     images: int = 0
     stand_ins: int = 0
+    # timing of the training loop: from one batch request to the next (a step, the host
+    # average before it, and any evaluation/checkpoint, which is counted apart)
+    last_request: float | None = None
+    eval_seconds: float = 0.0  # evaluations and checkpoints inside the loop
+    eval_mark: float = 0.0
+    step_seconds: float = 0.0  # wall time of the timed steps, averages included
+    sync_seconds: float = 0.0  # of which: the host averages between steps
+    steps_timed: int = 0
+
+    def timing(self, mode: str, world: int) -> dict[str, Any]:
+        """The synchronisation's share of a training step, as measured."""
+        per_step = self.step_seconds / self.steps_timed if self.steps_timed else None
+        return {"mode": mode if world > 1 else None, "steps_timed": self.steps_timed,
+                "step_ms": round(1000 * per_step, 3) if per_step else None,
+                "host_sync_ms": round(1000 * self.sync_seconds / self.steps_timed, 3)
+                if self.steps_timed else None,
+                "host_sync_share": round(self.sync_seconds / self.step_seconds, 4)
+                if self.step_seconds else None}
     history: list[dict[str, Any]] = field(default_factory=list)
     earlier: list[float] = field(default_factory=list)
 
@@ -159,6 +196,7 @@ def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
             log.info("ACT's origin_metric check: the baseline top-1 %.4f measured before "
                      "(not evaluated again)", baseline_top1)
             return baseline_top1
+        started = time.perf_counter()
         sync.sync()
         mine = evaluate_program(exe, program, input_name, fetch_targets[0], select_loader)
         result = aggregate_eval(group, mine, "an evaluation")
@@ -173,6 +211,7 @@ def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
                  len(run.history), run.step, result["top1"], result["top5"],
                  result["samples"])
         save()
+        run.eval_seconds += time.perf_counter() - started
         return result["top1"]
 
     return callback
@@ -189,15 +228,29 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
             if not run.feeding:  # ACT's constructor peeks at one batch
                 yield {input_name: batch.images}
                 continue
-            sync.sync()  # the previous step changed this rank's state
-            if checkpointer.due(run.step):
+            now = time.perf_counter()
+            timed = run.last_request is not None
+            if timed:
+                run.step_seconds += now - run.last_request - (run.eval_seconds - run.eval_mark)
+                run.steps_timed += 1
+            averaged = sync.sync(between_steps=True)  # the last step changed this rank's state
+            if timed:
+                spent = time.perf_counter() - now
+                run.step_seconds += spent
+                run.sync_seconds += spent if averaged else 0.0
+            run.last_request, run.eval_mark = time.perf_counter(), run.eval_seconds
+            if checkpointer.due(run.step):  # rank 0 only: no collective here
+                started = time.perf_counter()
                 save()
+                run.eval_seconds += time.perf_counter() - started
             images, weight = batch.images, len(batch.labels)
             if weight == 0:
                 run.stand_ins += 1
                 log.warning("rank %d: batch %d had no readable image; stepping on a stand-in "
-                            "batch that the rank average weighs 0, so every rank takes the "
-                            "same steps", sync.group.rank, run.step)
+                            "batch that %s, so every rank takes the same steps",
+                            sync.group.rank, run.step,
+                            "the rank average weighs 0" if sync.per_step else
+                            "counts like any other in the gradient all-reduce")
                 images = last.get("images", np.zeros((1, 3, side, side), np.float32))
             else:
                 last["images"] = images
@@ -215,24 +268,31 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             run_id: str = "", baseline_top1: float = 0.0,
             resume: checkpoint.Checkpoint | None = None,
             checkpointer: checkpoint.Checkpointer | None = None,
-            fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+            fingerprint: dict[str, Any] | None = None, mode: str = "state") -> dict[str, Any]:
     """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
 
     The compressed model lands in ``act_dir`` (on rank 0: ACT saves there only). ACT's
     evaluations run on ``select_loader``. With ``resume``, training continues from that
     checkpoint (state, data position); ``checkpointer`` (enabled on rank 0) writes one after
-    every evaluation and at its cadence.
+    every evaluation and at its cadence. ``mode`` is how the ranks synchronise
+    (:func:`clsact.distributed.sync_mode`).
 
     Raises:
         ClsactError: the ranks or the checkpoint do not match the training program.
+        DistributedError: with in-graph gradients, the training program does not all-reduce
+            every gradient its optimizer reads.
     """
     from paddleslim.auto_compression import AutoCompression
 
-    compat.act_without_fleet(AutoCompression)
+    collective = group.active and mode == GRADIENTS
+    compat.act_fleet(AutoCompression, collective, in_graph_allreduce)
+    if collective:
+        compat.collective_on_cpu()  # a CUDA build keeps fleet's NCCL path
     compat.fast_ir_graph_links()
     logs.adopt_paddleslim_loggers()
     checkpointer = checkpointer or checkpoint.Checkpointer(None)
-    sync = _RankSync(group)
+    sync = _RankSync(group, per_step=not collective)
+    coverage: dict[str, Any] | None = None
     run = RunState(offset=resume.steps if resume else 0,
                    earlier=list(resume.evaluations) if resume else [])
     train_loader.keep_empty = group.active
@@ -242,7 +302,19 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             checkpointer.write(_snapshot(run, run_id, sync, fingerprint or {}))
 
     def on_start(program) -> None:
+        nonlocal coverage
         sync.program = program
+        if collective:
+            coverage = allreduce_coverage(program)
+            log.info("gradients all-reduced in the graph: %d of %d by %d c_allreduce_sum ops; "
+                     "loss gradient scaled by %s", coverage["covered"], coverage["grads"],
+                     coverage["allreduce_ops"], coverage["loss_grad_scale"])
+            if coverage["covered"] != coverage["grads"] or not coverage["grads"]:
+                raise DistributedError(
+                    f"the training program all-reduces {coverage['covered']} of the "
+                    f"{coverage['grads']} gradients its optimizer reads, so the ranks would "
+                    "drift apart; set Global.rank_sync: state (and report this paddle/"
+                    "paddleslim combination)")
         sync.ensure_names()  # every rank, before any rank-0-only use
         if resume is not None:
             n = sync.restore(resume.state)
@@ -270,7 +342,9 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
     per_epoch = len(train_loader)
     train_loader.continue_at(run.offset // per_epoch, run.offset % per_epoch)
     run.feeding = True  # ACT's constructor peeked at one batch; steps start now
-    sync.dirty = True  # make the ranks' starting states identical at the first step
+    # make the ranks' starting states identical at the first step (in-graph: fleet's
+    # start-up broadcast of the parameters, and the first evaluation's average)
+    sync.dirty = True
     try:
         act.compress()
     finally:
@@ -281,4 +355,5 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             "evaluations": [h["top1"] for h in history],
             "best_top1": max((h["top1"] for h in history), default=None),
             "rank_syncs": sync.syncs, "checkpoints": checkpointer.summary(),
+            "rank_sync": {**run.timing(mode, group.world), "allreduce": coverage},
             "state_digests_last_eval": history[-1].get("state_digests") if history else None}

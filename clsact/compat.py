@@ -59,27 +59,81 @@ def quiet_native_output() -> None:
     warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
 
 
-def act_without_fleet(act_class):
-    """Make paddleslim's AutoCompression never switch on its own collective mode.
+def act_fleet(act_class, collective: bool, configure: Callable[[Any], None]):
+    """Make paddleslim's AutoCompression use its collective (fleet) mode iff ``collective``,
+    with ``configure(strategy)`` applied to the ``fleet.DistributedStrategy`` it builds.
 
-    ACT's ``_prepare_envs`` enables fleet when ``paddle.device.cuda.device_count() > 1`` —
-    visible GPUs, not world size (upstream PR #1848 changed the fleet init; 2.6.0 still has
-    the gate): one GPU per pod trains each pod independently, eight visible GPUs turn fleet
-    on, and on CPU it is never on. clsact synchronises ranks itself
-    (:mod:`clsact.distributed`) in every case, so ACT must always run its single-process
-    path. Returns the class, patched once.
+    ACT's ``_prepare_envs`` returns ``(exe, places, fleet)`` and enables fleet when
+    ``paddle.device.cuda.device_count() > 1`` — visible GPUs, not world size (upstream PR
+    #1848 changed the fleet init; 2.6.0 still has the gate): one GPU per pod would train each
+    pod independently, eight visible GPUs turn fleet on, and on CPU it is never on. With
+    fleet on, ACT calls ``fleet.init(is_collective=True)``, wraps its optimizer with
+    ``fleet.distributed_optimizer(optimizer, self._prepare_fleet_strategy(train_config))``
+    and runs the program uncompiled. clsact decides per run (:func:`clsact.distributed.
+    sync_mode`): the class attribute is read when an instance is built. Returns the class.
+    ``tests/test_compat.py`` checks both methods against the installed paddleslim.
     """
-    if getattr(act_class, "_clsact_no_fleet", False):
+    act_class._clsact_collective = bool(collective)
+    act_class._clsact_configure = staticmethod(configure)
+    if getattr(act_class, "_clsact_fleet_patched", False):
         return act_class
-    original = act_class._prepare_envs
+    original_envs = act_class._prepare_envs
+    original_strategy = act_class._prepare_fleet_strategy
 
     def _prepare_envs(self):
-        exe, places, _fleet = original(self)
-        return exe, places, False
+        exe, places, _fleet = original_envs(self)
+        return exe, places, type(self)._clsact_collective
+
+    def _prepare_fleet_strategy(self, train_config):
+        strategy = original_strategy(self, train_config)
+        type(self)._clsact_configure(strategy)
+        return strategy
 
     act_class._prepare_envs = _prepare_envs
-    act_class._clsact_no_fleet = True
+    act_class._prepare_fleet_strategy = _prepare_fleet_strategy
+    act_class._clsact_fleet_patched = True
     return act_class
+
+
+STREAM_SYNC_OPS = ("c_sync_comm_stream", "c_sync_calc_stream")
+
+
+def collective_on_cpu() -> None:
+    """Let fleet's in-program gradient all-reduce (``RawProgramOptimizer``) run on a CPU
+    build, over the gloo context ``paddle.distributed.gloo_init_parallel_env`` set up.
+
+    paddle 2.6.2's ``RawProgramOptimizer`` assumes NCCL/BKCL: ``CollectiveHelper.
+    _init_communicator`` reads ``FLAGS_dynamic_static_unified_comm`` (absent from CPU builds:
+    ``ValueError``) and raises unless compiled with CUDA or XPU, and it writes
+    ``c_sync_comm_stream`` / ``c_sync_calc_stream`` ops, which have no CPU kernel. On CPU the
+    ``c_allreduce_sum`` / ``c_broadcast`` kernels use the gloo context, and there is one
+    stream. So on a CPU build only: the communicator step writes nothing, and the stream
+    syncs are removed from both programs after ``minimize``. A CUDA build is left alone.
+    ``tests/test_compat.py`` checks both assumptions against the installed paddle.
+    """
+    from paddle.base import core
+    from paddle.distributed.fleet.meta_optimizers import common
+    from paddle.distributed.fleet.meta_optimizers.raw_program_optimizer import (
+        RawProgramOptimizer,
+    )
+
+    if core.is_compiled_with_cuda() or getattr(RawProgramOptimizer, "_clsact_cpu", False):
+        return
+    common.CollectiveHelper._init_communicator = lambda self, *args, **kwargs: None
+    original = RawProgramOptimizer.minimize_impl
+
+    def minimize_impl(self, loss, startup_program=None, parameter_list=None,
+                      no_grad_set=None):
+        result = original(self, loss, startup_program, parameter_list, no_grad_set)
+        for program in (self.main_program, self.startup_program):
+            block = program.global_block()
+            for i in reversed(range(len(block.ops))):
+                if block.ops[i].type in STREAM_SYNC_OPS:
+                    block._remove_op(i)
+        return result
+
+    RawProgramOptimizer.minimize_impl = minimize_impl
+    RawProgramOptimizer._clsact_cpu = True
 
 
 def on_act_train_start(act, callback: Callable[[Any], None]) -> None:

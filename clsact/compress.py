@@ -40,7 +40,7 @@ from clsact.config import Config
 from clsact.data.build import make_loader, read_samples, selection
 from clsact.data.fingerprint import val_fingerprint
 from clsact.data.listfile import Sample
-from clsact.distributed import Group, aggregate_eval
+from clsact.distributed import GRADIENTS, Group, aggregate_eval, sync_mode
 from clsact.errors import ConfigError, DataError, DeviceError, ModelError
 from clsact.modelio import model_paths
 from clsact.runtime import rank_info, select_device
@@ -192,7 +192,6 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     g = cfg.globals
     run_id = run_id or new_run_id()
     ranks = rank_info()
-    optim.check_data_parallel(cfg, ranks.world)
     group = Group(ranks, timeout=g["collective_timeout"])
     apply_storage_settings(g, s3_endpoint)
     dest = storage.open_store(save_dir or g["output_dir"], "--save-dir")
@@ -207,13 +206,15 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     if g["decode"] == "gpu" and device != "gpu":
         raise DeviceError(f"Global.decode gpu, but this run's device is {device} (no GPU "
                           "here): set Global.decode: cpu")
+    mode = sync_mode(g["rank_sync"], device, ranks.world)
+    optim.check_data_parallel(cfg, ranks.world, mode)
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
     group.scratch.append(work)
     claimed: list[str] = []
     checkpointer: checkpoint.Checkpointer | None = None
     try:
         src_model, teachers = fetch_model(cfg, work)
-        group.start()
+        group.start(static_gloo=group.active and mode == GRADIENTS and device == "cpu")
         run_id = group.broadcast_object(run_id, "agreeing on the run id")  # rank 0's
         # after the input checks: bad inputs create nothing
         group.on_rank0(lambda: claimed.append(_claim(dest, run_id, overwrite)),
@@ -240,7 +241,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
                          resume.steps)
             metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
                            val_samples, (select_samples, select_info), timer, group, run_id,
-                           resume, checkpointer, fingerprint, device)
+                           resume, checkpointer, fingerprint, device, mode)
             metrics["run_id"] = run_id
             metrics["save_dir"] = dest.describe()
             metrics["started_at"] = started.isoformat(timespec="seconds")
@@ -356,7 +357,7 @@ def _share_model(group: Group, model_dir: Path, g: dict[str, Any]) -> None:
 def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
          train_samples, val_samples, select: tuple, timer: Timer, group: Group, run_id: str,
          resume: checkpoint.Checkpoint | None, checkpointer: checkpoint.Checkpointer,
-         fingerprint: dict[str, Any], device: str) -> dict[str, Any]:
+         fingerprint: dict[str, Any], device: str, mode: str) -> dict[str, Any]:
     from clsact.modelio import copy_model, count_ops, inspect_model
 
     g = cfg.globals
@@ -416,7 +417,8 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
             act_overrides["TrainConfig"] = {"origin_metric": None}
         act_info = run_act(cfg, student, act_dir, train_loader, select_loader, info.input_name,
                            group, act_overrides, run_id=run_id, baseline_top1=select_top1,
-                           resume=resume, checkpointer=checkpointer, fingerprint=fingerprint)
+                           resume=resume, checkpointer=checkpointer, fingerprint=fingerprint,
+                           mode=mode)
         t = timer.phase("compress", t)
 
         out_model = staging / MODEL_SUBDIR if group.rank == 0 else work / "shared-model"
@@ -439,7 +441,8 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
                  "train_bad_images_rank0": train_loader.bad_total,
                  "val_bad_images_per_pass": baseline["bad_images"]},
         "val_set": val_set,
-        "distributed": {"world_size": group.world, "global_batch": g["batch_size"] * group.world,
+        "distributed": {"world_size": group.world, "rank_sync": mode if group.active else None,
+                        "global_batch": g["batch_size"] * group.world,
                         "lr_scale": lr_factor, "lr_scaling": g["lr_scaling"],
                         "steps_planned": total_steps},
         "resumed": ({"from_step": resume.steps, "earlier_evaluations": resume.evaluations,

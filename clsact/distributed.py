@@ -1,25 +1,37 @@
 """Data-parallel runs: ranks that really synchronise, whatever the GPUs per process.
 
-paddleslim 2.6.0 switches on collective training only when a process sees more than one GPU
-(and its static-graph collective path does not run on CPU builds), so clsact synchronises
-the ranks itself, outside ACT's training loop:
+paddleslim 2.6.0 switches on collective training only when a process sees more than one GPU,
+so clsact decides instead (``Global.rank_sync``, :func:`sync_mode`), in one of two ways:
 
-* after every training step (when ACT pulls the next batch from clsact's data generator)
-  and before every evaluation, all ranks **average their training state** — every float
-  persistable of the student (weights, optimizer accumulators, BN statistics, quantizer
-  state) — with one all-reduce, each rank weighted by the samples it trained on; for
-  SGD/Momentum this is exactly gradient averaging (other optimizers are refused:
-  :mod:`clsact.optim`), and it keeps the ranks bit-identical. Every rank takes the same
-  steps: a rank whose batch had no readable image steps on a stand-in with weight 0;
-* evaluation is sharded: each rank scores its disjoint slice, the correct/total counts are
-  summed, so every rank gets the same exact metric, and rank 0's value is broadcast, so
-  early stopping and best-model decisions are identical everywhere (no rank left waiting);
-* every collective runs under a watchdog: if the other ranks do not answer within
-  ``Global.collective_timeout`` seconds (a rank failed or was preempted), the process prints
-  one clear line and exits with :data:`EXIT_RANK_LOST`.
+* ``gradients`` (the default on GPU with more than one rank): paddle's own collective path.
+  ACT's fleet mode is switched on by world size (:func:`clsact.compat.act_fleet`) with
+  :func:`in_graph_allreduce`'s strategy: fleet's ``RawProgramOptimizer`` writes
+  ``c_allreduce_sum`` ops on the (fused) gradients into the training program, after the
+  backward ops and before the optimizer ops, scales the loss gradient by 1/world and
+  broadcasts rank 0's parameters at start-up. Nothing crosses the host per step; on GPU the
+  all-reduce is NCCL on the device. The same program runs on CPU builds over gloo (the
+  communicator comes from :meth:`Group.start`, :func:`clsact.compat.collective_on_cpu`),
+  which is how it is tested here. Only state that is not a gradient's result (batch-norm
+  statistics, quantizer scales, both moving averages, so linear in the batches) is averaged
+  once before each evaluation.
+* ``state`` (the default on CPU): after every training step (when ACT pulls the next batch
+  from clsact's data generator) and before every evaluation, all ranks **average their
+  training state** — every float persistable of the student (weights, optimizer
+  accumulators, BN statistics, quantizer state) — through the host with one all-reduce, each
+  rank weighted by the samples it trained on; for SGD/Momentum this is exactly gradient
+  averaging (other optimizers are refused: :mod:`clsact.optim`), and it keeps the ranks
+  bit-identical. A rank whose batch had no readable image steps on a stand-in with weight 0.
 
-Communication uses paddle's process group (gloo on CPU, NCCL on GPU) through the dynamic
-graph API, switched on just for the call.
+In both, every rank takes the same steps; evaluation is sharded: each rank scores its
+disjoint slice, the correct/total counts are summed, so every rank gets the same exact
+metric, and rank 0's value is broadcast, so early stopping and best-model decisions are
+identical everywhere (no rank left waiting); every collective of clsact's own runs under a
+watchdog: if the other ranks do not answer within ``Global.collective_timeout`` seconds (a
+rank failed or was preempted), the process prints one clear line and exits with
+:data:`EXIT_RANK_LOST`.
+
+clsact's own communication uses paddle's process group (gloo on CPU, NCCL on GPU) through
+the dynamic graph API, switched on just for the call.
 """
 
 from __future__ import annotations
@@ -43,6 +55,76 @@ from clsact.runtime import RankInfo, dynamic_mode
 log = logging.getLogger(__name__)
 EXIT_RANK_LOST = 3
 TEACHER_PREFIX = "teacher_"
+GRADIENTS, STATE = "gradients", "state"
+# gradients fused into one all-reduce (fleet's fuse_grad_size_in_num; its default is 8)
+FUSE_GRADS = 16
+
+
+def sync_mode(requested: str, device: str, world: int) -> str:
+    """How the ranks synchronise: :data:`GRADIENTS` or :data:`STATE` (module docstring).
+
+    ``auto`` is ``gradients`` on GPU (no host copies) and ``state`` on CPU (the path whose
+    exactness the tests prove with every optimizer clsact accepts there). With one rank
+    the answer does not matter: nothing is synchronised.
+    """
+    if requested in (GRADIENTS, STATE):
+        return requested
+    return GRADIENTS if device == "gpu" and world > 1 else STATE
+
+
+def in_graph_allreduce(strategy) -> None:
+    """Configure a ``fleet.DistributedStrategy`` for gradient all-reduce ops written into the
+    program (documented options): ``without_graph_optimization`` selects fleet's
+    ``RawProgramOptimizer`` (the ops are in the program the executor runs, so they can be
+    checked, and the plain executor runs it), gradients fused ``FUSE_GRADS`` at a time."""
+    strategy.without_graph_optimization = True
+    strategy.fuse_all_reduce_ops = True
+    strategy.fuse_grad_size_in_num = FUSE_GRADS
+    # RawProgramOptimizer applies the strategy's build passes to the program; the in-place
+    # pass (on by default) hands gradients other buffers (share_buffer ops), so a gradient
+    # would leave the fused buffer that is all-reduced: measured here, the ranks then train
+    # apart. ACT turns the same passes off for its quantization programs.
+    build = strategy.build_strategy
+    build.enable_inplace = False
+    build.memory_optimize = False
+    strategy.build_strategy = build
+
+
+def allreduce_coverage(program) -> dict[str, int]:
+    """How the training ``program``'s gradients are all-reduced: ``grads`` (gradients an
+    optimizer op reads), ``covered`` (of those, the ones a ``c_allreduce_sum`` reduces
+    before that optimizer op, directly or inside a fused ``coalesce_tensor`` buffer that no
+    ``share_buffer`` op moves it out of),
+    ``allreduce_ops`` and ``loss_grad_scale`` (the factor of the one in-place scale op on a
+    gradient, fleet's 1/world on the loss gradient; None without exactly one)."""
+    ops = list(program.global_block().ops)
+    first_opt = {}
+    for i, op in enumerate(ops):
+        if op.has_attr("op_role") and int(op.attr("op_role")) & 2 and "Grad" in op.input_names:
+            for name in op.input("Grad"):
+                first_opt.setdefault(name, i)
+    fused: dict[str, list[str]] = {}
+    for op in ops:
+        if op.type == "coalesce_tensor":
+            # its Output vars (the gradients) become views of the one FusedOutput buffer
+            fused.setdefault(op.output("FusedOutput")[0], []).extend(op.output("Output"))
+    # a share_buffer op re-points its Out at another buffer: out of the fused one
+    rebound = {name for op in ops if op.type == "share_buffer" for name in op.output("Out")}
+    reduced_at: dict[str, int] = {}
+    count = 0
+    for i, op in enumerate(ops):
+        if op.type != "c_allreduce_sum":
+            continue
+        count += 1
+        for name in op.input("X"):
+            for grad in fused.get(name, [name]):
+                reduced_at.setdefault(grad, i)
+    covered = sum(1 for g, at in first_opt.items()
+                  if reduced_at.get(g, len(ops)) < at and g not in rebound)
+    scales = [float(op.attr("scale")) for op in ops if op.type == "scale"
+              and op.input("X")[0].endswith("@GRAD") and op.input("X") == op.output("Out")]
+    return {"grads": len(first_opt), "covered": covered, "allreduce_ops": count,
+            "loss_grad_scale": scales[0] if len(scales) == 1 else None}
 
 
 class Group:
@@ -101,8 +183,10 @@ class Group:
         abort_all()  # decode workers and shared-memory slots
         os._exit(EXIT_RANK_LOST)
 
-    def start(self) -> None:
-        """Join the process group (rendezvous through the launcher's master endpoint).
+    def start(self, static_gloo: bool = False) -> None:
+        """Join the process group (rendezvous through the launcher's master endpoint); with
+        ``static_gloo``, also the gloo context the static program's collective ops use on a
+        CPU build (``paddle.distributed.gloo_init_parallel_env``, at a port rank 0 picks).
 
         Raises:
             DistributedError: world size > 1 but this process was not started by
@@ -117,6 +201,13 @@ class Group:
             dist.init_parallel_env()
         self._started = True
         log.info("rank %d of %d joined the process group", self.rank, self.world)
+        if static_gloo:
+            host = os.environ["PADDLE_TRAINER_ENDPOINTS"].split(",")[0].rsplit(":", 1)[0]
+            endpoint = self.broadcast_object(f"{host}:{free_port()}" if self.rank == 0
+                                             else None, "agreeing on the gloo endpoint")
+            with self.watchdog("start-up (the static program's gloo context)"):
+                dist.gloo_init_parallel_env(self.rank, self.world, endpoint)
+            log.info("static-graph collectives over gloo at %s", endpoint)
 
     def allreduce_sum(self, array: np.ndarray, what: str = "all-reduce") -> np.ndarray:
         """The element-wise sum of ``array`` over all ranks."""
@@ -178,6 +269,15 @@ class Group:
             self.timeout = usual
         if not ok:
             raise error or ClsactError(failed)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
 
 
 def check_launched(env, world: int) -> None:

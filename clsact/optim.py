@@ -1,12 +1,14 @@
 """Optimizer and learning-rate settings for a run of N ranks.
 
-clsact's ranks average their training state after every step (:mod:`clsact.distributed`),
-weighted by the samples each rank trained on. For an optimizer whose update is linear in
-the gradient (SGD, Momentum, with L1/L2 weight decay: the same weights on every rank give
-the same decay term) that equals one step on the global batch's mean gradient. It does not
-for adaptive optimizers (Adam's moments are not linear in the gradient), for gradient
-clipping (each rank would clip its own gradient) or for mixed precision (dynamic loss
-scaling per rank): :func:`check_data_parallel` refuses those with more than one rank.
+With ``Global.rank_sync: state`` clsact's ranks average their training state after every
+step (:mod:`clsact.distributed`), weighted by the samples each rank trained on. For an
+optimizer whose update is linear in the gradient (SGD, Momentum, with L1/L2 weight decay:
+the same weights on every rank give the same decay term) that equals one step on the global
+batch's mean gradient. It does not for adaptive optimizers (Adam's moments are not linear
+in the gradient), for gradient clipping (each rank would clip its own gradient) or for mixed
+precision (dynamic loss scaling per rank): :func:`check_data_parallel` refuses those with
+more than one rank. With ``gradients`` (fleet's all-reduce in the graph) any optimizer and
+clipping train exactly.
 
 ``Global.lr_scaling: linear`` multiplies every learning-rate value of ``TrainConfig``
 (a number, or every LR-valued argument of a ``paddle.optimizer.lr`` scheduler, defaults
@@ -54,31 +56,37 @@ def optimizer_type(train: dict[str, Any]) -> str:
     return str((builder.get("optimizer") or {}).get("type", "SGD"))
 
 
-def check_data_parallel(cfg: Config, world: int) -> None:
-    """Refuse settings that averaging the ranks' states would not train exactly.
+def check_data_parallel(cfg: Config, world: int, mode: str = "state") -> None:
+    """Refuse settings that the ranks' synchronisation (``mode``, see
+    :func:`clsact.distributed.sync_mode`) would not train exactly.
 
     Raises:
-        ConfigError: with more than one rank: a non-linear optimizer, gradient clipping,
-            mixed precision, or ``lr_scaling: linear`` with a scheduler whose learning-rate
-            arguments clsact does not know.
+        ConfigError: with more than one rank: mixed precision (loss scaling per rank, not
+            verified here), and when averaging states (``state``) a non-linear optimizer or
+            gradient clipping; in any mode, ``lr_scaling: linear`` with a scheduler whose
+            learning-rate arguments clsact does not know. An all-reduce of gradients in the
+            graph (``gradients``) trains any optimizer and clipping exactly: the optimizer
+            ops, clipping included, read the mean gradient.
     """
     if world <= 1:
         return
     t, src = cfg.train, cfg.source
     kind = optimizer_type(t)
-    how = (f"with {world} ranks clsact averages the ranks' training states, which equals "
-           "averaging gradients only for SGD/Momentum without clipping or mixed precision")
-    if kind not in LINEAR_OPTIMIZERS:
+    how = (f"with {world} ranks and Global.rank_sync {mode}, clsact averages the ranks' "
+           "training states, which equals averaging gradients only for SGD/Momentum without "
+           "clipping or mixed precision")
+    fix = "set Global.rank_sync: gradients (in-graph gradient all-reduce), or run one rank"
+    if mode != "gradients" and kind not in LINEAR_OPTIMIZERS:
         raise ConfigError(f"{src}: TrainConfig.optimizer_builder.optimizer.type is {kind}: "
-                          f"{how}; use Momentum or SGD, or run one rank")
+                          f"{how}; use Momentum or SGD, or {fix}")
     builder = t.get("optimizer_builder") or {}
-    if isinstance(builder, dict) and builder.get("grad_clip"):
+    if mode != "gradients" and isinstance(builder, dict) and builder.get("grad_clip"):
         raise ConfigError(f"{src}: TrainConfig.optimizer_builder.grad_clip is set: {how} "
-                          "(each rank would clip its own gradient); remove grad_clip or run "
-                          "one rank")
+                          f"(each rank would clip its own gradient); remove grad_clip, or {fix}")
     if t.get("amp_config"):
-        raise ConfigError(f"{src}: TrainConfig.amp_config is set: {how} (loss scaling is "
-                          "per rank); remove amp_config or run one rank")
+        raise ConfigError(f"{src}: TrainConfig.amp_config is set with {world} ranks: mixed "
+                          "precision (loss scaling per rank) is not supported across ranks; "
+                          "remove amp_config or run one rank")
     lr = t.get("learning_rate")
     if (cfg.globals["lr_scaling"] == "linear" and isinstance(lr, dict)
             and lr.get("type") not in SCHEDULERS):

@@ -54,6 +54,11 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     # used as is), and how long a rank waits for the others before failing the run.
     "lr_scaling": ("str", "linear"),
     "collective_timeout": ("float", 600.0),
+    # how ranks synchronise (clsact.distributed): gradients = fleet's gradient all-reduce ops
+    # in the training program (NCCL on GPU, gloo on CPU; no host copies), state = the
+    # training state averaged through the host after every step; auto = gradients on GPU,
+    # state on CPU
+    "rank_sync": ("str", "auto"),
     # write a checkpoint to <save-dir>/_checkpoint/ at every evaluation and, between them,
     # every N steps and/or M minutes, so that a run restarted with the same --run-id
     # resumes (clsact.checkpoint)
@@ -200,6 +205,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("Global", "device"): ("auto", "cpu", "gpu"),
     ("Global", "decode"): ("cpu", "gpu"),
     ("Global", "lr_scaling"): ("linear", "none"),
+    ("Global", "rank_sync"): ("auto", "gradients", "state"),
 }
 
 # Strategies that make paddleslim pip-install packages at run time (smac for HPO), which fails

@@ -8,7 +8,8 @@ rank's batch maximum), from a teacher with other weights (so the gradient is not
 Momentum without weight decay and ``lr_scaling: none``. Each step, rank r trains on
 ``order[r::2]`` of the same epoch permutation and the single rank on ``order[0:2B]``: the
 same samples, and the mean gradient over them is the weighted mean of the ranks' means.
-Switching the averaging off (a ``sitecustomize`` that makes it a no-op) must break it.
+Switching the synchronisation off (a ``sitecustomize`` that makes it a no-op) must break it.
+Both ways of synchronising (``Global.rank_sync``) are run.
 """
 
 import json
@@ -91,32 +92,89 @@ def _two_ranks(tmp_path: Path, cfg: Path, save: Path, extra_path: str = "") -> N
     assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
 
 
-def test_two_ranks_of_b_train_what_one_rank_of_2b_trains(tmp_path, tiny, small_digits_dir):
+# Each way of synchronising switched off: ``state``'s host average made a no-op;
+# ``gradients``: fleet writes no all-reduce into the program (and clsact's check of the
+# program, which would refuse to train, is bypassed, so the ranks do train apart).
+SYNC_OFF = {
+    "state": "import clsact.distributed as d\nd.average_state = lambda *args, **kwargs: None\n",
+    "gradients": (
+        "from paddle.distributed.fleet.meta_optimizers.raw_program_optimizer import "
+        "RawProgramOptimizer as R\nR._transpile_main_program = lambda self, loss: None\n"
+        "import clsact.distributed as d\nd.allreduce_coverage = lambda program: "
+        "{'grads': 1, 'covered': 1, 'allreduce_ops': 0, 'loss_grad_scale': None}\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def one_rank_of_2b(tmp_path_factory, tiny, small_digits_dir) -> Path:
     from tests.conftest import run_cli
 
-    one = tmp_path / "one"
-    proc = run_cli("compress", "--config", str(_config(tmp_path, tiny, small_digits_dir, 2 * B)),
-                   "--save-dir", str(one))
+    tmp = tmp_path_factory.mktemp("one")
+    proc = run_cli("compress", "--config", str(_config(tmp, tiny, small_digits_dir, 2 * B)),
+                   "--save-dir", str(tmp / "one"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = _config(tmp_path, tiny, small_digits_dir, B)
+    return tmp / "one"
+
+
+@pytest.mark.parametrize("mode", ["state", "gradients"])
+def test_two_ranks_of_b_train_what_one_rank_of_2b_trains(tmp_path, tiny, small_digits_dir,
+                                                         one_rank_of_2b, mode):
+    """Both ways of synchronising (host average of the state after each step; fleet's
+    gradient all-reduce ops in the program, here over gloo) train what one rank trains on
+    the union of their batches; each switched off, they do not."""
+    cfg = _config(tmp_path, tiny, small_digits_dir, B, rank_sync=mode)
     two = tmp_path / "two"
     _two_ranks(tmp_path / "synced", cfg, two)
     off = tmp_path / "nosync"
     off.mkdir()
-    (off / "sitecustomize.py").write_text(
-        "import clsact.distributed as d\nd.average_state = lambda *args, **kwargs: None\n")
+    (off / "sitecustomize.py").write_text(SYNC_OFF[mode])
     unsynced = tmp_path / "unsynced"
     _two_ranks(tmp_path / "off", cfg, unsynced, extra_path=str(off))
 
-    init, w1, w2, w0 = (_params(tiny[0]), _params(one / "model"), _params(two / "model"),
-                        _params(unsynced / "model"))
-    assert json.loads((two / "metrics.json").read_text())["act"]["train_steps"] == STEPS
+    init, w1, w2, w0 = (_params(tiny[0]), _params(one_rank_of_2b / "model"),
+                        _params(two / "model"), _params(unsynced / "model"))
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert metrics["act"]["train_steps"] == STEPS
+    assert metrics["distributed"]["rank_sync"] == mode
+    timing = metrics["act"]["rank_sync"]
+    assert timing["mode"] == mode and timing["steps_timed"] == STEPS - 1
+    if mode == "gradients":  # every gradient all-reduced in the graph, none through the host
+        cover = timing["allreduce"]
+        assert cover["covered"] == cover["grads"] == len(init), cover
+        assert cover["allreduce_ops"] >= 1 and cover["loss_grad_scale"] == 0.5
+        assert timing["host_sync_ms"] == 0.0
+    else:
+        assert timing["allreduce"] is None and timing["host_sync_ms"] > 0
     moved = max(np.abs(w1[n] - init[n]).max() for n in init)
     synced = max(np.abs(w2[n] - w1[n]).max() for n in init)
     apart = max(np.abs(w0[n] - w1[n]).max() for n in init)
     assert moved > 1e-3, "training changed the weights"
     assert synced <= 1e-4 * moved, (synced, moved)
-    assert apart >= 0.02 * moved, ("without the averaging the ranks must differ", apart, moved)
+    assert apart >= 0.02 * moved, ("without the synchronisation the ranks must differ", apart,
+                                   moved)
+
+
+def test_a_program_without_the_gradient_all_reduce_is_refused(tmp_path, tiny,
+                                                              small_digits_dir):
+    """clsact checks the program ACT is about to train: with fleet's all-reduce missing, the
+    run stops with one line before its first step, and publishes nothing."""
+    off = tmp_path / "nosync"
+    off.mkdir()
+    (off / "sitecustomize.py").write_text(SYNC_OFF["gradients"].split("import clsact")[0])
+    cfg = _config(tmp_path, tiny, small_digits_dir, B, rank_sync="gradients")
+    save = tmp_path / "run"
+    env = clean_env()
+    env["PYTHONPATH"] = f"{off}:{env['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+                           "2", "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
+                           "--config", str(cfg), "--save-dir", str(save)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    logs = worker_logs(tmp_path)
+    assert ("clsact: error: the training program all-reduces 0 of the 4 gradients its "
+            "optimizer reads") in logs, logs[-3000:]
+    assert "Traceback" not in logs
+    assert not (save / "_SUCCESS").exists() and not (save / "model").exists()
 
 
 def test_a_rank_whose_batch_is_unreadable_takes_the_same_steps(tmp_path, tiny,

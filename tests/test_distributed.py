@@ -19,8 +19,8 @@ import yaml
 
 from clsact import config
 from clsact.act import ensure_evaluation
-from clsact.compat import act_without_fleet
-from clsact.distributed import Group, aggregate_eval, check_launched
+from clsact.compat import act_fleet
+from clsact.distributed import Group, aggregate_eval, check_launched, sync_mode
 from clsact.errors import DistributedError
 from clsact.launch import render, validate, values
 from clsact.optim import scale_learning_rate
@@ -69,14 +69,70 @@ def test_one_rank_is_the_identity_and_aggregation_is_exact():
     assert np.array_equal(group.allreduce_sum(np.arange(3)), np.arange(3))
 
 
-def test_act_never_turns_on_its_own_fleet():
+def test_clsact_not_the_visible_gpus_decides_act_fleet_mode():
     class FakeACT:
         def _prepare_envs(self):
             return "exe", "places", True  # what 2.6.0 returns with >1 visible GPU
 
-    act_without_fleet(FakeACT)
-    act_without_fleet(FakeACT)  # idempotent
+        def _prepare_fleet_strategy(self, train_config):
+            return {"from": train_config}
+
+    act_fleet(FakeACT, False, lambda s: s.update(configured=True))
+    act_fleet(FakeACT, False, lambda s: s.update(configured=True))  # idempotent
     assert FakeACT()._prepare_envs() == ("exe", "places", False)
+    act_fleet(FakeACT, True, lambda s: s.update(configured=2))
+    assert FakeACT()._prepare_envs() == ("exe", "places", True)
+    assert FakeACT()._prepare_fleet_strategy("t") == {"from": "t", "configured": 2}
+
+
+def _momentum_program():
+    """A static program trained by Momentum: (program, [(param, grad)], index of the first
+    optimizer op)."""
+    import paddle
+
+    paddle.enable_static()
+    main, start = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, start):
+        x = paddle.static.data("x", [None, 4])
+        loss = paddle.mean(paddle.static.nn.fc(x, 3))
+        _, pairs = paddle.optimizer.Momentum(0.1).minimize(loss)
+    block = main.global_block()
+    first_opt = next(i for i, op in enumerate(block.ops) if op.type == "momentum")
+    return main, [(p.name, g.name) for p, g in pairs], first_opt
+
+
+def test_the_all_reduce_check_reads_fused_buffers_and_sees_gradients_moved_out():
+    """What clsact verifies in the program ACT trains with in-graph gradients: every
+    gradient an optimizer op reads is in a c_allreduce_sum before it (here through a fused
+    coalesce_tensor buffer, as fleet writes it), unless a share_buffer op moves it to
+    another buffer (paddle's in-place pass did, and the ranks then trained apart)."""
+    from clsact.distributed import allreduce_coverage
+
+    main, pairs, first_opt = _momentum_program()
+    block = main.global_block()
+    assert allreduce_coverage(main)["covered"] == 0  # nothing all-reduced yet
+    fused = block.create_var(name="fused", dtype="float32", persistable=False)
+    grads = [block.var(g) for _, g in pairs]
+    params = [block.var(p) for p, _ in pairs]
+    block._insert_op(0, type="coalesce_tensor", inputs={"Input": params},
+                     outputs={"Output": grads, "FusedOutput": fused},
+                     attrs={"copy_data": False, "use_align": True, "dtype": 5})
+    block._insert_op(first_opt + 1, type="c_allreduce_sum", inputs={"X": fused},
+                     outputs={"Out": fused}, attrs={"ring_id": 0})
+    cover = allreduce_coverage(main)
+    assert cover == {"grads": 2, "covered": 2, "allreduce_ops": 1, "loss_grad_scale": None}
+    tmp = block.create_var(name="tmp", dtype="float32")
+    block._insert_op(first_opt, type="share_buffer", inputs={"X": [tmp]},
+                     outputs={"Out": [grads[0]], "XOut": [tmp]},
+                     attrs={"share_dims_and_dtype": [False]})
+    assert allreduce_coverage(main)["covered"] == 1
+
+
+@pytest.mark.parametrize("requested, device, world, mode", [
+    ("auto", "gpu", 2, "gradients"), ("auto", "cpu", 2, "state"), ("auto", "gpu", 1, "state"),
+    ("state", "gpu", 8, "state"), ("gradients", "cpu", 2, "gradients")])
+def test_sync_mode(requested, device, world, mode):
+    assert sync_mode(requested, device, world) == mode
 
 
 def test_launch_env_is_required():

@@ -35,6 +35,16 @@ def test_inexact_data_parallel_settings_are_refused(train, message):
     check_data_parallel(cfg, 1)  # one rank: anything ACT accepts
 
 
+def test_gradient_all_reduce_lifts_the_optimizer_limits_but_not_amp():
+    adam = cfg_with(optimizer_builder={"optimizer": {"type": "Adam"}, "grad_clip": {
+        "type": "ClipGradByGlobalNorm", "clip_norm": 1.0}})
+    with pytest.raises(ConfigError, match="set Global.rank_sync: gradients"):
+        check_data_parallel(adam, 2, "state")
+    check_data_parallel(adam, 2, "gradients")
+    with pytest.raises(ConfigError, match="amp_config is set"):
+        check_data_parallel(cfg_with(amp_config={"use_pure_fp16": True}), 2, "gradients")
+
+
 def test_exact_settings_pass():
     for kind in ("SGD", "Momentum"):
         check_data_parallel(cfg_with(optimizer_builder={"optimizer": {"type": kind},
