@@ -263,6 +263,34 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
     return train_data
 
 
+def _complete_allreduce(program, world: int) -> dict[str, Any]:
+    """Check that ``program`` (ACT's, built by fleet) all-reduces every gradient its
+    optimizer ops read, completing it for the parameters paddleslim's quantization added
+    after fleet's pass (:func:`clsact.compat.allreduce_gradients`); returns the coverage.
+
+    Raises:
+        DistributedError: some gradient is still not all-reduced, or fleet did not scale
+            the loss gradient by 1/world (the all-reduce would sum, not average).
+    """
+    coverage = allreduce_coverage(program)
+    added = 0
+    if coverage["missing"] and coverage["loss_grad_scale"] == 1.0 / world:
+        added = compat.allreduce_gradients(program, coverage["missing"])
+        coverage = allreduce_coverage(program)
+    coverage["added_by_clsact"] = added
+    missing = coverage.pop("missing")
+    log.info("gradients all-reduced in the graph: %d of %d by %d c_allreduce_sum ops (%d added "
+             "for quantizer parameters); loss gradient scaled by %s", coverage["covered"],
+             coverage["grads"], coverage["allreduce_ops"], added, coverage["loss_grad_scale"])
+    if missing or not coverage["grads"] or coverage["loss_grad_scale"] != 1.0 / world:
+        raise DistributedError(
+            f"the training program all-reduces {coverage['covered']} of the "
+            f"{coverage['grads']} gradients its optimizer reads (loss gradient scaled by "
+            f"{coverage['loss_grad_scale']}, not 1/{world}), so the ranks would drift apart; "
+            "set Global.rank_sync: state (and report this paddle/paddleslim combination)")
+    return coverage
+
+
 def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_loader,
             input_name: str, group: Group, overrides: dict[str, Any] | None = None, *,
             run_id: str = "", baseline_top1: float = 0.0,
@@ -305,16 +333,7 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
         nonlocal coverage
         sync.program = program
         if collective:
-            coverage = allreduce_coverage(program)
-            log.info("gradients all-reduced in the graph: %d of %d by %d c_allreduce_sum ops; "
-                     "loss gradient scaled by %s", coverage["covered"], coverage["grads"],
-                     coverage["allreduce_ops"], coverage["loss_grad_scale"])
-            if coverage["covered"] != coverage["grads"] or not coverage["grads"]:
-                raise DistributedError(
-                    f"the training program all-reduces {coverage['covered']} of the "
-                    f"{coverage['grads']} gradients its optimizer reads, so the ranks would "
-                    "drift apart; set Global.rank_sync: state (and report this paddle/"
-                    "paddleslim combination)")
+            coverage = _complete_allreduce(program, group.world)
         sync.ensure_names()  # every rank, before any rank-0-only use
         if resume is not None:
             n = sync.restore(resume.state)

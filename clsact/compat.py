@@ -96,6 +96,7 @@ def act_fleet(act_class, collective: bool, configure: Callable[[Any], None]):
 
 
 STREAM_SYNC_OPS = ("c_sync_comm_stream", "c_sync_calc_stream")
+BACKWARD_ROLE = 1  # paddle's OpRole.Backward
 
 
 def collective_on_cpu() -> None:
@@ -134,6 +135,30 @@ def collective_on_cpu() -> None:
 
     RawProgramOptimizer.minimize_impl = minimize_impl
     RawProgramOptimizer._clsact_cpu = True
+
+
+def allreduce_gradients(program, grads: list[str]) -> int:
+    """Insert a ``c_allreduce_sum`` (ring 0, on the calculation stream, so the optimizer reads
+    the sum) of each of ``grads`` right before the first optimizer op that reads it; returns
+    how many were inserted.
+
+    paddleslim's quantization pass runs after fleet's ``minimize`` and adds parameters of its
+    own with their own optimizer ops (PACT's clipping thresholds, ``*_tmp_input_pact``), whose
+    gradients fleet never all-reduces. They are scalars: one op each. Their gradients come
+    from the loss, whose gradient fleet already scaled by 1/world, so a sum is the mean.
+    Uses ``Block._insert_op`` (paddle's own passes edit programs the same way).
+    """
+    block = program.global_block()
+    inserted = 0
+    for grad in grads:
+        index = next(i for i, op in enumerate(block.ops)
+                     if "Grad" in op.input_names and grad in op.input("Grad"))
+        block._insert_op(index, type="c_allreduce_sum", inputs={"X": [block.var(grad)]},
+                         outputs={"Out": [block.var(grad)]},
+                         attrs={"ring_id": 0, "use_calc_stream": True,
+                                "op_role": BACKWARD_ROLE})
+        inserted += 1
+    return inserted
 
 
 def on_act_train_start(act, callback: Callable[[Any], None]) -> None:

@@ -95,8 +95,9 @@ def allreduce_coverage(program) -> dict[str, int]:
     optimizer op reads), ``covered`` (of those, the ones a ``c_allreduce_sum`` reduces
     before that optimizer op, directly or inside a fused ``coalesce_tensor`` buffer that no
     ``share_buffer`` op moves it out of),
-    ``allreduce_ops`` and ``loss_grad_scale`` (the factor of the one in-place scale op on a
-    gradient, fleet's 1/world on the loss gradient; None without exactly one)."""
+    ``allreduce_ops``, ``loss_grad_scale`` (the factor of the one in-place scale op on a
+    gradient, fleet's 1/world on the loss gradient; None without exactly one) and
+    ``missing`` (the gradients not covered)."""
     ops = list(program.global_block().ops)
     first_opt = {}
     for i, op in enumerate(ops):
@@ -119,12 +120,13 @@ def allreduce_coverage(program) -> dict[str, int]:
         for name in op.input("X"):
             for grad in fused.get(name, [name]):
                 reduced_at.setdefault(grad, i)
-    covered = sum(1 for g, at in first_opt.items()
-                  if reduced_at.get(g, len(ops)) < at and g not in rebound)
+    missing = sorted(g for g, at in first_opt.items()
+                     if reduced_at.get(g, len(ops)) >= at or g in rebound)
     scales = [float(op.attr("scale")) for op in ops if op.type == "scale"
               and op.input("X")[0].endswith("@GRAD") and op.input("X") == op.output("Out")]
-    return {"grads": len(first_opt), "covered": covered, "allreduce_ops": count,
-            "loss_grad_scale": scales[0] if len(scales) == 1 else None}
+    return {"grads": len(first_opt), "covered": len(first_opt) - len(missing),
+            "allreduce_ops": count, "loss_grad_scale": scales[0] if len(scales) == 1 else None,
+            "missing": missing}
 
 
 class Group:
