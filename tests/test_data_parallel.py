@@ -101,7 +101,7 @@ SYNC_OFF = {
         "from paddle.distributed.fleet.meta_optimizers.raw_program_optimizer import "
         "RawProgramOptimizer as R\nR._transpile_main_program = lambda self, loss: None\n"
         "import clsact.distributed as d\nd.allreduce_coverage = lambda program: "
-        "{'grads': 1, 'covered': 1, 'allreduce_ops': 0, 'loss_grad_scale': None}\n"),
+        "{'grads': 1, 'covered': 1, 'allreduce_ops': 0, 'loss_grad_scale': 0.5, 'missing': []}\n"),
 }
 
 
