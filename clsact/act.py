@@ -32,6 +32,7 @@ from clsact import checkpoint, compat, logs
 from clsact.config import Config
 from clsact.distributed import (
     GRADIENTS,
+    TEACHER_PREFIX,
     Group,
     aggregate_eval,
     allreduce_coverage,
@@ -101,6 +102,17 @@ class _RankSync:
                                          for n in names), self.group.world)
             self.names = names
         return self.names
+
+    def sizes(self) -> dict[str, int]:
+        """Values in the synchronised state and in the student's trainable parameters (=
+        its gradients): what each way of synchronising moves per step."""
+        if self.program is None:
+            return {}
+        scope, _ = self._scope_and_place()
+        state = sum(scope.find_var(n).get_tensor()._numel() for n in self.ensure_names())
+        params = sum(int(np.prod(p.shape)) for p in self.program.all_parameters()
+                     if p.trainable and not p.name.startswith(TEACHER_PREFIX))
+        return {"state_values": int(state), "gradient_values": int(params)}
 
     def sync(self, between_steps: bool = False) -> bool:
         """Average the state if a step changed it since the last average (between steps
@@ -374,5 +386,6 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             "evaluations": [h["top1"] for h in history],
             "best_top1": max((h["top1"] for h in history), default=None),
             "rank_syncs": sync.syncs, "checkpoints": checkpointer.summary(),
-            "rank_sync": {**run.timing(mode, group.world), "allreduce": coverage},
+            "rank_sync": {**run.timing(mode, group.world), **sync.sizes(),
+                          "allreduce": coverage},
             "state_digests_last_eval": history[-1].get("state_digests") if history else None}

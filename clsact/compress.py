@@ -42,7 +42,7 @@ from clsact.data.fingerprint import val_fingerprint
 from clsact.data.listfile import Sample
 from clsact.distributed import GRADIENTS, Group, aggregate_eval, sync_mode
 from clsact.errors import ConfigError, DataError, DeviceError, ModelError
-from clsact.modelio import model_paths
+from clsact.modelio import copy_model, model_paths
 from clsact.runtime import rank_info, select_device
 from clsact.storage import publish
 
@@ -125,7 +125,7 @@ def apply_storage_settings(g: dict[str, Any], endpoint: str | None = None) -> No
 
 def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
     """The local directory of the model to compress, and the Distillation overrides that
-    point teachers at local directories (scratch copies of S3 ones) with their file names.
+    point teachers at local scratch copies (dropout Mask fixed) with their file names.
 
     Raises:
         StorageError: a model location is malformed, unreachable or lacks the model files.
@@ -146,8 +146,13 @@ def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
         for i, where in enumerate([dirs] if single else dirs):
             names = [_pick(conf.get("teacher_model_filename"), i, g["model_filename"]),
                      _pick(conf.get("teacher_params_filename"), i, g["params_filename"])]
-            local.append(str(storage.input_dir(where, f"{section}.teacher_model_dir", names,
-                                               work / f"teacher-{i}")))
+            found = storage.input_dir(where, f"{section}.teacher_model_dir", names,
+                                      work / f"teacher-{i}")
+            # ACT copies the teacher's ops into the student program: its dropout ops need
+            # their Mask output too (compat.fix_dropout_mask), so fix a copy, never the source
+            teacher = copy_model(found, work / f"teacher-{i}-fixed", *names)
+            compat.fix_dropout_mask(teacher / names[0])
+            local.append(str(teacher))
             models.append(names[0])
             params.append(names[1])
         # the file names too: without them paddleslim reads "<teacher_model_dir>.pdmodel"
@@ -358,7 +363,7 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
          train_samples, val_samples, select: tuple, timer: Timer, group: Group, run_id: str,
          resume: checkpoint.Checkpoint | None, checkpointer: checkpoint.Checkpointer,
          fingerprint: dict[str, Any], device: str, mode: str) -> dict[str, Any]:
-    from clsact.modelio import copy_model, count_ops, inspect_model
+    from clsact.modelio import count_ops, inspect_model
 
     g = cfg.globals
     model_file, _ = model_paths(src_model, g["model_filename"], g["params_filename"])
