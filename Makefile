@@ -63,11 +63,12 @@ lock: ## re-resolve docker/constraints.txt (every pinned version the venv and im
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check clsact tests
 
-bench: $(STAMP) kube ## loader throughput vs upstream, QAT graph building, launcher latency, int8 vs fp32 through each runtime; tables + bench-results/*.json
+bench: $(STAMP) kube ## loader throughput vs upstream, QAT graph building, launcher latency, int8 vs fp32 through each runtime, rank sync cost; tables + bench-results/*.json
 	$(PY) -m clsact.bench --output bench-results/loader.json
 	$(PY) -m clsact.bench_graph --output bench-results/graph.json
 	$(PY) -m tests.bench_launch --output bench-results/launch.json
 	$(PY) -m clsact.bench_deploy --output bench-results/deploy.json
+	$(PY) -m clsact.bench_sync --output bench-results/sync.json
 
 submit: $(STAMP) ## submit CONFIG as a PaddleJob: make submit IMAGE=reg/clsact:tag [WORKERS= GPUS= NAMESPACE= OPERATOR= VALUES= SAVE_DIR= ARGS=]
 	$(PY) -m clsact submit --config $(CONFIG) $(if $(IMAGE),--image $(IMAGE)) \

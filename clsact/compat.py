@@ -95,6 +95,36 @@ def act_fleet(act_class, collective: bool, configure: Callable[[Any], None]):
     return act_class
 
 
+def no_gloo_http_log() -> None:
+    """Stop paddle's gloo rendezvous server from writing ``./http.log``.
+
+    ``paddle.distributed.fleet.utils.http_server`` (imported by
+    ``paddle.distributed.gloo_init_parallel_env``) opens ``http.log`` in the current
+    directory when it is imported, and logs every request there: a file in the user's
+    working directory (or a failure where it is read-only). Imported here from a scratch
+    directory, with its file handler removed. ``tests/test_compat.py`` checks the module
+    still does this.
+    """
+    import logging
+    import tempfile
+
+    name = "paddle.distributed.fleet.utils.http_server"
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="clsact-gloo-") as scratch:
+        os.chdir(scratch)
+        try:
+            import importlib
+
+            importlib.import_module(name)
+        finally:
+            os.chdir(here)
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.addHandler(logging.NullHandler())
+
+
 STREAM_SYNC_OPS = ("c_sync_comm_stream", "c_sync_calc_stream")
 BACKWARD_ROLE = 1  # paddle's OpRole.Backward
 

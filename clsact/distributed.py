@@ -204,6 +204,9 @@ class Group:
         self._started = True
         log.info("rank %d of %d joined the process group", self.rank, self.world)
         if static_gloo:
+            from clsact.compat import no_gloo_http_log
+
+            no_gloo_http_log()
             host = os.environ["PADDLE_TRAINER_ENDPOINTS"].split(",")[0].rsplit(":", 1)[0]
             endpoint = self.broadcast_object(f"{host}:{free_port()}" if self.rank == 0
                                              else None, "agreeing on the gloo endpoint")

@@ -1,7 +1,9 @@
 """The dropout Mask workaround (paddleslim #1927 / PR #1859) on a real paddle.jit.save model."""
 
+import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -182,3 +184,21 @@ def test_the_cpu_build_lacks_what_fleet_s_raw_program_path_assumes():
     with pytest.raises(ValueError):
         CollectiveHelper._init_communicator(helper, program, "127.0.0.1:1",
                                             ["127.0.0.1:1", "127.0.0.1:2"], 1, 0, False)
+
+
+def test_paddle_s_gloo_http_server_module_writes_http_log_where_it_is_imported(tmp_path):
+    """compat.no_gloo_http_log exists because importing the module creates ./http.log."""
+    import subprocess
+    import sys
+
+    name = "paddle.distributed.fleet.utils.http_server"
+    subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    assert (tmp_path / "http.log").exists()
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    subprocess.run([sys.executable, "-c", "from clsact.compat import no_gloo_http_log; "
+                    f"no_gloo_http_log(); import logging; logging.getLogger('{name}').info('x')"],
+                   cwd=quiet, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert list(quiet.iterdir()) == []

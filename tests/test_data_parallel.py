@@ -85,11 +85,13 @@ def _two_ranks(tmp_path: Path, cfg: Path, save: Path, extra_path: str = "") -> N
     env = clean_env()
     if extra_path:
         env["PYTHONPATH"] = f"{extra_path}:{env['PYTHONPATH']}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
                            "2", "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
                            "--config", str(cfg), "--save-dir", str(save)], env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
+    assert not (tmp_path / "http.log").exists(), "nothing written into the working directory"
 
 
 # Each way of synchronising switched off: ``state``'s host average made a no-op;
