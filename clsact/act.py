@@ -117,8 +117,10 @@ class _RankSync:
     def sync(self, between_steps: bool = False) -> bool:
         """Average the state if a step changed it since the last average (between steps
         only when synchronising per step); returns whether it did."""
-        if not self.group.active or not self.dirty or (between_steps and not self.per_step):
-            self.dirty = self.dirty and self.group.active and not self.per_step
+        if between_steps and not self.per_step:
+            return False  # gradients are all-reduced in the graph; the rest before evaluations
+        if not self.group.active or not self.dirty:
+            self.dirty = False
             return False
         scope, place = self._scope_and_place()
         average_state(self.group, scope, self.ensure_names(), place, self.weight)
@@ -240,17 +242,14 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
             if not run.feeding:  # ACT's constructor peeks at one batch
                 yield {input_name: batch.images}
                 continue
-            now = time.perf_counter()
-            timed = run.last_request is not None
-            if timed:
-                run.step_seconds += now - run.last_request - (run.eval_seconds - run.eval_mark)
-                run.steps_timed += 1
+            started = time.perf_counter()
             averaged = sync.sync(between_steps=True)  # the last step changed this rank's state
-            if timed:
-                spent = time.perf_counter() - now
-                run.step_seconds += spent
-                run.sync_seconds += spent if averaged else 0.0
-            run.last_request, run.eval_mark = time.perf_counter(), run.eval_seconds
+            now = time.perf_counter()
+            if run.last_request is not None:  # the step since then, its average included
+                run.step_seconds += now - run.last_request - (run.eval_seconds - run.eval_mark)
+                run.sync_seconds += now - started if averaged else 0.0
+                run.steps_timed += 1
+            run.last_request, run.eval_mark = now, run.eval_seconds
             if checkpointer.due(run.step):  # rank 0 only: no collective here
                 started = time.perf_counter()
                 save()
