@@ -28,11 +28,7 @@ if [ "$(id -u)" != 0 ]; then
     log "error: building the base image needs root (debootstrap); or pass BASE_IMAGE=python:3.11-slim-bookworm"
     exit 1
 fi
-if ! command -v debootstrap >/dev/null; then
-    log "apt-get install debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
-fi
+command -v debootstrap >/dev/null || bash "$(dirname "$0")/apt.sh" install debootstrap
 ROOTFS="$(mktemp -d "${TMPDIR:-/tmp}/clsact-rootfs.XXXXXX")"
 trap 'rm -rf "$ROOTFS"' EXIT
 log "debootstrap $SUITE ($PACKAGES) from $MIRROR (about a minute)"

@@ -22,9 +22,7 @@ if ! command -v dockerd >/dev/null || [ ! -x "$DOCKER" ]; then
         log "error: no Docker engine at $SOCK and no dockerd to start: install docker.io (needs root) or set DOCKER_HOST"
         exit 1
     fi
-    log "apt-get install docker.io"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >&2
+    bash "$(dirname "$0")/apt.sh" install docker.io
 fi
 if [ "$(id -u)" != 0 ]; then
     log "error: no Docker engine at $SOCK; starting dockerd needs root (or set DOCKER_HOST to a running engine)"

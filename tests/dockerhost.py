@@ -163,10 +163,8 @@ class Registry:
 
     def __init__(self, root: Path, port: int) -> None:
         if not shutil.which("docker-registry"):
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            for cmd in (["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "docker-registry"]):
-                subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)
+            subprocess.run(["bash", str(REPO / "docker" / "apt.sh"), "install", "docker-registry"],
+                           check=True, timeout=1800)
         self.address = f"127.0.0.1:{port}"
         config = root / "config.yml"
         config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n"

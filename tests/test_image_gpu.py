@@ -105,10 +105,13 @@ def test_paddles_own_loader_finds_cudnn_and_nccl(gpu_image):
 
 
 def test_compress_on_cpu_in_the_gpu_image(gpu_image, tmp_path, clas_model, small_digits_dir):
-    """Global.device auto falls back to CPU without a GPU and publishes; gpu is refused."""
+    """Global.device auto falls back to CPU without a GPU and publishes; gpu is refused.
+    The container is given no GPU even on a GPU host (NVIDIA_VISIBLE_DEVICES=void: the
+    image sets it to all, which NVIDIA's runtime honours without --gpus)."""
     cfg = small_config(tmp_path, Path("/in/model"), Path("/in/data"))
     cfg.write_text(cfg.read_text().replace("device: cpu", "device: auto"))
     options, out = dockerhost.local_job_volumes(tmp_path, cfg, clas_model, small_digits_dir)
+    options = (*options, "-e", "NVIDIA_VISIBLE_DEVICES=void")
     proc = dockerhost.run(gpu_image, "compress", "--config", CONFIG_IN_POD, "--save-dir",
                           "/out/run", network="none", options=options)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

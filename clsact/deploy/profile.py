@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from clsact.deploy.runtimes import (
+    openvino_config,
     ModelFiles,
     RuntimeSkip,
     first_line,
@@ -160,9 +161,8 @@ def openvino_ops(files: ModelFiles, threads: int = 1, runs: int = 20,
         raise RuntimeSkip(f"openvino is not installed: {exc}") from None
     x = np.random.default_rng(0).random((batch, 3, img_size, img_size), dtype=np.float32)
     try:
-        compiled = ov.Core().compile_model(str(files.model_file), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-            "PERF_COUNT": True})
+        compiled = ov.Core().compile_model(str(files.model_file), "CPU",
+                                           openvino_config(threads, PERF_COUNT=True))
     except Exception as exc:
         raise RuntimeSkip(f"OpenVINO cannot read the model: {first_line(exc)}") from None
     request = compiled.create_infer_request()

@@ -39,25 +39,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] \
         || need_apt+=(golang-github-modern-go-reflect2-dev)
 fi
-has_src() { grep -rqs deb-src /etc/apt/sources.list.d/ /etc/apt/sources.list; }
-if [ ${#need_apt[@]} -gt 0 ] || { [ ${#missing[@]} -gt 0 ] && ! has_src; }; then
-    if [ "$(id -u)" != 0 ]; then
-        log "error: need root to apt-get install ${need_apt[*]} (or put etcd and the binaries ${missing[*]} in $CACHE)"
-        exit 1
-    fi
-    if ! has_src; then
-        if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-            sed -i 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources
-        else
-            echo "deb-src http://deb.debian.org/debian bookworm main" \
-                > /etc/apt/sources.list.d/clsact-src.list
-        fi
-    fi
-    log "apt-get install ${need_apt[*]:-(sources only)}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    if [ ${#need_apt[@]} -gt 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >&2
-    fi
+# Every apt step goes through docker/apt.sh (one lock for every caller, one `apt-get update`).
+APT="$(cd "$(dirname "$0")/../.." && pwd)/docker/apt.sh"
+if [ ${#need_apt[@]} -gt 0 ]; then
+    bash "$APT" install "${need_apt[@]}"
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -65,7 +50,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     WORK="$(mktemp -d "$CACHE/build.XXXXXX")"
     trap 'rm -rf "$WORK"' EXIT
     log "building ${missing[*]} $VERSION from Debian's source in $WORK (5-10 minutes)"
-    (cd "$WORK" && apt-get source --download-only kubernetes >&2)
+    bash "$APT" source kubernetes "$WORK"
     tar -C "$WORK" -xzf "$WORK"/kubernetes_*.orig.tar.gz
     SRC="$(find "$WORK" -maxdepth 1 -mindepth 1 -type d | head -1)"
     # The vendored reflect2 v1.0.1 crashes under Go >= 1.18 on the first custom-resource create.
