@@ -232,10 +232,28 @@ def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
 
 
 def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSync,
-                     checkpointer: checkpoint.Checkpointer, save):
+                     checkpointer: checkpoint.Checkpointer, save, checkpoint_on: bool):
     """ACT's training data: one call is one epoch of this rank's batches."""
     last: dict[str, np.ndarray] = {}
     side = train_loader.spec.img_size
+    group = sync.group
+
+    def checkpoint_due(step: int) -> bool:
+        """Whether to checkpoint now. Synchronising per step, every rank holds the same
+        state here and rank 0 decides alone. Otherwise (gradients all-reduced in the graph)
+        the ranks' batch-norm and quantizer statistics differ between evaluations: every
+        ``poll_steps`` steps all ranks learn rank 0's answer and, if due, average their state
+        first, so a checkpoint holds the ranks' average, as an evaluation does."""
+        if sync.per_step or not group.active:
+            return checkpointer.due(step)
+        if not checkpoint_on or step == 0 or step % checkpointer.poll_steps:
+            return False
+        if not group.broadcast_object(checkpointer.due(step), "the checkpoint cadence"):
+            return False
+        sync.sync()
+        log.info("checkpoint after %d steps: ranks averaged, state digest %s", step,
+                 (sync.digest() or "")[:16])
+        return True
 
     def train_data():
         for batch in train_loader:
@@ -250,7 +268,7 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
                 run.sync_seconds += now - started if averaged else 0.0
                 run.steps_timed += 1
             run.last_request, run.eval_mark = now, run.eval_seconds
-            if checkpointer.due(run.step):  # rank 0 only: no collective here
+            if checkpoint_due(run.step):
                 started = time.perf_counter()
                 save()
                 run.eval_seconds += time.perf_counter() - started
@@ -274,6 +292,12 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
     return train_data
 
 
+def averages(scale: float | None, world: int) -> bool:
+    """Whether a loss-gradient scale read from the program is 1/``world``: Paddle stores
+    the op's attribute as float32 (1/3 reads 0.3333333432674408), so compare in float32."""
+    return scale is not None and np.float32(scale) == np.float32(1.0 / world)
+
+
 def _complete_allreduce(program, world: int) -> dict[str, Any]:
     """Check that ``program`` (ACT's, built by fleet) all-reduces every gradient its
     optimizer ops read, completing it for the parameters paddleslim's quantization added
@@ -285,7 +309,7 @@ def _complete_allreduce(program, world: int) -> dict[str, Any]:
     """
     coverage = allreduce_coverage(program)
     added = 0
-    if coverage["missing"] and coverage["loss_grad_scale"] == 1.0 / world:
+    if coverage["missing"] and averages(coverage["loss_grad_scale"], world):
         added = compat.allreduce_gradients(program, coverage["missing"])
         coverage = allreduce_coverage(program)
     coverage["added_by_clsact"] = added
@@ -293,7 +317,7 @@ def _complete_allreduce(program, world: int) -> dict[str, Any]:
     log.info("gradients all-reduced in the graph: %d of %d by %d c_allreduce_sum ops (%d added "
              "for quantizer parameters); loss gradient scaled by %s", coverage["covered"],
              coverage["grads"], coverage["allreduce_ops"], added, coverage["loss_grad_scale"])
-    if missing or not coverage["grads"] or coverage["loss_grad_scale"] != 1.0 / world:
+    if missing or not coverage["grads"] or not averages(coverage["loss_grad_scale"], world):
         raise DistributedError(
             f"the training program all-reduces {coverage['covered']} of the "
             f"{coverage['grads']} gradients its optimizer reads (loss gradient scaled by "
@@ -307,14 +331,16 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             run_id: str = "", baseline_top1: float = 0.0,
             resume: checkpoint.Checkpoint | None = None,
             checkpointer: checkpoint.Checkpointer | None = None,
-            fingerprint: dict[str, Any] | None = None, mode: str = "state") -> dict[str, Any]:
+            fingerprint: dict[str, Any] | None = None, mode: str = "state",
+            checkpoint_on: bool = False) -> dict[str, Any]:
     """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
 
     The compressed model lands in ``act_dir`` (on rank 0: ACT saves there only). ACT's
     evaluations run on ``select_loader``. With ``resume``, training continues from that
     checkpoint (state, data position); ``checkpointer`` (enabled on rank 0) writes one after
-    every evaluation and at its cadence. ``mode`` is how the ranks synchronise
-    (:func:`clsact.distributed.sync_mode`).
+    every evaluation and at its cadence; ``checkpoint_on`` says on every rank whether the
+    run checkpoints (the ranks then agree on the points between evaluations). ``mode`` is how
+    the ranks synchronise (:func:`clsact.distributed.sync_mode`).
 
     Raises:
         ClsactError: the ranks or the checkpoint do not match the training program.
@@ -348,7 +374,8 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
         sync.ensure_names()  # every rank, before any rank-0-only use
         if resume is not None:
             n = sync.restore(resume.state)
-            log.info("resumed at step %d: restored %d state variables", run.offset, n)
+            log.info("resumed at step %d: restored %d state variables, state digest %s",
+                     run.offset, n, sync.digest())
         run.started = True
         log.info("training: %s steps from step %d", cfg.train.get("train_iter") or "all",
                  run.offset)
@@ -363,7 +390,7 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
         model_dir=str(model_dir), model_filename=g["model_filename"],
         params_filename=g["params_filename"], save_dir=str(act_dir), config=act_config,
         train_dataloader=_train_generator(train_loader, input_name, run, sync, checkpointer,
-                                          save),
+                                          save, checkpoint_on),
         eval_dataloader=lambda: ({input_name: b.images} for b in select_loader.epoch(0)),
         eval_callback=_eval_callback(group, sync, run, select_loader, input_name,
                                      baseline_top1, save),

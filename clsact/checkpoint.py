@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from clsact.errors import ClsactError
+from clsact.errors import ClsactError, StorageError
 from clsact.storage import Store
-from clsact.storage.publish import sha256_file
+from clsact.storage.publish import check_claim, sha256_file
 
 log = logging.getLogger(__name__)
 DIR = "_checkpoint"
@@ -143,8 +143,9 @@ def save(store: Store, ckpt: Checkpoint) -> None:
     old = _read_progress(store)
     store.put_bytes(progress["state"], data)
     store.put_bytes(PROGRESS, (json.dumps(progress) + "\n").encode())
-    if old and old.get("state") not in (None, progress["state"]):
-        store.delete(old["state"])
+    if old and old.get("run_id") == ckpt.run_id \
+            and old.get("state") not in (None, progress["state"]):
+        store.delete(old["state"])  # never another run's state file
     log.info("checkpoint after %d steps: %s (%.1f MB)", ckpt.steps,
              store.describe(progress["state"]), len(data) / 2**20)
 
@@ -209,6 +210,9 @@ def clear(store: Store) -> None:
         log.warning("could not delete the checkpoint in %s: %s", store.describe(DIR), exc)
 
 
+POLL_STEPS = 10
+
+
 class Checkpointer:
     """Writes checkpoints in the background at a cadence (rank 0 only).
 
@@ -229,6 +233,7 @@ class Checkpointer:
         self.written = 0
         self.failed = 0
         self.skipped = 0
+        self.lost = False  # another run took the save dir over: stop checkpointing
         self._thread: threading.Thread | None = None
 
     @property
@@ -244,13 +249,21 @@ class Checkpointer:
             return True
         return bool(self.every_seconds and self.clock() - self.last_time >= self.every_seconds)
 
+    @property
+    def poll_steps(self) -> int:
+        """How often, in steps, ranks that average their statistics only at agreed points
+        (``Global.rank_sync: gradients``) ask rank 0 whether a checkpoint is due: every
+        ``every_steps`` steps when that is under 10, else every 10 steps (a small broadcast
+        each time), so a checkpoint between evaluations falls at most 9 steps late."""
+        return max(1, min(self.every_steps or POLL_STEPS, POLL_STEPS))
+
     def busy(self) -> bool:
         """An upload is still running."""
         return self._thread is not None and self._thread.is_alive()
 
     def write(self, ckpt: Checkpoint) -> bool:
         """Upload ``ckpt`` in the background; False when skipped (an upload is running)."""
-        if not self.enabled:
+        if not self.enabled or self.lost:
             return False
         if self.busy():
             self.skipped += 1
@@ -264,6 +277,13 @@ class Checkpointer:
         return True
 
     def _upload(self, ckpt: Checkpoint) -> None:
+        try:
+            check_claim(self.store, ckpt.run_id)
+        except StorageError as exc:
+            self.lost = True
+            log.warning("checkpoint after %d steps not written, and no more will be: %s",
+                        ckpt.steps, exc)
+            return
         try:
             save(self.store, ckpt)
             self.written += 1
@@ -281,4 +301,5 @@ class Checkpointer:
 
     def summary(self) -> dict[str, int]:
         """Counts for ``metrics.json``."""
-        return {"written": self.written, "failed": self.failed, "skipped_busy": self.skipped}
+        return {"written": self.written, "failed": self.failed, "skipped_busy": self.skipped,
+                "claim_lost": self.lost}

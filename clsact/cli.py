@@ -6,7 +6,8 @@ Commands: ``compress``, ``eval``, ``verify``, ``gate``, ``history``, ``dataset p
 (:mod:`clsact.launch.cli`).
 
 User mistakes (:class:`~clsact.errors.ClsactError`) end with one ``clsact: error: ...`` line
-on stderr and exit code 2; Ctrl-C exits 130; anything else is a bug and keeps its traceback.
+on stderr and exit code 2; the exit codes are :mod:`clsact.exitcodes`; anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from clsact import __version__, compat, logs
+from clsact import __version__, compat, exitcodes, logs
 from clsact.deploy import cli as deploy_cli
 from clsact.errors import EXIT_USER_ERROR, ClsactError
 from clsact.launch import cli as launch_cli
@@ -317,7 +318,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"clsact: verify: {result.location}: {problem}", file=sys.stderr)
     if not result.ok:
         print(f"FAILED {result.location}: {len(result.problems)} problem(s)")
-        return 1
+        return exitcodes.CHECK_FAILED
     print(f"OK {result.location}: run {result.run_id}, {result.files} files, "
           f"{result.bytes} bytes match {result.manifests()}")
     return 0
@@ -379,4 +380,4 @@ def main(argv: list[str] | None = None) -> int:
         done = published()
         print(f"clsact: interrupted after publishing to {', '.join(done)} (complete)" if done
               else "clsact: interrupted; nothing was published", file=sys.stderr)
-        return 130
+        return exitcodes.INTERRUPTED

@@ -38,11 +38,12 @@ from clsact import config as config_mod
 from clsact.act import ensure_evaluation, run_act
 from clsact.config import Config
 from clsact.data.build import make_loader, read_samples, selection
-from clsact.data.fingerprint import val_fingerprint
+from clsact.data.fingerprint import eval_settings, val_fingerprint
 from clsact.data.listfile import Sample
 from clsact.distributed import GRADIENTS, Group, aggregate_eval, sync_mode
-from clsact.errors import ConfigError, DataError, DeviceError, ModelError
+from clsact.errors import ConfigError, DataError, DeviceError, ModelError, StorageError
 from clsact.modelio import copy_model, model_paths
+from clsact.runs import blessed_here
 from clsact.runtime import rank_info, select_device
 from clsact.storage import publish
 
@@ -299,7 +300,20 @@ def _deploy_report(staging: Path, src_model: Path, g: dict[str, Any], val_sample
 
 def _claim(dest: storage.Store, run_id: str, overwrite: bool) -> str:
     """Claim the save dir (returns how: see :func:`publish.claim`); with ``overwrite`` a
-    previous run's checkpoint is discarded."""
+    previous run's checkpoint is discarded.
+
+    Raises:
+        StorageError: see :func:`publish.claim`; or, with ``overwrite``, the save dir holds
+            the run a ``latest`` pointer names (replacing it would change the blessed
+            baseline under the gate).
+    """
+    if overwrite and dest.exists(publish.SUCCESS):
+        pointer = blessed_here(dest.describe())
+        if pointer is not None:
+            raise StorageError(
+                f"--overwrite refused: {dest.describe()} holds the blessed run that "
+                f"{pointer} names; replacing it would change the gate's baseline. Choose "
+                "another --save-dir (a newer run that passes the gate becomes latest)")
     how = publish.claim(dest, run_id, overwrite)
     if overwrite:
         checkpoint.clear(dest)
@@ -399,7 +413,7 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
                              "the baseline evaluation")
         val_set = val_fingerprint(val_samples, group.gather_object(
             val_loader.record_digests, "collecting the validation images' checksums"),
-            g["val_list"])
+            g["val_list"], eval_settings(g))
         val_loader.record_digests = None
         log.info("baseline top1 %.4f top5 %.4f", baseline["top1"], baseline["top5"])
         check_origin_metric(cfg, baseline["top1"])
@@ -423,7 +437,7 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
         act_info = run_act(cfg, student, act_dir, train_loader, select_loader, info.input_name,
                            group, act_overrides, run_id=run_id, baseline_top1=select_top1,
                            resume=resume, checkpointer=checkpointer, fingerprint=fingerprint,
-                           mode=mode)
+                           mode=mode, checkpoint_on=bool(g["checkpoint"]))
         t = timer.phase("compress", t)
 
         out_model = staging / MODEL_SUBDIR if group.rank == 0 else work / "shared-model"

@@ -49,11 +49,12 @@ from typing import Any
 
 import numpy as np
 
+from clsact import exitcodes
 from clsact.errors import ClsactError, DistributedError
 from clsact.runtime import RankInfo, dynamic_mode
 
 log = logging.getLogger(__name__)
-EXIT_RANK_LOST = 3
+EXIT_RANK_LOST = exitcodes.RANK_LOST
 TEACHER_PREFIX = "teacher_"
 GRADIENTS, STATE = "gradients", "state"
 # gradients fused into one all-reduce (fleet's fuse_grad_size_in_num; its default is 8)
@@ -350,10 +351,17 @@ def average_state(group: Group, scope, names: list[str], place, weight: float = 
 
 def state_digest(scope, names: list[str]) -> str:
     """sha256 of the named variables' bytes: equal on every rank iff their states are."""
+    return arrays_digest({name: np.array(scope.find_var(name).get_tensor()) for name in names},
+                         names)
+
+
+def arrays_digest(arrays: dict[str, np.ndarray], names: list[str]) -> str:
+    """sha256 of ``arrays`` in the order of ``names`` (what :func:`state_digest` reads from a
+    scope, computed from arrays: a checkpoint's state file, say)."""
     digest = hashlib.sha256()
     for name in names:
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(np.array(scope.find_var(name).get_tensor())).tobytes())
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
     return digest.hexdigest()
 
 

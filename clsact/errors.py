@@ -5,7 +5,7 @@ raises a subclass of :class:`ClsactError`. The CLI prints its message as one lin
 with :data:`EXIT_USER_ERROR`; anything else is a bug and keeps its traceback.
 """
 
-EXIT_USER_ERROR = 2
+from clsact.exitcodes import USER_ERROR as EXIT_USER_ERROR  # noqa: F401 (the CLI's code)
 
 
 class ClsactError(Exception):

@@ -19,6 +19,7 @@ import yaml
 
 from clsact import config
 from clsact.errors import ConfigError, StorageError
+from clsact.runs import parent_location
 from clsact.storage import open_store
 
 RUN_CONFIG = "config.yaml"
@@ -40,24 +41,22 @@ class EvalPlan:
     run_config: str | None = None
 
 
-def _parent(location: str) -> str:
-    trimmed = location.rstrip("/")
-    head, sep, _tail = trimmed.rpartition("/")
-    return head if sep and head not in ("s3:/", "s3:") else trimmed
-
-
-def find_run(model_dir: str) -> tuple[str, str, dict[str, Any]] | None:
+def find_run(model_dir: str, what: str = "--model-dir") -> tuple[str, str, dict[str, Any]] | None:
     """(run location, model location, the run's ``Global``) when ``model_dir`` is a
     published run or its ``model/`` folder; None for a bare model directory (or a run whose
-    files this reader may not see: the model files' own reads then say why).
+    files this reader may not see: the model files' own reads then say why). ``what`` names
+    the location in errors (the command's flag or argument).
 
     Raises:
         StorageError: the location is malformed.
         ConfigError: the run's config.yaml is not a clsact config.
     """
-    for run, model in ((model_dir, f"{model_dir.rstrip('/')}/model"),
-                       (_parent(model_dir), model_dir)):
-        store = open_store(run, "--model-dir")
+    candidates = [(model_dir, f"{model_dir.rstrip('/')}/model")]
+    parent = parent_location(model_dir)
+    if parent is not None:  # a model at the top of a disk or bucket (/opt) has no run above
+        candidates.append((parent, model_dir))
+    for run, model in candidates:
+        store = open_store(run, what)
         try:
             text = store.read_bytes(RUN_CONFIG)
             store.read_bytes(RUN_MANIFEST)

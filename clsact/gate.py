@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from clsact import __version__
+from clsact import __version__, exitcodes
 from clsact import config as config_mod
 from clsact.errors import ConfigError, StorageError
 from clsact.runs import (
@@ -44,6 +44,9 @@ from clsact.runs import (
     LATEST,
     Pointer,
     RunRecord,
+    as_dict,
+    as_list,
+    finished_runs,
     open_location,
     pointer_body,
     read_latest,
@@ -51,10 +54,10 @@ from clsact.runs import (
     read_run,
 )
 from clsact.storage import Store, VersionConflict
-from clsact.storage.publish import add_to_run, verify
+from clsact.storage.publish import SUCCESS, add_to_run, verify
 
 log = logging.getLogger(__name__)
-EXIT_BLESSED, EXIT_NOT_BLESSED = 0, 1
+EXIT_BLESSED, EXIT_NOT_BLESSED = exitcodes.OK, exitcodes.CHECK_FAILED
 BLESSING_FORMAT = "clsact-blessing/1"
 CAS_ATTEMPTS = 10
 EPS = 1e-9  # accuracies are ratios of counts: compare them without float noise
@@ -159,19 +162,38 @@ def _metric_check(run: RunRecord) -> tuple[Check, float | None, float | None]:
     return Check("metrics", "pass", f"top-1 {_pct(top1)}, fp32 top-1 {_pct(fp32)}"), top1, fp32
 
 
+def _section(run: RunRecord | None, name: str) -> dict[str, Any]:
+    """``metrics[name]`` when it is an object, else {} (a malformed document fails the
+    checks that need it, it does not crash the gate)."""
+    return as_dict(((run.metrics if run else None) or {}).get(name))
+
+
 def _val_set_check(run: RunRecord, base: RunRecord | None) -> Check:
-    mine = ((run.metrics or {}).get("val_set") or {}).get("fingerprint")
+    mine = _section(run, "val_set").get("fingerprint")
+    mine = mine if isinstance(mine, str) else None
     if not mine:
         return Check("val_set", "fail", "the run recorded no validation set fingerprint "
                      "(metrics.json val_set; runs of clsact < 0.2 cannot be gated)")
     if base is None:
         return Check("val_set", "pass", f"{mine[:19]}... (first run: nothing to compare)")
-    theirs = ((base.metrics or {}).get("val_set") or {}).get("fingerprint")
+    theirs = _section(base, "val_set").get("fingerprint")
     if mine != theirs:
         return Check("val_set", "fail", f"validation set {mine[:19]}... differs from the last "
-                     f"blessed run's ({(theirs or 'none')[:19]}...): accuracies on different "
+                     f"blessed run's ({str(theirs or 'none')[:19]}...): accuracies on different "
                      "sets are not comparable; gate against a prefix for this set")
-    return Check("val_set", "pass", f"same validation set as run {base.run_id} ({mine[:19]}...)")
+    mine_eval = _section(run, "val_set").get("evaluation")
+    their_eval = _section(base, "val_set").get("evaluation")
+    if isinstance(mine_eval, dict) and isinstance(their_eval, dict) and their_eval:
+        changed = sorted(k for k in set(mine_eval) | set(their_eval)
+                         if mine_eval.get(k) != their_eval.get(k))
+        if changed:
+            return Check("val_set", "fail", "same images, evaluated differently: " + ", ".join(
+                f"Global.{k} {their_eval.get(k)} -> {mine_eval.get(k)}" for k in changed) +
+                "; accuracies are not comparable: gate against a prefix for these settings")
+        how = "same images, same evaluation settings"
+    else:
+        how = "same images; the last blessed run recorded no evaluation settings"
+    return Check("val_set", "pass", f"{how} as run {base.run_id} ({mine[:19]}...)")
 
 
 def evaluate(run: RunRecord, verify_problems: list[str], base: RunRecord | None,
@@ -245,7 +267,7 @@ def blessing_document(out: Outcome) -> dict[str, Any]:
         return {"run": rec.location, "run_id": rec.run_id, "finished_at": rec.finished_at,
                 "top1": rec.metric("compressed", "top1"), "top5": rec.metric("compressed", "top5"),
                 "fp32_top1": rec.metric("baseline", "top1"),
-                "val_fingerprint": ((rec.metrics or {}).get("val_set") or {}).get("fingerprint")}
+                "val_fingerprint": _section(rec, "val_set").get("fingerprint")}
 
     return {"format": BLESSING_FORMAT, "blessed": out.blessed,
             "verdict": "blessed" if out.blessed else "not blessed",
@@ -303,6 +325,9 @@ def gate(run_location: str, against: str | None = None,
             names) is broken.
     """
     store = open_location(run_location, "RUN")
+    if not store.exists(SUCCESS) and not store.list():
+        raise StorageError(f"{store.describe()} holds nothing: no run was published there; "
+                           "check the RUN location")
     configured, default_against = thresholds_of_run(store)
     th = configured.merged(flags or {})
     prefix_location = against or default_against
@@ -341,6 +366,19 @@ def gate(run_location: str, against: str | None = None,
                        f"{store.describe()} ({CAS_ATTEMPTS} attempts); run the gate again")
 
 
+def never_gated(prefix_location: str) -> list[str]:
+    """The finished runs under ``prefix_location`` that hold no verdict yet, oldest first
+    (nights that finished after their submitter stopped following them).
+
+    Raises:
+        StorageError: the prefix cannot be listed or read.
+    """
+    prefix = open_location(prefix_location, "--against")
+    records = [read_run(prefix.child(rel) if rel else prefix) for rel in finished_runs(prefix)]
+    return [rec.location for rec in sorted(records, key=RunRecord.order)
+            if rec.blessing is None]
+
+
 def _already_latest(run: RunRecord, prefix: Store) -> Outcome:
     checks = [Check("latest", "pass", f"{prefix.describe(LATEST)} already names this run")]
     return Outcome(run, prefix.describe(), None, checks, True, "already", recorded=False,
@@ -358,7 +396,7 @@ def _previous_verdict(run: RunRecord, prefix: Store, pointer: Pointer) -> Outcom
     verdict = run.blessing or {}
     was_blessed = verdict.get("blessed") is True
     checks = [Check(c.get("name", "?"), c.get("status", "?"), c.get("detail", ""),
-                    c.get("value"), c.get("threshold")) for c in verdict.get("checks", [])
+                    c.get("value"), c.get("threshold")) for c in as_list(verdict.get("checks"))
               if isinstance(c, dict)]
     if was_blessed:
         # blessed, but the pointer does not name it: an interrupted gate, or a newer run

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from clsact.errors import StorageError
 from clsact.plotting import figure
-from clsact.runs import finished_runs, open_location, read_latest, read_run
+from clsact.runs import as_dict, as_list, finished_runs, open_location, read_latest, read_run
 from clsact.storage import Store
 
 
@@ -54,8 +55,8 @@ def collect(prefix: Store) -> list[Row]:
                         rec.metric("baseline", "top1"), rec.metric("baseline", "top5"),
                         rec.metric("compressed", "top1"),
                         rec.metric("compressed", "top5"), verdict,
-                        [str(x) for x in b.get("failed", [])], latest,
-                        (b.get("thresholds") or {}).get("min_top1")))
+                        [str(x) for x in as_list(b.get("failed"))], latest,
+                        as_dict(b.get("thresholds")).get("min_top1")))
     rows.sort(key=lambda r: (r.finished_at or "", r.run_id or ""))
     return rows
 
@@ -133,4 +134,7 @@ def history(prefix_location: str) -> tuple[Store, list[Row]]:
         StorageError: the prefix is malformed, unreachable, or its pointer is broken.
     """
     prefix = open_location(prefix_location, "PREFIX")
+    if not prefix.list():
+        raise StorageError(f"{prefix.describe()} holds nothing: no run was published under "
+                           "it (check the PREFIX)")
     return prefix, collect(prefix)

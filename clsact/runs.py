@@ -30,6 +30,17 @@ BLESSING_ADDENDUM = "blessing"  # its files are listed in manifest.blessing.json
 POINTER_FORMAT = "clsact-latest/1"
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else {} (documents read from a store may be of
+    any shape: a malformed one fails the checks that need it, it crashes nothing)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """``value`` when it is a JSON array, else []."""
+    return value if isinstance(value, list) else []
+
+
 def open_location(location: str, what: str) -> Store:
     """The Store of ``location`` with a local path made absolute (the pointer records runs
     by location, which must not depend on the directory a command ran in).
@@ -59,7 +70,7 @@ class RunRecord:
 
     def metric(self, section: str, name: str) -> float | None:
         """``metrics[section][name]`` as a finite float, else None."""
-        value = ((self.metrics or {}).get(section) or {}).get(name)
+        value = as_dict(as_dict(self.metrics).get(section)).get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
         return float(value) if math.isfinite(value) else None
@@ -156,6 +167,40 @@ def pointer_body(run: RunRecord, previous: Pointer) -> bytes:
             "blessed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "previous": {"run": prev["run"], "run_id": prev.get("run_id")} if prev else None}
     return (json.dumps(body, indent=2) + "\n").encode()
+
+
+def parent_location(location: str) -> str | None:
+    """The location one level above ``location`` (None at a bucket's or a disk's root)."""
+    trimmed = location.rstrip("/")
+    head, sep, _tail = trimmed.rpartition("/")
+    if not sep or head in ("s3:/", "s3:", ""):
+        return None
+    return head
+
+
+def blessed_here(location: str, levels: int = 2) -> str | None:
+    """The ``latest`` pointer that names the run at ``location`` as blessed, if one does,
+    looking ``levels`` folders up (``PREFIX/<run>`` and ``PREFIX/runs/<run>``, where
+    ``clsact gate --against PREFIX`` and the nightly keep it).
+
+    Raises:
+        StorageError: a parent cannot be read.
+    """
+    location = (location if is_uri(location) else os.path.abspath(location)).rstrip("/")
+    parent = parent_location(location)
+    for _level in range(levels):
+        if parent is None:
+            return None
+        prefix = open_location(parent, "the save dir's parent")
+        try:
+            data = json.loads(prefix.read_bytes(LATEST))
+        except (FileNotFoundError, ValueError):
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("run"), str) \
+                and data["run"].rstrip("/") == location:
+            return prefix.describe(LATEST)
+        parent = parent_location(parent)
+    return None
 
 
 def read_pointed_run(pointer: Pointer) -> RunRecord:

@@ -36,15 +36,16 @@ def _recv_exact(sock: socket.socket, buf: bytes, n: int) -> tuple[bytes, bytes]:
     return buf[:n], buf[n:]
 
 
-def read_request(sock: socket.socket) -> bytes:
-    """One HTTP request from ``sock`` (head with ``Connection: close``, no Expect, + body)."""
+def read_request(sock: socket.socket, drop: tuple[str, ...] = ()) -> bytes:
+    """One HTTP request from ``sock`` (head with ``Connection: close``, no Expect, none of the
+    headers named in ``drop`` (lower case), + body)."""
     head, rest = _recv_until(sock, b"", b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")[:-2]
     headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
     if headers.get("expect", "").lower() == "100-continue":
         sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
     kept = [h for h in lines[1:] if h.split(":")[0].strip().lower() not in ("connection",
-                                                                           "expect")]
+                                                                           "expect", *drop)]
     out_head = "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1")
     if "content-length" in headers:
         body, _ = _recv_exact(sock, rest, int(headers["content-length"]))
@@ -70,12 +71,14 @@ class FaultProxy:
     proxy's URL; ``counts`` tells what was injected."""
 
     def __init__(self, upstream: str, rates: dict[str, float] | None = None, seed: int = 0,
-                 delay: float = 1.0, methods: tuple[str, ...] | None = None) -> None:
+                 delay: float = 1.0, methods: tuple[str, ...] | None = None,
+                 drop_headers: tuple[str, ...] = ()) -> None:
         host, port = upstream.split("://", 1)[-1].rstrip("/").split(":")
         self.upstream = (host, int(port))
         self.rates = rates or {}
         self.delay = delay
         self.methods = methods
+        self.drop_headers = tuple(h.lower() for h in drop_headers)  # a store that ignores them
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -115,7 +118,7 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         try:
-            request = read_request(client)
+            request = read_request(client, self.drop_headers)
             fault = self._choose(request.split(b" ", 1)[0].decode())
             if fault == "drop":
                 return

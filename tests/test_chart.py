@@ -108,7 +108,8 @@ VALUE_SETS = {
             "nodeSelectorTerms": [{"matchExpressions": [
                 {"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}},
         "imagePullSecrets": ["registry-pull", "mirror-pull"], "priorityClassName": "batch-low",
-        "env": {"N": 3, "FLAGS_cudnn_deterministic": "0", "A": "x"},
+        "env": {"N": 3, "FLAGS_cudnn_deterministic": "0", "A": "x",
+                "NCCL_BUFFSIZE": 16777216, "RATIO": 0.25, "WHOLE": 3.0},
         "labels": {"team": "vision", "app.kubernetes.io/name": "not-ours"},
         "annotations": {"owner": "ml-platform@example.com"},
         "activeDeadlineSeconds": 86400, "cleanPodPolicy": "Never",
@@ -197,6 +198,7 @@ REFUSED = {
     "env secret ref": ({"env": [{"name": "K", "valueFrom": {"secretKeyRef": {
         "name": "db", "key": "k"}}}]}, "allow.secrets"),
     "literal secret": ({"env": {"AWS_SECRET_ACCESS_KEY": "x"}}, "looks like a secret"),
+    "boolean env": ({"env": [{"name": "DEBUG", "value": True}]}, "must be a string or number"),
     "service account": ({"serviceAccountName": "admin"}, "allow.serviceAccount"),
     "clean policy": ({"operator": "kubeflow", "cleanPodPolicy": "OnCompletion"},
                      "is not one of Running, All, None"),

@@ -224,7 +224,7 @@ def test_nightly_mode_on_a_real_cronjob(cluster, ns, cpu_image, capsys):
     runs `clsact submit --nightly --wait` with the chart's ServiceAccount: night 1 runs and
     its submitter exits 0; night 2 is left running by the operator, its submitter stops
     following at its deadline (exit 124) and deletes night 1 (keepJobs 1); night 3 is
-    refused while night 2 is active (exit 3, one line); uninstall removes everything."""
+    refused while night 2 is active (exit 5, one line); uninstall removes everything."""
     api = cluster.admin_client()
     release = "nightly"
     vals = {"mode": "nightly", "image": cpu_image, "imagePullPolicy": "Never",
@@ -290,7 +290,7 @@ def test_nightly_mode_on_a_real_cronjob(cluster, ns, cpu_image, capsys):
             assert [j["metadata"]["name"] for j in paddlejobs(api, ns)] == [night2]
             pod = client.CoreV1Api(api).list_namespaced_pod(
                 ns, label_selector=f"job-name={third.metadata.name}").items[0]
-            assert pod.status.container_statuses[0].state.terminated.exit_code == 3
+            assert pod.status.container_statuses[0].state.terminated.exit_code == 5
             assert pod.spec.service_account_name == f"{release}-submitter"
 
             h.uninstall(release, timeout=120)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_images, run_cli
+from tests.conftest import REPO, copy_images, run_cli
 
 
 def config_file(tmp_path: Path, model_dir, data_dir, **glob) -> Path:
@@ -230,3 +230,17 @@ def test_the_watchdog_removes_the_scratch_copies_before_it_exits(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 3 and "no answer from the other ranks" in proc.stderr
     assert not scratch.exists()
+
+
+def test_the_exit_code_table_is_one_table():
+    """Each exit code has one meaning, and the README's table is clsact.exitcodes'."""
+    import re
+
+    from clsact import exitcodes
+
+    codes = [v for k, v in vars(exitcodes).items() if k.isupper() and isinstance(v, int)]
+    assert len(codes) == len(set(codes)) == len(exitcodes.TABLE)
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M))
+    assert {int(k): v for k, v in rows.items()} == exitcodes.TABLE

@@ -165,8 +165,8 @@ def test_openvino_fp32_row_runs_in_fp32(mbv3_model):
     by_key = {r.key: r for r in RUNTIMES}
     paddle_out = by_key["paddle-cpu"].load(files, 1)(x)
     ov_out = by_key["openvino"].load(files, 1)(x)
-    scale = float(np.abs(paddle_out).max())
-    assert float(np.abs(ov_out - paddle_out).max()) <= 1e-4 * max(scale, 1.0)
+    scale = float(np.abs(paddle_out).max())  # this untrained model's logits are tiny
+    assert scale > 0 and float(np.abs(ov_out - paddle_out).max()) <= 1e-3 * scale
 
 
 def test_thread_settings_are_honoured(mbv3_model):
@@ -215,7 +215,7 @@ def test_accuracy_through_paddle_inference_equals_clsact_eval(compressed_run, sm
     metrics = json.loads((compressed_run / "metrics.json").read_text())
     assert results["paddle-cpu"]["reference_top1"] == metrics["compressed"]["top1"]
     gpu = next(r for r in RUNTIMES if r.key == "paddle-gpu")
-    if gpu.skip_reason(ModelFiles.of(compressed_run)) is None:  # a usable GPU here
+    if gpu.skip_reason(ModelFiles.of(compressed_run / "model")) is None:  # a usable GPU here
         assert results["paddle-gpu"]["status"] == "measured"
     else:
         assert results["paddle-gpu"]["status"] == "skipped"
@@ -244,6 +244,31 @@ def test_a_runtime_below_the_reference_is_flagged():
     assert bench.accuracy_flag(0.900, 0.904) is None
     flag = bench.accuracy_flag(0.890, 0.900)
     assert flag and "1.00 points below" in flag
+
+
+def test_the_headline_counts_only_runtimes_that_serve_the_model_as_trained():
+    """A runtime that loses accuracy is never the headline, however fast: it is shown apart
+    with its loss."""
+    from clsact.deploy import report
+    from clsact.deploy.bench import Measurement
+
+    def m(model, runtime, ms, flag=None):
+        return Measurement(model, runtime, runtime.upper(), "measured", flag=flag,
+                           latency=[{"batch": 1, "threads": 1, "p50_ms": ms}],
+                           accuracy={"top1": 0.8 if flag else 0.9})
+
+    results = [m("baseline", "paddle-cpu", 10.0), m("baseline", "openvino", 4.0,
+                                                     "top-1 0.70 < 0.90"),
+               m("compressed", "paddle-cpu-int8", 8.0), m("compressed", "openvino", 1.0,
+                                                          "top-1 0.80 < 0.90")]
+    s = report.summary(results, "baseline", "compressed")
+    assert s["fastest"]["runtime"] == "paddle-cpu-int8"
+    assert s["baseline_fastest_fp32"]["runtime"] == "paddle-cpu"
+    assert s["speedup"] == 1.25
+    assert s["fastest_flagged"] == {"runtime": "openvino", "label": "OPENVINO", "p50_ms": 1.0,
+                                    "top1": 0.8, "flag": "top-1 0.80 < 0.90"}
+    text = report.markdown(report.build(results, "baseline", "compressed"), "")
+    assert "fastest on **PADDLE-CPU-INT8**" in text and "Faster but not counted: OPENVINO" in text
 
 
 def test_bench_errors_are_one_line(tmp_path):

@@ -7,6 +7,7 @@ mounted path, plus exactly the environment each operator injects."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,12 +236,13 @@ def worker_logs(tmp_path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("pod*/workerlog.*")))
 
 
-def check_published_run(save: Path, small_digits_dir: Path, mode: str = "state") -> dict:
+def check_published_run(save: Path, small_digits_dir: Path, mode: str = "state",
+                        world: int = 2) -> dict:
     m = json.loads((save / "metrics.json").read_text())
-    assert m["distributed"]["world_size"] == 2 and m["distributed"]["lr_scale"] == 2.0
+    assert m["distributed"]["world_size"] == world and m["distributed"]["lr_scale"] == world
     assert m["distributed"]["rank_sync"] == mode
     digests = m["act"]["state_digests_last_eval"]
-    assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with equal weights"
+    assert len(digests) == world and len(set(digests)) == 1, "ranks ended with equal weights"
     assert m["act"]["train_steps"] == 4
     if mode == "state":  # after every step
         assert m["act"]["rank_syncs"] >= 4 and m["act"]["rank_sync"]["allreduce"] is None
@@ -248,9 +250,11 @@ def check_published_run(save: Path, small_digits_dir: Path, mode: str = "state")
         cover = m["act"]["rank_sync"]["allreduce"]
         assert cover["covered"] == cover["grads"] > 10, cover
         assert cover["added_by_clsact"] >= 1, "PACT thresholds come after fleet's pass"
-        assert m["act"]["rank_syncs"] == len(m["act"]["evaluations"])
+        # averages before evaluations, and before checkpoints between them
+        averaged = (save / "clsact.log").read_text().count("ranks averaged, state digest")
+        assert m["act"]["rank_syncs"] == len(m["act"]["evaluations"]) + averaged
     assert m["baseline"]["samples"] == m["compressed"]["samples"] == 64, "every val sample once"
-    assert "rank 1 of 2" in (save / "logs" / "rank-1.log").read_text(), "rank logs kept"
+    assert f"rank 1 of {world}" in (save / "logs" / "rank-1.log").read_text(), "rank logs kept"
     assert run_cli("verify", str(save)).returncode == 0
     ev = run_cli("eval", "--model-dir", str(save / "model"), "--data-dir", str(small_digits_dir),
                  "--val-list", "small_val.txt", "--img-size", "32", "--resize-size", "36")
@@ -260,19 +264,29 @@ def check_published_run(save: Path, small_digits_dir: Path, mode: str = "state")
     return m
 
 
-@pytest.mark.parametrize("mode", ["state", "gradients"])
-def test_two_ranks_in_one_pod(tmp_path, clas_model, small_digits_dir, mode):
-    cfg = dist_config(tmp_path, clas_model, small_digits_dir, rank_sync=mode)
+# gradients mode on three ranks: 1/3 is not exact in float32 (the loss-gradient scale and
+# the quantizer gradients' all-reduce must still be recognised); two ranks run it in the
+# two-pod test below
+@pytest.mark.parametrize("mode, world", [("state", 2), ("gradients", 3)])
+def test_ranks_in_one_pod(tmp_path, clas_model, small_digits_dir, mode, world):
+    # a checkpoint between the evaluations (at steps 2 and 4): step 3
+    cfg = dist_config(tmp_path, clas_model, small_digits_dir, rank_sync=mode,
+                      checkpoint_every_steps=1)
     save = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
-                           "2", "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
+                           str(world), "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
                            "--config", str(cfg), "--save-dir", str(save)], env=clean_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
-    m = check_published_run(save, small_digits_dir, mode)
+    m = check_published_run(save, small_digits_dir, mode, world)
     assert yaml.safe_load((save / "config.yaml").read_text())["TrainConfig"][
-        "learning_rate"] == pytest.approx(0.001), "the resolved config records the scaled LR"
-    assert m["distributed"]["global_batch"] == 16
+        "learning_rate"] == pytest.approx(0.0005 * world), "the resolved config: the scaled LR"
+    assert m["distributed"]["global_batch"] == 8 * world
+    if mode == "gradients":  # the ranks' statistics differ until averaged for the checkpoint
+        marks = [re.findall(r"checkpoint after 3 steps: ranks averaged, state digest (\w+)",
+                            (save / "logs" / f"rank-{r}.log").read_text()
+                            if r else (save / "clsact.log").read_text()) for r in range(world)]
+        assert all(len(m) == 1 for m in marks) and len({m[0] for m in marks}) == 1, marks
 
 
 @pytest.mark.parametrize("operator, mode", [("paddle-operator", "state"), ("kubeflow", "state"),
@@ -287,6 +301,41 @@ def test_two_pods_with_the_operator_env(tmp_path, clas_model, small_digits_dir, 
     runs = {line.rsplit("(run ", 1)[1] for p in procs for line in p.stdout.read().splitlines()
             if line.startswith("results in")}
     assert len(runs) == 1, f"all ranks agree on one run id: {runs}"
+
+
+def test_a_dead_decode_worker_ends_the_run_with_one_line_and_frees_the_peers(
+        tmp_path, clas_model, small_digits_dir):
+    """Pod 1's decode workers are killed (as the OOM killer does) while both pods train: pod 1
+    ends with one line naming the likely cause, pod 0 is released long before its watchdog
+    (collective_timeout 300 s), nothing is published."""
+    cfg = dist_config(tmp_path, clas_model, small_digits_dir, collective_timeout=300)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["TrainConfig"].update(train_iter=400, eval_iter=400)
+    cfg.write_text(yaml.safe_dump(raw))
+    save = tmp_path / "run"
+    procs = start_pods(tmp_path, "paddle-operator", cfg, save)
+    deadline = time.time() + 300
+    while time.time() < deadline and "synchronising" not in worker_logs(tmp_path):
+        time.sleep(0.5)
+    assert "synchronising" in worker_logs(tmp_path), worker_logs(tmp_path)[-3000:]
+    def cmdline(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+
+    workers = [pid for pid in descendants(procs[1].pid) if b"spawn_main" in cmdline(pid)]
+    assert workers, "pod 1 has decode workers"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    codes = [p.wait(timeout=280) for p in procs]
+    waited = time.time() - killed_at
+    assert codes[0] != 0 and codes[1] != 0 and waited < 150, (codes, waited)
+    logs = (tmp_path / "pod1" / "workerlog.0").read_text(errors="replace")
+    assert "a decode worker died (most likely killed for memory)" in logs, logs[-3000:]
+    assert "BrokenProcessPool" not in logs and "Traceback" not in logs.split("synchronising")[-1]
+    assert not (save / "_SUCCESS").exists() and not (save / "metrics.json").exists()
 
 
 def test_a_lost_rank_fails_the_run_in_bounded_time(tmp_path, clas_model, small_digits_dir):

@@ -127,6 +127,8 @@ def test_no_thresholds_blesses_nothing(prefix, tmp_path):
     ({"compressed": {"top5": 0.9}}, "metrics"),
     ({"baseline": {"top1": "0.9", "top5": 0.9}}, "metrics"),
     ({"val_set": None}, "val_set"),
+    ({"val_set": "sha256:abc"}, "val_set"),
+    ({"compressed": "0.95"}, "metrics"),
 ])
 def test_missing_or_nan_metric_is_not_blessed(tmp_path, metrics, failed):
     root = str(tmp_path / "p")
@@ -157,6 +159,33 @@ def test_different_validation_set_is_not_blessed(prefix, tmp_path):
     out = gate(publish_run(prefix, "n2", 0.96, val="sha256:" + "b" * 64, tmp=tmp_path), prefix)
     assert not out.blessed and statuses(out)["val_set"] == "fail"
     assert latest(prefix)["run_id"] == "n1"
+
+
+def test_same_images_evaluated_differently_are_not_blessed(tmp_path):
+    """The same validation images at another crop size, resize or normalisation give other
+    accuracies: the val_set check compares the evaluation settings too."""
+    root = str(tmp_path / "p")
+    settings = {"img_size": 224, "resize_size": 256, "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225]}
+
+    def run(name, **changes):
+        return publish_run(root, name, 0.95, tmp=tmp_path, extra={"val_set": {
+            "fingerprint": VAL, "evaluation": {**settings, **changes}}})
+
+    assert gate(run("n1"), root).blessed
+    out = gate(run("n2", img_size=192, resize_size=220), root)
+    assert not out.blessed and statuses(out)["val_set"] == "fail"
+    detail = next(c.detail for c in out.checks if c.name == "val_set")
+    assert "Global.img_size 224 -> 192, Global.resize_size 256 -> 220" in detail
+    assert gate(run("n3"), root).blessed, "the same settings pass"
+    # a baseline of an older clsact (no settings recorded) is compared on its images only
+    old = publish_run(str(tmp_path / "q"), "o1", 0.95, tmp=tmp_path)
+    assert gate(old, str(tmp_path / "q")).blessed
+    newer = publish_run(str(tmp_path / "q"), "o2", 0.95, tmp=tmp_path, extra={"val_set": {
+        "fingerprint": VAL, "evaluation": settings}})
+    out = gate(newer, str(tmp_path / "q"))
+    assert out.blessed and "recorded no evaluation settings" in next(
+        c.detail for c in out.checks if c.name == "val_set")
 
 
 def test_unfinished_run_is_not_blessed_and_nothing_written(tmp_path):
@@ -383,3 +412,9 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path):
     (root / "latest").write_text("{}")
     proc = run_cli("history", str(root))
     assert proc.returncode == 2 and "is not a clsact latest pointer" in proc.stderr
+    # nothing there is an error (2), not "not blessed" (1) or an empty history (0)
+    for args in (["gate", str(tmp_path / "none"), "--against", str(root)],
+                 ["history", str(tmp_path / "none")]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "holds nothing" in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -18,10 +18,13 @@ import pytest
 from tests.conftest import REPO
 
 APT = REPO / "docker" / "apt.sh"
+PACKAGES = ("etcd-server", "docker.io", "debootstrap")  # what the set-up targets install
 
 STUB_APT_GET = r"""#!/bin/bash
 # apt-get stand-in: one at a time, as apt's own lock makes it
-mkdir "$STATE/apt-lock" 2>/dev/null || { echo "E: Could not get lock $STATE/apt-lock" >&2; exit 100; }
+if ! mkdir "$STATE/apt-lock" 2>/dev/null; then
+    echo "E: Could not get lock $STATE/apt-lock" >&2; exit 100
+fi
 trap 'rmdir "$STATE/apt-lock"' EXIT
 sleep 0.3
 for arg in "$@"; do
@@ -29,7 +32,9 @@ for arg in "$@"; do
         update) echo update >> "$STATE/calls" ;;
         install) mode=install ;;
         -*|DPkg::*|Acquire::*) ;;
-        *) [ "${mode:-}" = install ] && touch "$STATE/installed/$arg" && echo "install $arg" >> "$STATE/calls" ;;
+        *) if [ "${mode:-}" = install ]; then
+               touch "$STATE/installed/$arg"; echo "install $arg" >> "$STATE/calls"
+           fi ;;
     esac
 done
 """
@@ -62,7 +67,8 @@ def apt_env(tmp_path: Path) -> dict[str, str]:
             "CLSACT_APT_WAIT": "60"}
 
 
-def _run_at_once(commands: list[list[str]], env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+def _run_at_once(commands: list[list[str]], env: dict[str, str]
+                 ) -> list[subprocess.CompletedProcess]:
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for cmd in commands]
     return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), p.stdout.read(),
@@ -73,7 +79,7 @@ def _run_at_once(commands: list[list[str]], env: dict[str, str]) -> list[subproc
 def test_parallel_installs_are_serialised_with_one_update(apt_env, tmp_path):
     """What `make -j3 venv kube test-image-cpu` does on a fresh machine: three installers at
     once. All succeed, and apt's lists are updated once."""
-    jobs = [["bash", str(APT), "install", pkg] for pkg in ("etcd-server", "docker.io", "debootstrap")]
+    jobs = [["bash", str(APT), "install", pkg] for pkg in PACKAGES]
     results = _run_at_once(jobs, apt_env)
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
     calls = (tmp_path / "state" / "calls").read_text().split("\n")
@@ -92,7 +98,7 @@ def test_without_the_lock_the_installers_race(apt_env, tmp_path):
     the failure the issue reported, so the test above can fail."""
     (Path(apt_env["PATH"].split(":")[0]) / "flock").write_text("#!/bin/sh\nexit 0\n")
     (Path(apt_env["PATH"].split(":")[0]) / "flock").chmod(0o755)
-    jobs = [["bash", str(APT), "install", pkg] for pkg in ("etcd-server", "docker.io", "debootstrap")]
+    jobs = [["bash", str(APT), "install", pkg] for pkg in PACKAGES]
     results = _run_at_once(jobs, apt_env)
     assert any(r.returncode != 0 for r in results)
     assert any("Could not get lock" in r.stderr for r in results)

@@ -180,7 +180,7 @@ def test_wait_reports_a_failed_kubeflow_job(kube, admin, ns):
     proc = cli(kube, "submit", *SPEC, "-n", ns, "--operator", "kubeflow", "--wait",
                "--timeout", "60", "--poll", "0.1")
     thread.join()
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.returncode == 4, (proc.stdout, proc.stderr)  # exitcodes.JOB_FAILED
     assert f"{name}: Running" in proc.stdout
     assert "1 Worker replica(s) failed" in proc.stderr
     assert f"clsact logs {name}" in proc.stderr
@@ -198,7 +198,7 @@ def test_waiting_on_a_finished_identical_job_returns_at_once(kube, admin, ns):
     assert cli(kube, "submit", *SPEC, "-n", ns).returncode == 0
     set_status(admin, ns, job_name("mbv3_qat_dis"), {"phase": "Failed"})
     proc = cli(kube, "submit", *SPEC, "-n", ns, "--wait", "--timeout", "30")
-    assert proc.returncode == 1 and "nothing created" in proc.stdout
+    assert proc.returncode == 4 and "nothing created" in proc.stdout
 
 
 # ---------------------------------------------------------------- status, list, logs, cancel

@@ -385,3 +385,40 @@ def test_the_wheel_ships_the_templates(tmp_path):
     # every module of the source tree ships (pyproject lists the packages by name)
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "clsact").rglob("*.py")}
     assert modules - set(names) == set(), "add the missing package to [tool.setuptools]"
+
+
+def test_submit_reads_the_config_once_with_the_overrides(tmp_path):
+    """`submit --gate` takes Gate.against and `--nightly` Global.output_dir from --set, as
+    render does (they were read from the file as written, without the overrides)."""
+    base = ["submit", "--dry-run", "--config", str(MBV3), "--image", "reg.example.com/c:1",
+            *(x for o in S3_PATHS for x in ("--set", o))]
+    gated = run_cli(*base, "--save-dir", "s3://bkt/run", "--wait", "--gate",
+                    "--set", "Gate.against=s3://bkt/gated")
+    assert gated.returncode == 0, gated.stderr
+    night = run_cli(*base, "--nightly", "rel", "--stamp", "%Y%m%d",
+                    "--set", "Global.output_dir=s3://bkt/nightly")
+    assert night.returncode == 0, night.stderr
+    jobs = [d for d in yaml.safe_load_all(night.stdout) if d and d["kind"] == "PaddleJob"]
+    command = jobs[0]["spec"]["worker"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--save-dir") + 1].startswith("s3://bkt/nightly/runs/")
+
+
+def test_list_and_status_select_what_render_and_the_chart_both_label():
+    """The selector of `clsact list` matches the PaddleJob `clsact render` writes and the one
+    the Helm chart writes (managed-by says clsact in one and Helm in the other)."""
+    from clsact.launch.jobs import MANAGED_SELECTOR
+    from tests.test_chart import IMAGE, VALUE_SETS, helm_render, mbv3_config
+
+    def matches(labels: dict) -> bool:
+        for term in MANAGED_SELECTOR.split(","):
+            key, _, value = term.partition("=")
+            if key not in labels or (value and labels[key] != value):
+                return False
+        return True
+
+    ours = render.render(MBV3, S3_PATHS, values.resolve({}, {
+        "image": "reg.example.com/c:1", "saveDir": "s3://bkt/r"}))
+    helm = helm_render({"image": IMAGE, **VALUE_SETS["minimal"], "config": mbv3_config()})
+    for job in (ours.objects[-1], helm[1]):
+        assert job["kind"] == "PaddleJob" and matches(job["metadata"]["labels"]), job["metadata"]
+    assert not matches({"app.kubernetes.io/managed-by": "clsact"}), "the selector can fail"

@@ -267,3 +267,21 @@ def test_workers_of_a_sigkilled_rank_exit_by_themselves(tmp_path, small_digits_d
         assert (alive == []) == watch, alive
     finally:
         _clean(left, alive)
+
+
+def test_a_dead_decode_worker_ends_the_pass_with_one_line(small_digits_dir):
+    """A worker killed (as the kernel's OOM killer does) is a DataError naming the likely
+    cause, not a BrokenProcessPool traceback; the loader's workers and slots are gone."""
+    import signal
+
+    samples = read_list(small_digits_dir, "val_list.txt")
+    ld = loader(small_digits_dir, samples, workers=1, train=False)
+    batches = iter(ld)
+    next(batches)
+    for pid in ld.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(DataError, match=r"a decode worker died \(most likely killed for "
+                       r"memory\).*shmSize.*Global.num_workers \(now 1\)"):
+        for _ in batches:
+            pass
+    assert ld.worker_pids() == []

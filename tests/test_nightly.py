@@ -4,6 +4,7 @@ against the real kube-apiserver (tests play the operator by writing the status).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from datetime import datetime, timedelta, timezone
@@ -77,9 +78,9 @@ def test_nights_refuse_overlap_and_keep_the_last(kube, admin, ns):
     assert cmd[cmd.index("--save-dir") + 1] == f"s3://ml-models/clsact/run/runs/{stamp}/"
     assert cmd[cmd.index("--run-id") + 1] == a
 
-    # night b while a has not finished: refused with one line, exit 3; a is untouched
+    # night b while a has not finished: refused with one line, exit 5; a is untouched
     proc = nightly_cli(kube, ns, "rel", t[1], "--keep-jobs", "1")
-    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert proc.returncode == 5, (proc.stdout, proc.stderr)  # exitcodes.NIGHT_BUSY
     errors = [line for line in proc.stderr.splitlines() if line.startswith("clsact: error:")]
     assert len(errors) == 1 and a in errors[0] and "still Submitted" in errors[0]
     assert get_job(admin, ns, b) is None and get_job(admin, ns, a) is not None
@@ -171,5 +172,23 @@ def test_a_gated_nightly_blesses_or_refuses_the_night(kube, admin, ns, bucket, e
             assert proc.returncode == 1, (proc.stdout, proc.stderr)
             assert f"NOT BLESSED run {name} (max_regression, max_drop_vs_fp32)" in proc.stdout
             assert f"still names run {first}" in proc.stdout and latest == first_latest
+    # night 3 finishes after its submitter stopped following it (exit 124), so that
+    # submitter never gates it; the next night's submitter gates it first, and this slow good
+    # night becomes latest
+    late, after = start + timedelta(minutes=2), start + timedelta(minutes=3)
+    gated = ("--gate", "--save-dir", prefix, "--s3-endpoint", endpoint, "--keep-jobs", "5")
+    proc = nightly_cli(kube, ns, "gated", late, "--wait", "--timeout", "2s", *gated)
+    assert proc.returncode == 124, (proc.stdout, proc.stderr)
+    late_name = night_name("gated", late)
+    cmd = get_job(admin, ns, late_name)["spec"]["worker"]["template"]["spec"]["containers"][0][
+        "command"]
+    publish_run(prefix, late_name, 0.952, tmp=tmp_path / "late",
+                location=cmd[cmd.index("--save-dir") + 1])
+    set_status(admin, ns, late_name, {"phase": "Succeed"})
+    proc = nightly_cli(kube, ns, "gated", after, "--wait", "--timeout", "2s", *gated)
+    assert proc.returncode == 124, (proc.stdout, proc.stderr)
+    assert "it finished after its submitter stopped following it" in proc.stderr
+    assert f"BLESSED run {late_name}" in proc.stdout
+    assert json.loads(storage.open_store(prefix, "p").read_bytes("latest"))["run_id"] == late_name
     proc = nightly_cli(kube, ns, "gated", start, "--gate")
     assert proc.returncode == 2 and "--gate needs --wait" in proc.stderr

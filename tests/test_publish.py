@@ -151,6 +151,97 @@ def test_cli_verify(tmp_path, s3_server, bucket):
     assert none.returncode == 1 and "did not finish" in none.stderr
 
 
+def test_overwrite_removes_every_manifest_and_what_it_lists(tmp_path, s3_server, bucket):
+    """A blessed run replaced with --overwrite leaves none of its addenda: the new run
+    verifies, holds no old verdict, and can be gated afresh."""
+    from clsact.storage.publish import add_to_run
+
+    for dest in both(tmp_path, s3_server, bucket):
+        publish(staging(tmp_path), dest, "run-a")
+        add_to_run(dest, "blessing", {"blessing.json": b'{"blessed": true}'})
+        add_to_run(dest, "report", {"report/report.json": b"{}"})
+        assert verify(dest).ok
+        claim(dest, "run-b", overwrite=True)
+        publish(staging(tmp_path, "b"), dest, "run-b", overwrite=True)
+        names = {rel for rel, _ in dest.list()}
+        assert not names & {"blessing.json", "manifest.blessing.json", "manifest.report.json",
+                            "report/report.json", "only-in-a.txt"}, names
+        check = verify(dest)
+        assert check.ok and check.run_id == "run-b" and check.addenda == [], check.problems
+
+
+def test_overwrite_of_the_blessed_run_is_refused_before_any_work(tmp_path, clas_model,
+                                                                 small_digits_dir):
+    """`clsact compress --overwrite` into the save dir that PREFIX/latest names stops with one
+    line, before the claim (the blessed baseline is never replaced under the gate)."""
+    from clsact.gate import gate
+    from tests.conftest import publish_run
+
+    prefix = tmp_path / "prefix"
+    run = publish_run(str(prefix), "n1", 0.95, tmp=tmp_path)
+    assert gate(run, str(prefix)).blessed
+    from tests.test_compress import small_config
+
+    cfg = small_config(tmp_path, clas_model, small_digits_dir)
+    proc = run_cli("compress", "--config", str(cfg), "--save-dir", run, "--overwrite")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"clsact: error: --overwrite refused: {run} holds the blessed run that "
+        f"{prefix}/latest names; replacing it would change the gate's baseline. Choose another "
+        "--save-dir (a newer run that passes the gate becomes latest)")
+    assert verify(LocalStore(run)).ok and not (Path(run) / CLAIM).exists()
+
+
+@pytest.mark.parametrize("doc, body, words", [
+    (MANIFEST, b"[]", "is not a clsact manifest"),
+    ("manifest.blessing.json", b'"a string"', "is not a clsact addendum"),
+    (MANIFEST, b'{"run_id": "r", "files": [1, "x"]}', "is not an object with a path"),
+])
+def test_malformed_documents_are_problems_not_tracebacks(tmp_path, doc, body, words):
+    dest = LocalStore(tmp_path / "run")
+    publish(staging(tmp_path), dest, "run-a")
+    dest.put_bytes(doc, body)
+    check = verify(dest)
+    assert not check.ok and any(words in p for p in check.problems), check.problems
+    proc = run_cli("verify", str(tmp_path / "run"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(tmp_path, s3_server, bucket,
+                                                            monkeypatch, clas_model,
+                                                            small_digits_dir):
+    """Claims and the latest pointer need If-None-Match/If-Match: a store that drops them
+    (played by a proxy that strips the headers) is refused with one line, unless the risk is
+    accepted with CLSACT_S3_UNCONDITIONAL=1; through the real server the claim holds."""
+    from clsact.storage.s3 import UNCONDITIONAL_ENV
+
+    proxy = FaultProxy(s3_server.endpoint, drop_headers=("if-none-match", "if-match"))
+    url = proxy.start()
+    try:
+        dest = S3Store(parse_s3(f"s3://{bucket}/ignored", "x"), S3Settings(endpoint_url=url))
+        with pytest.raises(StorageError, match=r"ignores conditional writes \(If-None-Match: \* "
+                           r"and If-Match were not refused\).*CLSACT_S3_UNCONDITIONAL=1"):
+            claim(dest, "run-a", overwrite=False)
+        assert not dest.exists(CLAIM) and dest.list() == [], "nothing written, probe removed"
+        proc = run_cli("verify", f"s3://{bucket}/ignored", "--s3-endpoint", url)
+        assert "Traceback" not in proc.stderr
+        from tests.test_compress import small_config
+
+        cfg = small_config(tmp_path, clas_model, small_digits_dir)
+        proc = run_cli("compress", "--config", str(cfg), "--save-dir", f"s3://{bucket}/ignored",
+                       "--s3-endpoint", url)
+        assert proc.returncode == 2 and "ignores conditional writes" in \
+            proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+        monkeypatch.setenv(UNCONDITIONAL_ENV, "1")
+        assert claim(dest, "run-a", overwrite=False) == "new"
+    finally:
+        proxy.stop()
+    real = S3Store(parse_s3(f"s3://{bucket}/honoured", "x"),
+                   S3Settings(endpoint_url=s3_server.endpoint))
+    monkeypatch.delenv(UNCONDITIONAL_ENV)
+    assert claim(real, "run-a", overwrite=False) == "new"
+
+
 KILL_SCRIPT = """
 import sys
 from pathlib import Path

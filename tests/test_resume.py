@@ -3,6 +3,7 @@ continues from its last checkpoint (fewer steps the second time) and says so."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 from clsact import config
 from clsact.checkpoint import Checkpoint, Checkpointer, differences, fingerprint, load, save
 from clsact.data.listfile import Sample
+from clsact.distributed import arrays_digest
 from clsact.errors import ClsactError, StorageError
 from clsact.optim import resume_position
 from clsact.storage import LocalStore
@@ -111,6 +113,32 @@ def test_a_failed_checkpoint_is_a_warning_and_the_next_one_retries(tmp_path, cap
     assert ckpt.written == 1 and load(store, "r", {}).steps == 2
 
 
+def test_a_run_that_lost_its_claim_stops_checkpointing(tmp_path, caplog):
+    """Run B took the save dir over (--overwrite): run A's next checkpoint writes nothing,
+    deletes nothing of B's, and A writes none after it."""
+    from clsact.storage.publish import claim
+
+    store = LocalStore(tmp_path)
+    state = {"w": np.ones(3, np.float32)}
+    claim(store, "run-a", overwrite=False)
+    mine = Checkpointer(store, every_steps=1)
+    assert mine.write(Checkpoint("run-a", 1, [], state))
+    mine.close()
+    claim(store, "run-b", overwrite=True)
+    save(store, Checkpoint("run-b", 5, [], state))  # B's own checkpoint
+    theirs = sorted(p for p, _ in store.list("_checkpoint"))
+    assert mine.write(Checkpoint("run-a", 2, [], state))
+    mine.close()
+    assert mine.lost and "no more will be" in caplog.text and "took" in caplog.text
+    assert not mine.write(Checkpoint("run-a", 3, [], state)), "none after the claim is lost"
+    assert sorted(p for p, _ in store.list("_checkpoint")) == theirs
+    assert load(store, "run-b", {}).steps == 5
+    assert mine.summary()["claim_lost"] is True
+    # and save() itself never deletes another run's state file
+    save(store, Checkpoint("run-a", 9, [], state))
+    assert (tmp_path / "_checkpoint" / "state-000000005.npz").exists()
+
+
 def test_a_slow_upload_does_not_hold_up_training(tmp_path):
     """Uploads run on a thread: a step never waits for the store (so the other ranks'
     collectives cannot time out on rank 0's checkpoint)."""
@@ -122,7 +150,7 @@ def test_a_slow_upload_does_not_hold_up_training(tmp_path):
     assert time.perf_counter() - start < 0.5 and ckpt.busy()
     assert any(t.name == "clsact-checkpoint" for t in threading.enumerate())
     ckpt.close()
-    assert ckpt.summary() == {"written": 1, "failed": 0, "skipped_busy": 1}
+    assert ckpt.summary() == {"written": 1, "failed": 0, "skipped_busy": 1, "claim_lost": False}
 
 
 def test_killed_run_resumes_with_fewer_steps(tmp_path, clas_model, small_digits_dir):
@@ -146,6 +174,8 @@ def test_killed_run_resumes_with_fewer_steps(tmp_path, clas_model, small_digits_
     proc.wait(timeout=60)
     before = json.loads(progress.read_text())
     steps_before = before["steps"]
+    with np.load(save_dir / before["state"]) as npz:  # what the restart must restore
+        saved_digest = arrays_digest({k: npz[k] for k in npz.files}, list(npz.files))
     assert 10 <= steps_before < 60 and steps_before % 10 == 0, steps_before
     assert before["evaluations"] == [], "the checkpoint came from the cadence, not an evaluation"
     assert not (save_dir / "_SUCCESS").exists()
@@ -165,6 +195,10 @@ def test_killed_run_resumes_with_fewer_steps(tmp_path, clas_model, small_digits_
     m = json.loads((save_dir / "metrics.json").read_text())
     assert m["run_id"] == "nightly-7"
     assert m["resumed"]["from_step"] == steps_before
+    restored = re.search(r"resumed at step (\d+): restored (\d+) state variables, state "
+                         r"digest (\w+)", (save_dir / "clsact.log").read_text())
+    assert restored and int(restored[1]) == steps_before
+    assert restored[3] == saved_digest, "the scope holds the checkpoint's state after restore"
     assert m["act"]["train_steps"] == 60 - steps_before, "only the remaining steps ran"
     assert m["act"]["checkpoints"]["written"] >= 1
     assert not (save_dir / "_checkpoint").exists(), "the checkpoint is removed once published"

@@ -102,6 +102,48 @@ def test_pack_to_s3_and_read_back_identically(tmp_path, s3_server, bucket, small
     assert again.returncode == 2 and "exists (a finished pack); pass --overwrite" in again.stderr
 
 
+@pytest.mark.parametrize("reader", ["obstore", "boto3"])
+def test_an_empty_member_is_a_bad_image_with_either_reader(tmp_path, s3_server, bucket,
+                                                           small_digits_dir, monkeypatch,
+                                                           reader):
+    """`dataset pack` counts an empty file as missing; an index that still holds an empty
+    member (packed by an older clsact, or by hand) reads it as a bad image through either S3
+    client (obstore refused the empty range with a ValueError traceback)."""
+    from clsact import storage
+    from clsact.storage.s3read import READER_ENV
+
+    monkeypatch.setenv(READER_ENV, reader)
+    data = tmp_path / "d"
+    lines = (small_digits_dir / "small_val.txt").read_text().splitlines()[:8]
+    for line in lines:
+        rel = line.split()[0]
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_bytes((small_digits_dir / rel).read_bytes())
+    (data / lines[0].split()[0]).write_bytes(b"")
+    (data / "v.txt").write_text("\n".join(lines) + "\n")
+    proc = run_cli("dataset", "pack", str(data), str(tmp_path / "p"), "--lists", "v.txt",
+                   "--max-missing", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    packed = json.loads((tmp_path / "p" / "v.shards.json").read_text())
+    assert packed["samples"] == 7 and len(packed["missing"]) == 1
+    # an index with an empty member: pack the 8 images, then point a member at 0 bytes
+    first = lines[0].split()[0]
+    (data / first).write_bytes((small_digits_dir / first).read_bytes())
+    assert run_cli("dataset", "pack", str(data), str(tmp_path / "q"), "--lists",
+                   "v.txt").returncode == 0
+    index = json.loads((tmp_path / "q" / "v.shards.json").read_text())
+    index["members"][3][2] = 0
+    (tmp_path / "q" / "v.shards.json").write_text(json.dumps(index))
+    client = s3_server.client()
+    names = [p.relative_to(tmp_path / "q").as_posix() for p in (tmp_path / "q").rglob("*")
+             if p.is_file()]
+    upload_tree(client, bucket, "q", tmp_path / "q", names)
+    storage.configure(endpoint_url=s3_server.endpoint)
+    g = {**glob_for(f"s3://{bucket}/q"), "val_list": "v.shards.json", "max_bad_fraction": 0.5}
+    samples, x, _ = images_by_path(g, "v.shards.json")
+    assert len(samples) == 8 and x.shape[0] == 7, "the empty member is one bad image"
+
+
 def test_pack_locally_then_eval_matches(tmp_path, small_digits_dir, mbv3_model):
     out = tmp_path / "packed"
     proc = run_cli("dataset", "pack", str(small_digits_dir), str(out), "--lists",

@@ -19,10 +19,21 @@ from clsact.data.listfile import Sample
 FORMAT = "sha256 of sorted '<label> <image sha256>' lines"
 
 
+# the settings that turn the same images into other inputs (so other accuracies)
+EVAL_SETTINGS = ("img_size", "resize_size", "mean", "std")
+
+
+def eval_settings(g: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation settings of a resolved ``Global`` section that the gate compares
+    along with the images (:data:`EVAL_SETTINGS`)."""
+    return {key: g[key] for key in EVAL_SETTINGS if key in g}
+
+
 def val_fingerprint(samples: list[Sample], digests: Iterable[dict[int, str]],
-                    list_name: str) -> dict[str, Any]:
+                    list_name: str, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``val_set`` record of ``metrics.json`` from the per-sample digests the ranks
-    recorded (``{sample index: image sha256}``, one dict per rank).
+    recorded (``{sample index: image sha256}``, one dict per rank), with the ``evaluation``
+    settings (:func:`eval_settings`) the images were scored with.
 
     Raises:
         ValueError: a digest names an index outside ``samples``.
@@ -35,4 +46,5 @@ def val_fingerprint(samples: list[Sample], digests: Iterable[dict[int, str]],
     lines = sorted(f"{samples[i].label} {digest}" for i, digest in merged.items())
     body = "".join(line + "\n" for line in lines).encode()
     return {"list": list_name, "images": len(samples), "hashed": len(merged),
-            "fingerprint": "sha256:" + hashlib.sha256(body).hexdigest(), "method": FORMAT}
+            "fingerprint": "sha256:" + hashlib.sha256(body).hexdigest(), "method": FORMAT,
+            "evaluation": dict(evaluation or {})}

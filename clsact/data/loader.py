@@ -29,6 +29,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -379,6 +380,13 @@ class BatchLoader:
                     yield self._received(pending.popleft(), epoch)
             while pending:
                 yield self._received(pending.popleft(), epoch)
+        except BrokenProcessPool:  # a worker was killed (the kernel's OOM killer, mostly)
+            pending.clear()
+            self.close()
+            raise DataError(
+                f"{self.name} loader: a decode worker died (most likely killed for memory): "
+                f"give the pod more memory or a larger shmSize, or lower Global.num_workers "
+                f"(now {self.num_workers})") from None
         finally:
             # an abandoned pass: a batch still being decoded would write into a slot the
             # next pass reuses, so wait for those that cannot be cancelled

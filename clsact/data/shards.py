@@ -141,7 +141,7 @@ def pack_list(src: Store, list_name: str, dst: Store, *, shard_bytes: int = 256 
         contents = (list(src.iter_many([s.path for s in chunk])) for chunk in chunks)
         for chunk, datas in zip(chunks, resize(contents), strict=True):
             for sample, data in zip(chunk, datas, strict=True):
-                if isinstance(data, OSError):
+                if isinstance(data, OSError) or not data:  # an empty file is no image
                     missing.append(src.describe(sample.path))
                     if len(missing) > max_missing:
                         raise DataError(f"{missing[0]}: listed in {list_name} but missing or "

@@ -221,7 +221,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     storage.configure(endpoint_url=args.s3_endpoint)
     if args.budget <= 0:
         raise ClsactError("--budget must be > 0 seconds")
-    found = find_run(args.run)
+    found = find_run(args.run, "RUN")
     if found is None:
         raise ClsactError(f"{args.run} is not a published clsact run (no config.yaml and "
                           "manifest.json); pass a run's save dir")
@@ -269,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     storage.configure(endpoint_url=args.s3_endpoint)
     opt = export.lite_optimizer(export.find_lite_python(args.lite_python))
-    found = find_run(args.run)
+    found = find_run(args.run, "RUN")
     model_loc = found[1] if found else args.run
     names = ([found[2]["model_filename"], found[2]["params_filename"]] if found else
              ["inference.pdmodel", "inference.pdiparams"])

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 
 from clsact.deploy.runtimes import (
-    openvino_config,
     ModelFiles,
     RuntimeSkip,
     first_line,
     int8_op_indices,
+    openvino_config,
     ort_session,
 )
 

@@ -15,11 +15,10 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from clsact.exitcodes import JOB_FAILED as EXIT_JOB_FAILED
+from clsact.exitcodes import NIGHT_BUSY as EXIT_NIGHT_BUSY
+from clsact.exitcodes import TIMEOUT as EXIT_TIMEOUT
 from clsact.launch.operators import OPERATORS
-
-EXIT_JOB_FAILED = 1
-EXIT_NIGHT_BUSY = 3
-EXIT_TIMEOUT = 124
 
 
 def parse_duration(text: str) -> float:
@@ -101,7 +100,7 @@ def add_parsers(sub: Any) -> None:
     g = p.add_argument_group("nightly (what the Helm chart's CronJob runs)")
     g.add_argument("--nightly", metavar="RELEASE", help="submit one night of RELEASE: the "
                    "name, run id and save dir (<save dir>/runs/<stamp>/) carry the night's "
-                   "stamp; refuse (exit 3) while an earlier night's job is still running; "
+                   "stamp; refuse (exit 5) while an earlier night's job is still running; "
                    "keep only the last --keep-jobs jobs; on timeout the job goes on")
     g.add_argument("--time-zone", default="Etc/UTC", help="the schedule's time zone, in "
                    "which the night is stamped (default Etc/UTC)")
@@ -136,7 +135,8 @@ def add_parsers(sub: Any) -> None:
                    "(get on that name only); '' for none")
 
 
-def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any]) -> dict[str, Any]:
+def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any],
+                   raw: dict[str, Any]) -> dict[str, Any]:
     """The name, save dir and labels of tonight's job (``submit --nightly``).
 
     Raises:
@@ -145,7 +145,6 @@ def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any]) -> dic
     import os
     from pathlib import Path
 
-    from clsact import config as config_mod
     from clsact.errors import ConfigError
     from clsact.launch import nightly
 
@@ -154,8 +153,8 @@ def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any]) -> dic
     night = nightly.night(args.nightly, args.time_zone, args.stamp,
                           os.environ.get(nightly.SCHEDULED_JOB_ENV))
     base = args.name or file_values.get("name") or Path(args.config).stem
-    save = args.save_dir or file_values.get("saveDir") or (
-        config_mod.read_yaml(args.config).get("Global") or {}).get("output_dir")
+    save = args.save_dir or file_values.get("saveDir") or _section(raw, "Global").get(
+        "output_dir")
     if not save:
         raise ConfigError("no save dir: pass --save-dir s3://bucket/prefix (or saveDir in "
                           "--values, or Global.output_dir); each night goes to <it>/runs/"
@@ -167,11 +166,24 @@ def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any]) -> dic
     return {"name": night.job_base(base), "saveDir": night.save_dir(save), "labels": labels}
 
 
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """A section of the config as read (with the overrides), {} when absent or malformed
+    (render's validation names a malformed one)."""
+    section = raw.get(name) if isinstance(raw, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
 def _spec(args: argparse.Namespace):
+    from clsact import config as config_mod
     from clsact.launch import render, validate, values
 
+    # the config is read once, with the --set overrides; everything below uses this copy
+    raw = config_mod.read_yaml(args.config)
+    config_mod.apply_overrides(raw, args.overrides)
+    args.raw_config = raw
     file_values = values.read_values_file(args.values) if args.values else {}
-    night_flags = _nightly_flags(args, file_values) if getattr(args, "nightly", None) else {}
+    night_flags = _nightly_flags(args, file_values, raw) if getattr(args, "nightly", None) \
+        else {}
     flags = {"workers": args.workers, "gpusPerWorker": args.gpus_per_worker,
              "image": args.image, "operator": args.operator, "name": args.name,
              "namespace": args.namespace, "saveDir": args.save_dir,
@@ -181,7 +193,7 @@ def _spec(args: argparse.Namespace):
     flags.update(night_flags)
     v = values.resolve(file_values, flags, src=args.values or "launch values")
     args.resolved = v
-    rendered = render.render(args.config, args.overrides, v)
+    rendered = render.render(args.config, [], v, raw=raw)
     crds = [validate.load_crd(path) for path in args.crd]
     checked = validate.validate_objects(rendered.objects, crds,
                                         args.k8s_version or validate.DEFAULT_K8S_VERSION)
@@ -240,6 +252,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"{rendered.name})")
         return 0
     cluster = _connect(args)
+    if args.nightly and gate_prefix is not None:
+        _gate_earlier_nights(gate_prefix, _s3_endpoint(args))
     if args.nightly:
         from clsact.launch import nightly
 
@@ -292,10 +306,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _s3_endpoint(args: argparse.Namespace) -> str | None:
     """The S3 endpoint of the run: the launch values' s3Endpoint, else the config's."""
-    from clsact import config as config_mod
-
-    return args.resolved["s3Endpoint"] or (
-        config_mod.read_yaml(args.config).get("Global") or {}).get("s3_endpoint")
+    return args.resolved["s3Endpoint"] or _section(args.raw_config, "Global").get("s3_endpoint")
 
 
 def _gate_prefix(args: argparse.Namespace) -> str:
@@ -304,11 +315,10 @@ def _gate_prefix(args: argparse.Namespace) -> str:
     Raises:
         ConfigError: none of them is set.
     """
-    from clsact import config as config_mod
     from clsact.errors import ConfigError
 
-    prefix = args.gate or getattr(args, "night_prefix", None) or (
-        config_mod.read_yaml(args.config).get("Gate") or {}).get("against")
+    prefix = args.gate or getattr(args, "night_prefix", None) or _section(
+        args.raw_config, "Gate").get("against")
     if not prefix:
         raise ConfigError("--gate: no prefix to gate against; pass --gate PREFIX or set "
                           "Gate.against in the config")
@@ -330,6 +340,24 @@ def _gate_run(run: str, prefix: str, endpoint: str | None, *, plot: bool) -> int
     if plot:
         _write_history_plot(prefix)
     return code
+
+
+def _gate_earlier_nights(prefix: str, endpoint: str | None) -> None:
+    """Gate the finished nights under ``prefix`` that were never gated (their submitter
+    stopped following them, exit 124, before they finished), oldest first, so that a slow
+    good night can still become ``latest``.
+
+    Raises:
+        ClsactError: the prefix cannot be read, or a gate failed.
+    """
+    from clsact import storage
+    from clsact.cli import run_gate
+    from clsact.gate import never_gated
+
+    storage.configure(endpoint_url=endpoint)
+    for run in never_gated(prefix):
+        _note(f"gating {run}: it finished after its submitter stopped following it")
+        run_gate(run, prefix, {})
 
 
 def _write_history_plot(prefix: str) -> None:

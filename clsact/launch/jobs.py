@@ -30,7 +30,8 @@ from clsact.launch.names import config_map_name, job_name
 from clsact.launch.operators import JobState, Operator, job_state
 from clsact.launch.render import RUN_ID_LABEL, SPEC_HASH_ANNOTATION, Rendered
 
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=clsact"
+# what both `clsact render` and the Helm chart set (the chart says managed-by: Helm)
+MANAGED_SELECTOR = f"app.kubernetes.io/name=clsact,{RUN_ID_LABEL}"
 
 
 @dataclass(frozen=True)

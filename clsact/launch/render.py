@@ -110,15 +110,17 @@ def check_pod_location(value: str, what: str, mounts: list[str]) -> None:
                           "pod; use s3://bucket/prefix or mount it (volumes/volumeMounts)")
 
 
-def resolve_config(config_path: str | Path, overrides: list[str], values: LaunchValues
-                   ) -> tuple[config_mod.Config, str]:
+def resolve_config(config_path: str | Path, overrides: list[str], values: LaunchValues,
+                   raw: dict[str, Any] | None = None) -> tuple[config_mod.Config, str]:
     """Load and validate the compression config as the pods will see it; return it and the
-    save dir.
+    save dir. ``raw``: the file's content already read (and overridden) by the caller.
 
     Raises:
         ConfigError: the config is invalid, or a location is not reachable from a pod.
     """
-    raw = config_mod.read_yaml(config_path)
+    if raw is None:
+        raw = config_mod.read_yaml(config_path)
+    raw = copy.deepcopy(raw)
     config_mod.apply_overrides(raw, overrides)
     if values["s3Endpoint"]:
         raw.setdefault("Global", {})
@@ -160,15 +162,17 @@ def standard_labels(name: str, user: dict[str, str]) -> dict[str, str]:
             "app.kubernetes.io/version": clsact.__version__, RUN_ID_LABEL: name}
 
 
-def render(config_path: str | Path, overrides: list[str], values: LaunchValues) -> Rendered:
-    """Render the ConfigMap and PaddleJob of one launch.
+def render(config_path: str | Path, overrides: list[str], values: LaunchValues,
+           raw: dict[str, Any] | None = None) -> Rendered:
+    """Render the ConfigMap and PaddleJob of one launch (``raw``: the config file as the
+    caller read it, see :func:`resolve_config`).
 
     Raises:
         ConfigError: invalid config or values (see :func:`resolve_config`).
     """
     operator = OPERATORS[values["operator"]]
     name = job_name(values["name"] or Path(config_path).stem, operator.key)
-    cfg, save_dir = resolve_config(config_path, overrides, values)
+    cfg, save_dir = resolve_config(config_path, overrides, values, raw)
     env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
     if values["s3Secret"]:
         env.append({"name": CREDENTIALS_DIR_ENV, "value": S3_CREDENTIALS_DIR})

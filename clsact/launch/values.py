@@ -122,7 +122,10 @@ def _check_env(env: Any, src: str) -> list[dict[str, Any]]:
             value = item["value"]
             if isinstance(value, bool) or value is None:
                 raise ConfigError(f"{src}: env {name} must be a string or number, got {value!r}")
-            item["value"] = str(value)
+            # a whole number is written without a fraction or an exponent, as the chart does
+            # (Helm reads every YAML number as a float: 3 and 3.0 are the same there)
+            whole = isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+            item["value"] = str(int(value)) if whole else str(value)
         out.append(item)
     return out
 

@@ -137,10 +137,37 @@ def check_claim(dest: Store, run_id: str) -> None:
 
 
 def _read_json(store: Store, rel: str) -> dict | None:
+    """``rel`` as a JSON object; None when missing, unreadable or not an object."""
     try:
-        return json.loads(store.read_bytes(rel))
+        data = json.loads(store.read_bytes(rel))
     except (ValueError, OSError):  # missing (FileNotFoundError) or unreadable
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _entries(doc: object) -> list[dict]:
+    """The ``files`` entries of a manifest or addendum document that are objects ([] for a
+    document of another shape)."""
+    files = doc.get("files") if isinstance(doc, dict) else None
+    return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+
+
+def addenda(store: Store) -> list[str]:
+    """The addendum manifests (``manifest.<name>.json``) at the top of ``store``."""
+    return sorted(rel for rel, _size in store.list()
+                  if rel.startswith("manifest.") and rel.endswith(".json") and "/" not in rel
+                  and rel != MANIFEST)
+
+
+def previous_files(dest: Store) -> list[str]:
+    """Every file of the finished run in ``dest`` that a replacing run must remove: what
+    ``manifest.json`` and each addendum list, and the addenda themselves (so an old
+    ``blessing.json`` cannot pass for the new run's verdict)."""
+    out = [f.get("path") for f in _entries(_read_json(dest, MANIFEST))]
+    for rel in addenda(dest):
+        out += [f.get("path") for f in _entries(_read_json(dest, rel))]
+        out.append(rel)
+    return sorted({rel for rel in out if isinstance(rel, str) and rel})
 
 
 def publish(staging: Path, dest: Store, run_id: str, *, overwrite: bool = False) -> dict:
@@ -159,16 +186,16 @@ def publish(staging: Path, dest: Store, run_id: str, *, overwrite: bool = False)
         if not overwrite:
             raise StorageError(f"{dest.describe()} already holds a finished run ({SUCCESS}); "
                                "choose another --save-dir or pass --overwrite")
-        old = _read_json(dest, MANIFEST) or {}
-        old_files = [f["path"] for f in old.get("files", []) if isinstance(f, dict)]
-        log.warning("--overwrite: replacing the finished run in %s", dest.describe())
+        old_files = previous_files(dest)
+        log.warning("--overwrite: replacing the finished run in %s (%d files of it, its "
+                    "addenda included)", dest.describe(), len(old_files))
         dest.delete(SUCCESS)
     manifest = build_manifest(staging, run_id)
     for entry in manifest["files"]:
         dest.put_file(staging / entry["path"], entry["path"])
     new = {f["path"] for f in manifest["files"]}
     for rel in old_files:
-        if rel not in new and rel not in (MANIFEST, SUCCESS):
+        if rel not in new and rel not in (MANIFEST, SUCCESS, CLAIM):
             dest.delete(rel)
     body = (json.dumps(manifest, indent=2) + "\n").encode()
     check_claim(dest, run_id)
@@ -207,7 +234,11 @@ def add_to_run(store: Store, name: str, files: dict[str, bytes]) -> None:
         raise StorageError(f"{store.describe()} holds no finished run ({SUCCESS}): nothing "
                            "can be added to it")
     body = store.read_bytes(MANIFEST)
-    owned = {f.get("path") for f in json.loads(body).get("files", []) if isinstance(f, dict)}
+    try:
+        owned = {f.get("path") for f in _entries(json.loads(body))}
+    except ValueError:
+        raise StorageError(f"{store.describe(MANIFEST)} is not JSON: the run is damaged; "
+                           "run clsact verify on it") from None
     clash = sorted(set(files) & (owned | {MANIFEST, SUCCESS, CLAIM}))
     if clash:
         raise StorageError(f"{store.describe(clash[0])} belongs to the run itself; it cannot "
@@ -262,14 +293,19 @@ def verify(store: Store) -> Verification:
     except (FileNotFoundError, ValueError):
         out.problems.append(f"no readable {MANIFEST}")
         return out
-    out.run_id = manifest.get("run_id")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        out.problems.append(f"{MANIFEST} is not a clsact manifest (a JSON object with a "
+                            "files list)")
+        return out
+    run_id = manifest.get("run_id")
+    out.run_id = run_id if isinstance(run_id, str) else None
     if marker is not None:
         if marker.get("manifest_sha256") != hashlib.sha256(body).hexdigest():
             out.problems.append(f"{MANIFEST} differs from the one {SUCCESS} was written for")
         if marker.get("run_id") != out.run_id:
             out.problems.append(f"{SUCCESS} names run {marker.get('run_id')} but {MANIFEST} "
                                 f"run {out.run_id}")
-    for entry in manifest.get("files", []):
+    for entry in manifest["files"]:
         _verify_file(store, entry, out)
     _verify_addenda(store, body, out)
     return out
@@ -277,24 +313,28 @@ def verify(store: Store) -> Verification:
 
 def _verify_addenda(store: Store, manifest_body: bytes, out: Verification) -> None:
     digest = hashlib.sha256(manifest_body).hexdigest()
-    for rel, _size in store.list():
-        if not (rel.startswith("manifest.") and rel.endswith(".json") and "/" not in rel
-                and rel != MANIFEST):
-            continue
+    for rel in addenda(store):
         out.addenda.append(rel)
         try:
             addendum = json.loads(store.read_bytes(rel))
         except (FileNotFoundError, ValueError):
             out.problems.append(f"{rel}: unreadable")
             continue
+        if not isinstance(addendum, dict) or not isinstance(addendum.get("files"), list):
+            out.problems.append(f"{rel} is not a clsact addendum (a JSON object with a files "
+                                "list)")
+            continue
         if addendum.get("manifest_sha256") != digest:
             out.problems.append(f"{rel} extends another {MANIFEST} than this run's")
-        for entry in addendum.get("files", []):
+        for entry in addendum["files"]:
             _verify_file(store, entry, out)
 
 
-def _verify_file(store: Store, entry: dict, out: Verification) -> None:
-    rel = entry.get("path", "?")
+def _verify_file(store: Store, entry: object, out: Verification) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        out.problems.append(f"a manifest entry is not an object with a path: {entry!r:.80}")
+        return
+    rel = entry["path"]
     digest, size = hashlib.sha256(), 0
     try:
         for chunk in store.iter_chunks(rel):

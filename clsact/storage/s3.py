@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import threading
 import time
@@ -142,6 +143,11 @@ def backoff(attempt: int, base: float = 0.25, cap: float = 20.0) -> float:
     return random.random() * min(cap, base * 2**attempt)
 
 
+# opt-out of the conditional-write probe (a store known to ignore the headers, risk accepted)
+UNCONDITIONAL_ENV = "CLSACT_S3_UNCONDITIONAL"
+_CONDITIONAL_OK: set[tuple[str | None, str]] = set()  # (endpoint, bucket) probed and fine
+
+
 class S3Store(Store):
     """Objects under ``s3://bucket/prefix``."""
 
@@ -194,6 +200,8 @@ class S3Store(Store):
     def read_range(self, rel: str, start: int, length: int) -> bytes:
         from clsact.storage import s3read
 
+        if length <= 0:  # an empty member (HTTP has no empty range): nothing to read
+            return b""
         if s3read.enabled():
             data = s3read.get(self.conf, self.loc.bucket, self._key(rel), self.describe(rel),
                               (start, start + length))
@@ -296,7 +304,9 @@ class S3Store(Store):
 
     def replace_if(self, rel: str, data: bytes, version: str | None) -> None:
         """A conditional PUT: ``If-Match: <ETag>``, or ``If-None-Match: *`` to create (S3 and
-        MinIO evaluate it atomically; a store that ignores the header cannot give CAS)."""
+        MinIO evaluate it atomically; a store that ignores the header cannot give CAS, so
+        it is refused first: :meth:`check_conditional_writes`)."""
+        self.check_conditional_writes()
         cond = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
         try:
             self._call("put_object", rel, Key=self._key(rel), Body=data, **cond)
@@ -316,6 +326,46 @@ class S3Store(Store):
         except StorageError as exc:  # write-once setups may not grant s3:DeleteObject
             log.warning("could not delete the write probe %s (%s); publishing needs no "
                         "delete, but --overwrite will fail", self.describe(probe), exc)
+        self.check_conditional_writes()
+
+    def check_conditional_writes(self) -> None:
+        """Refuse a store that ignores conditional writes, once per endpoint and bucket: the
+        save dir's claim (``If-None-Match: *``) and the gate's ``latest`` pointer
+        (``If-Match``) rely on them, and such a store (older MinIO and Ceph RGW releases,
+        some gateways) silently turns both into plain overwrites. A probe object is written,
+        then written again with each condition that must fail.
+
+        Raises:
+            StorageError: a condition was ignored (unless ``CLSACT_S3_UNCONDITIONAL=1``
+                accepts the risk), or the probe could not be written.
+        """
+        key = (self.conf.endpoint_url or _env_endpoint(), self.loc.bucket)
+        if key in _CONDITIONAL_OK or os.environ.get(UNCONDITIONAL_ENV, "") == "1":
+            return
+        probe = f".clsact-conditional-check-{random.getrandbits(48):012x}"
+        self._call("put_object", "", Key=self._key(probe), Body=b"probe")
+        ignored = []
+        try:
+            for header, cond in (("If-None-Match: *", {"IfNoneMatch": "*"}),
+                                 ("If-Match", {"IfMatch": '"00000000000000000000000000000000"'})):
+                try:
+                    self._call("put_object", "", Key=self._key(probe), Body=b"x", **cond)
+                    ignored.append(header)
+                except (AlreadyExists, FileNotFoundError):
+                    pass  # refused, as it must be
+        finally:
+            try:
+                self.delete(probe)
+            except StorageError as exc:
+                log.warning("could not delete the probe %s (%s)", self.describe(probe), exc)
+        if ignored:
+            raise StorageError(
+                f"{self.describe()}: this S3 store ignores conditional writes "
+                f"({' and '.join(ignored)} were not refused), so a save dir's claim and the "
+                "gate's latest pointer would be plain overwrites; use a store that honours "
+                f"them (AWS S3, current MinIO or Ceph RGW), or set {UNCONDITIONAL_ENV}=1 to "
+                "accept racing runs overwriting each other")
+        _CONDITIONAL_OK.add(key)
 
     def _transfer_config(self):
         from boto3.s3.transfer import TransferConfig

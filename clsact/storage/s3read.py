@@ -4,8 +4,8 @@ through obstore, the Python binding of Rust's ``object_store``.
 botocore spends about a millisecond and a half of Python CPU on every request (building,
 signing and parsing it); obstore does that work in Rust, without the GIL. ``make bench``
 measures both clients on the same objects (client CPU per object); this module is used for
-``S3Store.iter_many`` and ``read_range`` when obstore is installed (``clsact[fast-s3]``, in
-the images) and ``CLSACT_S3_READER`` is not ``boto3``. Everything else (listing, uploads,
+``S3Store.iter_many`` and ``read_range`` when obstore is installed (a dependency of clsact,
+in the images too) and ``CLSACT_S3_READER`` is not ``boto3``. Everything else (listing, uploads,
 conditional writes, publishing) stays on boto3.
 
 It keeps boto3's behaviour:
@@ -55,8 +55,9 @@ def enabled() -> bool:
         import obstore  # noqa: F401
     except ImportError:
         if choice == "obstore":
-            raise StorageError(f"{READER_ENV}=obstore but obstore is not installed: "
-                               "pip install 'clsact[fast-s3]'") from None
+            raise StorageError(f"{READER_ENV}=obstore but obstore is not installed: pip "
+                               "install obstore (a dependency of clsact: reinstall clsact)"
+                               ) from None
         return False
     return True
 

@@ -1,7 +1,7 @@
 {{/*
 Helpers shared by the templates. Each mirrors a function of clsact.launch (named in its
 comment) so that `helm template` and `clsact render` give the same objects for the same
-values (tests/test_chart_render.py compares them).
+values (tests/test_chart.py compares them).
 */}}
 
 {{/* The release's resource names (ConfigMap of the nightly, CronJob, submitter RBAC). */}}
@@ -177,18 +177,33 @@ values (tests/test_chart_render.py compares them).
 {{- $out := list -}}
 {{- if kindIs "map" .Values.env -}}
 {{- range $k, $v := .Values.env -}}
-{{- $out = append $out (dict "name" $k "value" (toString $v)) -}}
+{{- $out = append $out (dict "name" $k "value" (include "clsact.envValue" (dict "name" $k "value" $v))) -}}
 {{- end -}}
 {{- else -}}
 {{- range .Values.env -}}
 {{- $item := deepCopy . -}}
 {{- if hasKey $item "value" -}}
-{{- $_ := set $item "value" (toString $item.value) -}}
+{{- $_ := set $item "value" (include "clsact.envValue" (dict "name" $item.name "value" $item.value)) -}}
 {{- end -}}
 {{- $out = append $out $item -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $out -}}
+{{- end -}}
+
+{{/* One env value as the string Python's str() writes (clsact.launch.values._check_env):
+     a whole number without an exponent (Helm reads YAML numbers as float64, and toString
+     would write 16777216 as 1.6777216e+07, which C's atoll reads as 1); booleans and null
+     refused, as Python refuses them. */}}
+{{- define "clsact.envValue" -}}
+{{- $v := .value -}}
+{{- if or (kindIs "bool" $v) (kindIs "invalid" $v) -}}
+{{- fail (printf "env %s must be a string or number, got %v" .name $v) -}}
+{{- else if and (kindIs "float64" $v) (eq $v (float64 (int64 $v))) -}}
+{{- int64 $v -}}
+{{- else -}}
+{{- toString $v -}}
+{{- end -}}
 {{- end -}}
 
 {{/* clsact.launch.render._resources: GPUs added to the limits. JSON. */}}
