@@ -303,12 +303,11 @@ def test_two_pods_with_the_operator_env(tmp_path, clas_model, small_digits_dir, 
     assert len(runs) == 1, f"all ranks agree on one run id: {runs}"
 
 
-def test_a_dead_decode_worker_ends_the_run_with_one_line_and_frees_the_peers(
-        tmp_path, clas_model, small_digits_dir):
-    """Pod 1's decode workers are killed (as the OOM killer does) while both pods train: pod 1
-    ends with one line naming the likely cause, pod 0 is released long before its watchdog
-    (collective_timeout 300 s), nothing is published."""
-    cfg = dist_config(tmp_path, clas_model, small_digits_dir, collective_timeout=300)
+def training_pods(tmp_path, clas_model, small_digits_dir, collective_timeout: int
+                  ) -> tuple[list[subprocess.Popen], Path]:
+    """Two pods of a long run, returned once both ranks train; (the pods, the save dir)."""
+    cfg = dist_config(tmp_path, clas_model, small_digits_dir,
+                      collective_timeout=collective_timeout)
     raw = yaml.safe_load(cfg.read_text())
     raw["TrainConfig"].update(train_iter=400, eval_iter=400)
     cfg.write_text(yaml.safe_dump(raw))
@@ -316,8 +315,18 @@ def test_a_dead_decode_worker_ends_the_run_with_one_line_and_frees_the_peers(
     procs = start_pods(tmp_path, "paddle-operator", cfg, save)
     deadline = time.time() + 300
     while time.time() < deadline and "synchronising" not in worker_logs(tmp_path):
-        time.sleep(0.5)
+        time.sleep(0.5)  # until both ranks are training
     assert "synchronising" in worker_logs(tmp_path), worker_logs(tmp_path)[-3000:]
+    return procs, save
+
+
+def test_a_dead_decode_worker_ends_the_run_with_one_line_and_frees_the_peers(
+        tmp_path, clas_model, small_digits_dir):
+    """Pod 1's decode workers are killed (as the OOM killer does) while both pods train: pod 1
+    ends with one line naming the likely cause, pod 0 is released long before its watchdog
+    (collective_timeout 300 s), nothing is published."""
+    procs, save = training_pods(tmp_path, clas_model, small_digits_dir, 300)
+
     def cmdline(pid: int) -> bytes:
         try:
             return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -339,16 +348,7 @@ def test_a_dead_decode_worker_ends_the_run_with_one_line_and_frees_the_peers(
 
 
 def test_a_lost_rank_fails_the_run_in_bounded_time(tmp_path, clas_model, small_digits_dir):
-    cfg = dist_config(tmp_path, clas_model, small_digits_dir, collective_timeout=20)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["TrainConfig"].update(train_iter=400, eval_iter=400)
-    cfg.write_text(yaml.safe_dump(raw))
-    save = tmp_path / "run"
-    procs = start_pods(tmp_path, "paddle-operator", cfg, save)
-    deadline = time.time() + 300
-    while time.time() < deadline and "synchronising" not in worker_logs(tmp_path):
-        time.sleep(0.5)  # until both ranks are training
-    assert "synchronising" in worker_logs(tmp_path), worker_logs(tmp_path)[-3000:]
+    procs, save = training_pods(tmp_path, clas_model, small_digits_dir, 20)
     for pid in [procs[1].pid, *descendants(procs[1].pid)]:  # pod 1 is preempted: all of it
         os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
