@@ -46,7 +46,7 @@ test-image-cpu: # (make test) the CPU image, built ahead of the tests that run i
 test-image-gpu: $(STAMP) ## build the GPU image and check it here (no GPU needed; ~3.5 GB of wheels)
 	$(PY) -m pytest -m gpu_image tests/test_image_gpu.py
 
-image: ## build the CUDA image [IMAGE=clsact REGISTRY= TAG= BASE_IMAGE= EXTRAS=]; starts dockerd if needed
+image: ## build the CUDA image [IMAGE=clsact REGISTRY= TAG= BASE_IMAGE= EXTRAS= PADDLE_GPU= PADDLE_GPU_INDEX= GPU_ARCHS=70,75,80,86]; starts dockerd if needed
 	@bash docker/build.sh gpu
 
 image-cpu: ## build the CPU image (same options)

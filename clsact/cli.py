@@ -1,7 +1,7 @@
 """clsact: compress image classifiers (QAT + distillation) and run them on Kubernetes.
 
 Commands: ``compress``, ``eval``, ``verify``, ``gate``, ``history``, ``dataset pack``,
-``demo``, and the launcher's
+``demo``, ``doctor``, and the launcher's
 ``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``, ``rbac``
 (:mod:`clsact.launch.cli`).
 
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cli.add_parsers(sub, _add_s3_endpoint)
     _add_dataset(sub)
     _add_demo(sub)
+    p = sub.add_parser("doctor", help="what this installation runs on: versions, the GPUs "
+                       "the installed Paddle has kernels for, the GPUs visible here")
+    p.add_argument("--json", action="store_true", help="print JSON")
     launch_cli.add_parsers(sub)
     return parser
 
@@ -358,9 +361,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.workdir), config_path=args.config, epochs=args.epochs)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``clsact doctor``."""
+    from clsact import doctor
+    from clsact.runtime import visible_gpus
+
+    facts = doctor.report(visible_gpus())
+    print(json.dumps(facts, indent=2) if args.json else doctor.table(facts))
+    return 0
+
+
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "verify": cmd_verify,
             "gate": cmd_gate, "history": cmd_history, **deploy_cli.COMMANDS,
-            "dataset": cmd_dataset, "demo": cmd_demo, **launch_cli.COMMANDS}
+            "dataset": cmd_dataset, "demo": cmd_demo, "doctor": cmd_doctor,
+            **launch_cli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

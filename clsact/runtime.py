@@ -52,20 +52,52 @@ def unwind_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _terminate)
 
 
-def select_device(requested: str) -> str:
-    """Set paddle's device from ``Global.device`` (auto|cpu|gpu) and return it.
+def visible_gpus() -> list[tuple[str, tuple[int, int]]]:
+    """(name, compute capability) of every GPU this process sees ([] on a CPU build)."""
+    import paddle
+
+    if not paddle.device.is_compiled_with_cuda():
+        return []
+    return [(paddle.device.cuda.get_device_name(i),
+             tuple(paddle.device.cuda.get_device_capability(i)))
+            for i in range(paddle.device.cuda.device_count())]
+
+
+def check_gpu_support(gpus: list[tuple[str, tuple[int, int]]]) -> None:
+    """Refuse GPUs the installed Paddle has no kernels for (its recorded support matrix,
+    else its libraries read now), before any work.
 
     Raises:
-        DeviceError: ``gpu`` was asked for but this paddle build has no CUDA or sees no GPU.
+        DeviceError: one line naming the GPU, its capability, the supported list and how to
+            build an image that supports it; or the matrix cannot be read.
+    """
+    from clsact import gpuarch
+
+    try:
+        gpuarch.check_gpus(gpus, gpuarch.installed())
+    except gpuarch.ArchError as exc:
+        raise DeviceError(str(exc)) from None
+
+
+def select_device(requested: str) -> str:
+    """Set paddle's device from ``Global.device`` (auto|cpu|gpu) and return it. A GPU this
+    Paddle cannot run is refused here, before the model is fetched and the save dir claimed
+    (auto does not fall back to the CPU: a GPU job would crawl there).
+
+    Raises:
+        DeviceError: ``gpu`` was asked for but this paddle build has no CUDA or sees no GPU;
+            or a visible GPU is one this Paddle has no kernels for.
     """
     import paddle
 
-    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    if requested == "gpu" and not has_gpu:
+    gpus = visible_gpus()
+    if requested == "gpu" and not gpus:
         why = ("this paddlepaddle build has no CUDA (install paddlepaddle-gpu)"
                if not paddle.device.is_compiled_with_cuda() else "no GPU is visible")
         raise DeviceError(f"Global.device is gpu but {why}; use --set Global.device=cpu")
-    device = "gpu" if requested == "gpu" or (requested == "auto" and has_gpu) else "cpu"
+    device = "gpu" if requested == "gpu" or (requested == "auto" and gpus) else "cpu"
+    if device == "gpu":
+        check_gpu_support(gpus)
     paddle.set_device(device)
     unwind_on_sigterm()
     return device

@@ -3,8 +3,13 @@
 # images, always pinned by docker/constraints.txt, so what is tested is what ships.
 #
 #   install.sh PYTHON PIP-INSTALL-ARGS...         e.g. install.sh .venv/bin/python -e '.[cpu,dev]'
-#   install.sh PYTHON --deps PYPROJECT EXTRAS     the dependencies of clsact (+ extras) only:
-#                                                 the image's cached layer, before the source
+#   install.sh PYTHON --deps PYPROJECT EXTRAS [PADDLE [INDEX]]
+#                                                 the dependencies of clsact (+ extras) only:
+#                                                 the image's cached layer, before the source;
+#                                                 PADDLE (a wheel file, a URL, or a requirement
+#                                                 such as paddlepaddle-gpu==2.6.2.post120 from
+#                                                 INDEX) replaces the pinned paddlepaddle-gpu
+#                                                 of the gpu extra, the other pins kept
 #
 # paddleslim 2.6.0 requires opencv-python, whose wheel links Qt, X11 and libGL (a few hundred
 # MB of system libraries in an image, and an import error without them). clsact runs
@@ -16,8 +21,12 @@ PY="$1"; shift
 pip_install() { "$PY" -m pip install --quiet -c "$HERE/constraints.txt" "$@"; }
 
 if [ "${1:-}" = "--deps" ]; then
+    PYPROJECT="$2"; EXTRAS="${3:-}"; PADDLE="${4:-}"; INDEX="${5:-}"
+    if [ -n "$PADDLE" ]; then  # the gpu extra is this Paddle, installed below
+        EXTRAS="$(echo ",$EXTRAS," | sed 's/,gpu,/,/g; s/^,//; s/,$//')"
+    fi
     REQS="$(mktemp)"
-    "$PY" - "$2" "${3:-}" > "$REQS" <<'EOF'
+    "$PY" - "$PYPROJECT" "$EXTRAS" > "$REQS" <<'EOF'
 import sys
 try:
     import tomllib
@@ -31,6 +40,12 @@ print("\n".join(reqs))
 EOF
     pip_install -r "$REQS"
     rm -f "$REQS"
+    if [ -n "$PADDLE" ]; then
+        OTHERS="$(mktemp)"
+        grep -v '^paddlepaddle' "$HERE/constraints.txt" > "$OTHERS"
+        "$PY" -m pip install --quiet -c "$OTHERS" ${INDEX:+--extra-index-url "$INDEX"} "$PADDLE"
+        rm -f "$OTHERS"
+    fi
 else
     pip_install "$@"
 fi

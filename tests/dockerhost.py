@@ -88,14 +88,16 @@ def start_engine() -> Engine:
     return Engine(int(out.split()[1]) if out.startswith("started") else None)
 
 
-def build_image(variant: str, timeout: float = 3600) -> str:
-    """Build the ``variant`` (cpu|gpu) image with docker/build.sh; returns its name.
+def build_image(variant: str, timeout: float = 3600, **env: str) -> str:
+    """Build the ``variant`` (cpu|gpu) image with docker/build.sh (``env``: its settings,
+    e.g. GPU_ARCHS); returns its name.
 
     Raises:
         RuntimeError: the build failed (with the end of its log).
     """
     proc = subprocess.run(["bash", str(REPO / "docker" / "build.sh"), variant],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **env})
     if proc.returncode != 0:
         raise RuntimeError(f"docker/build.sh {variant} failed:\n{proc.stderr[-4000:]}")
     return proc.stdout.strip().splitlines()[-1]

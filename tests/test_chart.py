@@ -106,7 +106,11 @@ VALUE_SETS = {
                          "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}},
+                {"key": "zone", "operator": "In", "values": ["a", "b"]}]},
+                {"matchFields": [{"key": "metadata.name", "operator": "In",
+                                  "values": ["gpu-1"]}]}]}}},
+        "gpuCompute": ["8.6", "7.0", "8.0", "10.0", "7.5"],
+        "gpuProducts": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"],
         "imagePullSecrets": ["registry-pull", "mirror-pull"], "priorityClassName": "batch-low",
         "env": {"N": 3, "FLAGS_cudnn_deterministic": "0", "A": "x",
                 "NCCL_BUFFSIZE": 16777216, "RATIO": 0.25, "WHOLE": 3.0},
@@ -118,6 +122,7 @@ VALUE_SETS = {
     "kubeflow": {
         "name": "2024 run", "operator": "kubeflow", "workers": 2, "gpusPerWorker": 8,
         "saveDir": "s3://ml-models/clsact/kf", "cleanPodPolicy": "All",
+        "gpuCompute": ["8.9", "9.0"],
         "ttlSecondsAfterFinished": None, "backoffLimit": 1, "activeDeadlineSeconds": 7200,
         "serviceAccountName": "clsact-job",
         "env": [{"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
@@ -150,7 +155,7 @@ def test_the_comparison_sees_a_difference(tmp_path):
     vals = {"image": IMAGE, **VALUE_SETS["minimal"]}
     ours = clsact_render(vals, cfg, tmp_path)
     for change in ({"shmSize": "9Gi"}, {"name": "other"}, {"env": {"A": "1"}},
-                   {"gpusPerWorker": 2}):
+                   {"gpusPerWorker": 2}, {"gpuCompute": ["8.0"]}, {"gpuProducts": ["X"]}):
         helm = helm_render({**vals, **change, "config": cfg})
         assert [normalise(o) for o in helm] != [normalise(o) for o in ours], change
     changed = copy.deepcopy(cfg)

@@ -26,7 +26,10 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
     # the validation set's fingerprint, recomputed here from the image files themselves
     assert m["val_set"] == {"list": "val_list.txt", "images": 359, "hashed": 359,
                             "fingerprint": fingerprint(tmp_path / "demo" / "data"),
-                            "method": m["val_set"]["method"]}
+                            "method": m["val_set"]["method"],
+                            "evaluation": {"img_size": 32, "resize_size": 36,
+                                           "mean": [0.485, 0.456, 0.406],
+                                           "std": [0.229, 0.224, 0.225]}}
     # the gate blessed the first run and refused the harmful second one
     blessing = json.loads((tmp_path / "demo" / "results" / "blessing.json").read_text())
     assert blessing["blessed"] and blessing["first_run"]

@@ -128,3 +128,59 @@ def test_compress_on_cpu_in_the_gpu_image(gpu_image, tmp_path, clas_model, small
     assert refused.stderr.strip().splitlines()[-1] == (
         "clsact: error: Global.device is gpu but no GPU is visible; use --set Global.device=cpu")
     assert not (out / "gpu").exists() or not list((out / "gpu").iterdir()), "nothing written"
+
+
+def _cuobjdump(tmp_path: Path) -> Path:
+    """NVIDIA's cuobjdump from its PyPI wheel (nvidia-cuda-cuobjdump), unpacked here."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d",
+                    str(tmp_path), "nvidia-cuda-cuobjdump"], check=True, timeout=600)
+    wheel = next(tmp_path.glob("nvidia_cuda_cuobjdump-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        member = next(n for n in zf.namelist() if n.endswith("/bin/cuobjdump"))
+        zf.extract(member, tmp_path)
+    binary = tmp_path / member
+    binary.chmod(0o755)
+    return binary
+
+
+def test_the_image_records_which_gpus_it_runs_and_cuobjdump_agrees(gpu_image, tmp_path):
+    """The build read Paddle's kernels (clsact.gpuarch): today's wheel runs sm_80 (A100) and
+    not sm_90 (H100); the image label says the same; for every architecture NVIDIA's
+    cuobjdump lists (the CUDA 13 one on PyPI stops at the wheel's sm_35 entry), the module
+    counts are the same; `clsact doctor` prints it."""
+    import re
+    from collections import Counter
+
+    record = json.loads(dockerhost.run(gpu_image, "/opt/clsact/gpu-archs.json", network="none",
+                                       options=("--entrypoint", "cat")).stdout)
+    assert record["cuda"] and "8.0" in record["supported"] and "9.0" not in record["supported"]
+    assert record["paddle"] == "paddlepaddle-gpu 2.6.2"
+    label = dockerhost.inspect(gpu_image, '{{ index .Config.Labels "io.clsact.gpu-archs" }}')
+    assert label == ",".join(record["supported"])
+    binary = _cuobjdump(tmp_path)
+    site = "/opt/clsact/lib/python3.11/site-packages"
+    for rel in ("paddle/libs/libphi.so", "paddle/base/libpaddle.so"):
+        proc = dockerhost.run(gpu_image, "--list-elf", f"{site}/{rel}", network="none",
+                              options=("--entrypoint", "/cuobjdump", "-v",
+                                       f"{binary}:/cuobjdump:ro"))
+        listed = Counter(re.findall(r"\.(sm_\d+)\.cubin", proc.stdout))
+        assert listed["sm_80"] > 100, (proc.stdout[-500:], proc.stderr[-500:])
+        assert {a: record["libraries"][rel]["sass"].get(a) for a in listed} == dict(listed)
+    doctor = dockerhost.run(gpu_image, "doctor", network="none")
+    assert doctor.returncode == 0 and "recorded by the image build" in doctor.stdout
+    print(f"\nGPU support recorded by the image: {record['supported']}\n{doctor.stdout}")
+
+
+def test_the_build_refuses_an_arch_the_wheel_lacks(docker_engine):
+    """GPU_ARCHS=80,90 with today's wheel: the build stops with one line naming the missing
+    capability and the module counts (the dependency layers come from the cache)."""
+    with pytest.raises(RuntimeError) as failed:
+        dockerhost.build_image("gpu", GPU_ARCHS="80,90")
+    last = str(failed.value).strip().splitlines()[-1]
+    assert last.startswith("build.sh: error: gpuarch: error: paddlepaddle-gpu 2.6.2 has no "
+                           "complete kernels for compute capability 9.0 ("), last
+    assert "supported: 6.1, 7.0, 7.5, 8.0, 8.6, 8.9" in last

@@ -42,6 +42,7 @@ FULL_VALUES = {
     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [
             {"key": "zone", "operator": "In", "values": ["a", "b"]}]}]}}},
+    "gpuCompute": ["6.1", "7.0", "7.5", "8.0", "8.6", "8.9"],
     "imagePullSecrets": ["registry-pull"], "serviceAccountName": "clsact-job",
     "priorityClassName": "batch-low", "env": {"FLAGS_cudnn_deterministic": "0", "N": 3},
     "labels": {"team": "vision"}, "annotations": {"owner": "ml-platform@example.com"},
@@ -209,9 +210,20 @@ def test_labels_and_annotations_are_on_every_object():
 def test_pass_throughs_reach_the_pod():
     r = make(FULL_VALUES)
     spec, c = pod_spec(r), container(r)
-    for key in ("nodeSelector", "tolerations", "affinity", "serviceAccountName",
-                "priorityClassName"):
+    for key in ("nodeSelector", "tolerations", "serviceAccountName", "priorityClassName"):
         assert spec[key] == FULL_VALUES[key]
+    # the user's affinity term, combined with each GPU term (one per compute major)
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    zone = FULL_VALUES["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"][0]
+    assert [t["matchExpressions"][0] for t in terms] == [zone] * 3
+    assert [t["matchExpressions"][1:] for t in terms] == [
+        [{"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": ["6"]},
+         {"key": "nvidia.com/gpu.compute.minor", "operator": "Gt", "values": ["0"]}],
+        [{"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": ["7"]}],
+        [{"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": ["8"]}]]
     assert spec["imagePullSecrets"] == [{"name": "registry-pull"}]
     assert spec["activeDeadlineSeconds"] == 86400
     assert {"name": "N", "value": "3"} in c["env"]
@@ -422,3 +434,36 @@ def test_list_and_status_select_what_render_and_the_chart_both_label():
     for job in (ours.objects[-1], helm[1]):
         assert job["kind"] == "PaddleJob" and matches(job["metadata"]["labels"]), job["metadata"]
     assert not matches({"app.kubernetes.io/managed-by": "clsact"}), "the selector can fail"
+
+
+def test_gpu_pods_are_kept_to_nodes_whose_gpus_the_image_runs(tmp_path, monkeypatch):
+    """gpuCompute: an explicit list, `auto` from the image's record (what the nightly's
+    submitter in the image reads), `any`; CPU pods never get a GPU term; bad values refused."""
+    import json
+
+    from clsact import gpuarch
+
+    def terms(flags: dict) -> list | None:
+        spec = pod_spec(make(flags))
+        return (spec.get("affinity") or {}).get("nodeAffinity", {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms")
+
+    hopper = [{"matchExpressions": [{"key": "nvidia.com/gpu.compute.major", "operator": "In",
+                                     "values": ["9"]}]}]
+    assert terms({"gpuCompute": ["9.0"]}) == hopper
+    assert terms({"gpuCompute": ["9.0"], "gpusPerWorker": 0}) is None
+    assert terms({"gpuCompute": "any"}) is None
+    monkeypatch.setenv(gpuarch.RECORD_ENV, str(tmp_path / "none.json"))
+    assert terms({}) is None, "auto without a record: the image is unknown here"
+    record = tmp_path / "gpu-archs.json"
+    record.write_text(json.dumps({"format": gpuarch.FORMAT, "cuda": True,
+                                  "supported": ["8.9", "9.0"]}))
+    monkeypatch.setenv(gpuarch.RECORD_ENV, str(record))
+    assert terms({}) == [{"matchExpressions": [
+        {"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": ["8"]},
+        {"key": "nvidia.com/gpu.compute.minor", "operator": "Gt", "values": ["8"]}]}, *hopper]
+    assert terms({"gpuProducts": ["NVIDIA-H100-80GB-HBM3"]})[1]["matchExpressions"][-1] == {
+        "key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
+    for bad in (["9"], "hopper", [], [9.0]):
+        with pytest.raises(ConfigError, match="gpuCompute must be auto, any, or a list"):
+            make({"gpuCompute": bad})

@@ -197,6 +197,10 @@ def _spec(args: argparse.Namespace):
     crds = [validate.load_crd(path) for path in args.crd]
     checked = validate.validate_objects(rendered.objects, crds,
                                         args.k8s_version or validate.DEFAULT_K8S_VERSION)
+    if v["gpusPerWorker"] and not v["gpuCompute"] and \
+            file_values.get("gpuCompute", "auto") == "auto":
+        _note("note: the GPU pods may land on any GPU node (gpuCompute auto, and this is not "
+              "the image): set gpuCompute to the list `clsact doctor` prints in the image")
     return rendered, checked
 
 

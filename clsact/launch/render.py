@@ -21,6 +21,7 @@ import yaml
 import clsact
 from clsact import config as config_mod
 from clsact.errors import ConfigError
+from clsact.gpuarch import node_affinity_terms
 from clsact.launch.names import config_map_name, job_name, short_hash
 from clsact.launch.operators import OPERATORS, Operator
 from clsact.launch.values import LaunchValues
@@ -148,6 +149,29 @@ def container_command(values: LaunchValues, save_dir: str, run_id: str) -> list[
             "--save-dir", save_dir, "--run-id", run_id]
 
 
+def pod_affinity(values: LaunchValues) -> dict[str, Any]:
+    """The user's ``affinity`` with GPU pods kept to nodes whose GPUs the image runs
+    (``gpuCompute``: GPU feature discovery's compute major/minor labels; ``gpuProducts``:
+    ``nvidia.com/gpu.product``). Required terms are ORed, so each of the user's terms is
+    combined with each GPU term."""
+    affinity = copy.deepcopy(values["affinity"])
+    gpu = node_affinity_terms(values["gpuCompute"]) if values["gpusPerWorker"] else []
+    if values["gpusPerWorker"] and values["gpuProducts"]:
+        product = {"key": "nvidia.com/gpu.product", "operator": "In",
+                   "values": list(values["gpuProducts"])}
+        gpu = [{"matchExpressions": [*t["matchExpressions"], product]} for t in gpu] or [
+            {"matchExpressions": [product]}]
+    if not gpu:
+        return affinity
+    required = affinity.setdefault("nodeAffinity", {}).setdefault(
+        "requiredDuringSchedulingIgnoredDuringExecution", {})
+    theirs = required.get("nodeSelectorTerms") or [{}]
+    required["nodeSelectorTerms"] = [
+        {**term, "matchExpressions": [*term.get("matchExpressions", []),
+                                      *g["matchExpressions"]]} for term in theirs for g in gpu]
+    return affinity
+
+
 def _resources(values: LaunchValues) -> dict[str, Any]:
     res = copy.deepcopy(values["resources"])
     if values["gpusPerWorker"] > 0:
@@ -182,6 +206,7 @@ def render(config_path: str | Path, overrides: list[str], values: LaunchValues,
         "user_annotations": values["annotations"], "annotations": dict(values["annotations"]),
         "command": container_command(values, save_dir, name), "env": env,
         "resources": _resources(values), "config_map_name": config_map_name(name),
+        "affinity": pod_affinity(values),
         "config_mount_dir": CONFIG_MOUNT_DIR, "config_file_name": CONFIG_FILE_NAME,
         "config_text": cfg.to_yaml(), "s3_credentials_dir": S3_CREDENTIALS_DIR,
         "ports": ([{"name": "master", "containerPort": KUBEFLOW_MASTER_PORT}]

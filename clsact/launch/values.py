@@ -40,6 +40,10 @@ VALUES: dict[str, tuple[str, Any]] = {
     "nodeSelector": ("dict", {}),
     "tolerations": ("list", []),
     "affinity": ("dict", {}),
+    # GPU nodes the image runs on: auto (the image's recorded matrix when this runs in the
+    # image, e.g. the nightly; else no constraint), any, or compute capabilities ["8.0", ...]
+    "gpuCompute": ("str|list", "auto"),
+    "gpuProducts": ("list", []),            # nvidia.com/gpu.product values (GPU feature discovery)
     "imagePullSecrets": ("list", []),       # Secret names
     "serviceAccountName": ("str|null", None),
     "priorityClassName": ("str|null", None),
@@ -217,6 +221,34 @@ def _check_maps(v: dict[str, Any], src: str) -> None:
         raise ConfigError(f"{src}: resources takes requests and limits, not {sorted(extra)}")
 
 
+_CAPABILITY = re.compile(r"^[0-9]+\.[0-9]+$")
+
+
+def _gpu_compute(v: dict[str, Any], src: str) -> list[str]:
+    """The compute capabilities GPU pods are kept to ([]: no constraint).
+
+    Raises:
+        ConfigError: not auto, any or a list of capabilities such as "8.0"; or the image's
+            record is unreadable.
+    """
+    value = v["gpuCompute"]
+    if v["gpusPerWorker"] == 0 or value == "any":
+        return []
+    if value == "auto":
+        from clsact import gpuarch
+
+        try:
+            record = gpuarch.recorded()
+        except gpuarch.ArchError as exc:
+            raise ConfigError(f"{src}: gpuCompute auto: {exc}") from None
+        return list(record.get("supported") or []) if record and record.get("cuda") else []
+    if not isinstance(value, list) or not value or not all(
+            isinstance(x, str) and _CAPABILITY.match(x) for x in value):
+        raise ConfigError(f"{src}: gpuCompute must be auto, any, or a list of compute "
+                          f"capabilities such as [\"8.0\", \"9.0\"], got {value!r}")
+    return value
+
+
 def resolve(file_values: dict[str, Any], flags: dict[str, Any],
             src: str = "values") -> LaunchValues:
     """Merge a values file with command-line flags (flags win) and check every value.
@@ -238,6 +270,10 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any],
     _check_names(v, src)
     _check_maps(v, src)
     v["env"] = _check_env(v["env"], src)
+    v["gpuCompute"] = _gpu_compute(v, src)
+    if not all(isinstance(x, str) and x for x in v["gpuProducts"]):
+        raise ConfigError(f"{src}: gpuProducts lists nvidia.com/gpu.product values (strings), "
+                          f"got {v['gpuProducts']!r}")
     v["allow"] = _check_access(v, src)
     allowed = CLEAN_POD_POLICIES[v["operator"]]
     if v["cleanPodPolicy"] is None:

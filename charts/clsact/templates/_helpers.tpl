@@ -206,6 +206,67 @@ values (tests/test_chart.py compares them).
 {{- end -}}
 {{- end -}}
 
+{{/* clsact.launch.render.pod_affinity: the user's affinity, GPU pods kept to nodes whose
+     GPUs the image runs: gpuCompute (a list of compute capabilities; one term per major on
+     GPU feature discovery's compute labels; auto and any add nothing here: the chart cannot
+     read the image's record, the nightly's submitter in the image can) and gpuProducts
+     (nvidia.com/gpu.product). Each of the user's required terms is combined with each GPU
+     term. JSON. */}}
+{{- define "clsact.affinity" -}}
+{{- $aff := deepCopy (.Values.affinity | default dict) -}}
+{{- $gpu := list -}}
+{{- if gt (int .Values.gpusPerWorker) 0 -}}
+{{- if kindIs "slice" .Values.gpuCompute -}}
+{{- $minors := dict -}}
+{{- range .Values.gpuCompute -}}
+{{- $parts := splitList "." (toString .) -}}
+{{- $major := index $parts 0 -}}
+{{- $minor := atoi (index $parts 1) -}}
+{{- if or (not (hasKey $minors $major)) (lt $minor (int (get $minors $major))) -}}
+{{- $_ := set $minors $major $minor -}}
+{{- end -}}
+{{- end -}}
+{{- range $major := keys $minors | sortAlpha -}}
+{{- $exprs := list (dict "key" "nvidia.com/gpu.compute.major" "operator" "In" "values" (list $major)) -}}
+{{- $minor := int (get $minors $major) -}}
+{{- if gt $minor 0 -}}
+{{- $exprs = append $exprs (dict "key" "nvidia.com/gpu.compute.minor" "operator" "Gt" "values" (list (toString (sub $minor 1)))) -}}
+{{- end -}}
+{{- $gpu = append $gpu (dict "matchExpressions" $exprs) -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.gpuProducts -}}
+{{- $product := dict "key" "nvidia.com/gpu.product" "operator" "In" "values" . -}}
+{{- if $gpu -}}
+{{- $with := list -}}
+{{- range $gpu -}}
+{{- $with = append $with (dict "matchExpressions" (append .matchExpressions $product)) -}}
+{{- end -}}
+{{- $gpu = $with -}}
+{{- else -}}
+{{- $gpu = list (dict "matchExpressions" (list $product)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $gpu -}}
+{{- $node := deepCopy ($aff.nodeAffinity | default dict) -}}
+{{- $req := deepCopy (get $node "requiredDuringSchedulingIgnoredDuringExecution" | default dict) -}}
+{{- $theirs := $req.nodeSelectorTerms | default (list (dict)) -}}
+{{- $terms := list -}}
+{{- range $t := $theirs -}}
+{{- range $g := $gpu -}}
+{{- $term := deepCopy $t -}}
+{{- $_ := set $term "matchExpressions" (concat ($t.matchExpressions | default list) $g.matchExpressions) -}}
+{{- $terms = append $terms $term -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $req "nodeSelectorTerms" $terms -}}
+{{- $_ := set $node "requiredDuringSchedulingIgnoredDuringExecution" $req -}}
+{{- $_ := set $aff "nodeAffinity" $node -}}
+{{- end -}}
+{{- toJson $aff -}}
+{{- end -}}
+
 {{/* clsact.launch.render._resources: GPUs added to the limits. JSON. */}}
 {{- define "clsact.resources" -}}
 {{- $res := deepCopy (.Values.resources | default dict) -}}
@@ -235,7 +296,7 @@ values (tests/test_chart.py compares them).
      launch key that is set, the namespace the release's. JSON. */}}
 {{- define "clsact.launchValues" -}}
 {{- $out := dict "namespace" .Release.Namespace "name" (.Values.name | default .Release.Name) -}}
-{{- range $key := list "operator" "image" "imagePullPolicy" "workers" "gpusPerWorker" "gpuResource" "saveDir" "s3Endpoint" "resources" "shmSize" "nodeSelector" "tolerations" "affinity" "imagePullSecrets" "serviceAccountName" "priorityClassName" "env" "labels" "annotations" "volumes" "volumeMounts" "cleanPodPolicy" "ttlSecondsAfterFinished" "activeDeadlineSeconds" "backoffLimit" "clsactBin" "python" "allow" -}}
+{{- range $key := list "operator" "image" "imagePullPolicy" "workers" "gpusPerWorker" "gpuResource" "saveDir" "s3Endpoint" "resources" "shmSize" "nodeSelector" "tolerations" "affinity" "gpuCompute" "gpuProducts" "imagePullSecrets" "serviceAccountName" "priorityClassName" "env" "labels" "annotations" "volumes" "volumeMounts" "cleanPodPolicy" "ttlSecondsAfterFinished" "activeDeadlineSeconds" "backoffLimit" "clsactBin" "python" "allow" -}}
 {{- $value := get $.Values $key -}}
 {{- if or $value (kindIs "float64" $value) (kindIs "int64" $value) (kindIs "int" $value) (kindIs "bool" $value) -}}
 {{- $_ := set $out $key $value -}}

@@ -20,7 +20,7 @@ spec:
   {{- with $v.tolerations }}
   tolerations: {{ . | toJson }}
   {{- end }}
-  {{- with $v.affinity }}
+  {{- with (include "clsact.affinity" .root | fromJson) }}
   affinity: {{ . | toJson }}
   {{- end }}
   {{- with $v.imagePullSecrets }}
