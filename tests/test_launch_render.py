@@ -467,3 +467,22 @@ def test_gpu_pods_are_kept_to_nodes_whose_gpus_the_image_runs(tmp_path, monkeypa
     for bad in (["9"], "hopper", [], [9.0]):
         with pytest.raises(ConfigError, match="gpuCompute must be auto, any, or a list"):
             make({"gpuCompute": bad})
+
+
+def test_render_says_when_gpu_nodes_are_not_constrained(tmp_path, monkeypatch):
+    from clsact import gpuarch
+
+    env = {**os.environ, gpuarch.RECORD_ENV: str(tmp_path / "none.json")}
+    base = ["render", "--config", str(MBV3), "--image", "r.example.com/c:1", "--save-dir",
+            "s3://bkt/run", *(x for o in S3_PATHS for x in ("--set", o))]
+    auto = run_cli(*base, env=env)
+    assert auto.returncode == 0 and "note: GPU nodes: any (gpuCompute auto" in auto.stderr
+    listed = run_cli(*base, "--values", str(_values_file(tmp_path, {"gpuCompute": ["8.0"]})),
+                     env=env)
+    assert listed.returncode == 0 and "note: GPU nodes" not in listed.stderr, listed.stderr
+
+
+def _values_file(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -197,11 +197,24 @@ def _spec(args: argparse.Namespace):
     crds = [validate.load_crd(path) for path in args.crd]
     checked = validate.validate_objects(rendered.objects, crds,
                                         args.k8s_version or validate.DEFAULT_K8S_VERSION)
-    if v["gpusPerWorker"] and not v["gpuCompute"] and \
-            file_values.get("gpuCompute", "auto") == "auto":
-        _note("note: the GPU pods may land on any GPU node (gpuCompute auto, and this is not "
-              "the image): set gpuCompute to the list `clsact doctor` prints in the image")
+    # said once the launch is done (an error stays the only line of a failed one)
+    args.gpu_nodes_unknown = bool(v["gpusPerWorker"] and not v["gpuCompute"] and
+                                  file_values.get("gpuCompute", "auto") == "auto")
     return rendered, checked
+
+
+def _print_checked(checked: list[str]) -> None:
+    """The validations passed, one line each."""
+    for line in checked:
+        _note(f"valid: {line}")
+
+
+def _note_gpu_nodes(args: argparse.Namespace) -> None:
+    """After a launch: say when its GPU pods are not kept to GPUs the image runs."""
+    if getattr(args, "gpu_nodes_unknown", False):
+        _note("note: GPU nodes: any (gpuCompute auto, and this is not the image): the pods "
+              "may land on GPUs the image cannot run; set gpuCompute to the list `clsact "
+              "doctor` prints in the image")
 
 
 def _note(text: str) -> None:
@@ -218,8 +231,8 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(path)
     else:
         sys.stdout.write(to_yaml(rendered.objects))
-    for line in checked:
-        _note(f"valid: {line}")
+    _print_checked(checked)
+    _note_gpu_nodes(args)
     return 0
 
 
@@ -248,8 +261,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("--gate needs --wait (the run is gated once it has succeeded)")
     rendered, checked = _spec(args)
     gate_prefix = _gate_prefix(args) if args.gate is not None else None
-    for line in checked:
-        _note(f"valid: {line}")
+    _print_checked(checked)
     if args.dry_run:
         sys.stdout.write(to_yaml(rendered.objects))
         _note(f"dry run: nothing submitted ({rendered.operator.kind} {rendered.namespace}/"
@@ -278,6 +290,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(f"{ref} {outcome.action} ({rendered.operator.api_version}, spec "
               f"{rendered.spec_hash}) on {cluster.host}")
+        _note_gpu_nodes(args)
     if args.nightly:
         nightly.prune(cluster, rendered.operator, rendered.namespace, args.nightly,
                       args.keep_jobs, _note)
