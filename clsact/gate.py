@@ -46,7 +46,7 @@ from clsact.runs import (
     RunRecord,
     as_dict,
     as_list,
-    finished_runs,
+    finished_records,
     open_location,
     pointer_body,
     read_latest,
@@ -169,20 +169,20 @@ def _section(run: RunRecord | None, name: str) -> dict[str, Any]:
 
 
 def _val_set_check(run: RunRecord, base: RunRecord | None) -> Check:
-    mine = _section(run, "val_set").get("fingerprint")
+    mine_set, their_set = _section(run, "val_set"), _section(base, "val_set")
+    mine = mine_set.get("fingerprint")
     mine = mine if isinstance(mine, str) else None
     if not mine:
         return Check("val_set", "fail", "the run recorded no validation set fingerprint "
                      "(metrics.json val_set; runs of clsact < 0.2 cannot be gated)")
     if base is None:
         return Check("val_set", "pass", f"{mine[:19]}... (first run: nothing to compare)")
-    theirs = _section(base, "val_set").get("fingerprint")
+    theirs = their_set.get("fingerprint")
     if mine != theirs:
         return Check("val_set", "fail", f"validation set {mine[:19]}... differs from the last "
                      f"blessed run's ({str(theirs or 'none')[:19]}...): accuracies on different "
                      "sets are not comparable; gate against a prefix for this set")
-    mine_eval = _section(run, "val_set").get("evaluation")
-    their_eval = _section(base, "val_set").get("evaluation")
+    mine_eval, their_eval = mine_set.get("evaluation"), their_set.get("evaluation")
     if isinstance(mine_eval, dict) and isinstance(their_eval, dict) and their_eval:
         changed = sorted(k for k in set(mine_eval) | set(their_eval)
                          if mine_eval.get(k) != their_eval.get(k))
@@ -374,9 +374,7 @@ def never_gated(prefix_location: str) -> list[str]:
         StorageError: the prefix cannot be listed or read.
     """
     prefix = open_location(prefix_location, "--against")
-    records = [read_run(prefix.child(rel) if rel else prefix) for rel in finished_runs(prefix)]
-    return [rec.location for rec in sorted(records, key=RunRecord.order)
-            if rec.blessing is None]
+    return [rec.location for rec in finished_records(prefix) if rec.blessing is None]
 
 
 def _already_latest(run: RunRecord, prefix: Store) -> Outcome:

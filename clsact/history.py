@@ -15,7 +15,7 @@ from typing import Any
 
 from clsact.errors import StorageError
 from clsact.plotting import figure
-from clsact.runs import as_dict, as_list, finished_runs, open_location, read_latest, read_run
+from clsact.runs import as_dict, as_list, finished_records, open_location, read_latest
 from clsact.storage import Store
 
 
@@ -44,8 +44,7 @@ def collect(prefix: Store) -> list[Row]:
     """
     pointer = read_latest(prefix)
     rows = []
-    for rel in finished_runs(prefix):
-        rec = read_run(prefix.child(rel) if rel else prefix)
+    for rec in finished_records(prefix):
         b = rec.blessing or {}
         verdict = "-" if rec.blessing is None else ("blessed" if b.get("blessed") is True
                                                     else "not blessed")
@@ -57,7 +56,6 @@ def collect(prefix: Store) -> list[Row]:
                         rec.metric("compressed", "top5"), verdict,
                         [str(x) for x in as_list(b.get("failed"))], latest,
                         as_dict(b.get("thresholds")).get("min_top1")))
-    rows.sort(key=lambda r: (r.finished_at or "", r.run_id or ""))
     return rows
 
 

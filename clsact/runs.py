@@ -125,6 +125,16 @@ def finished_runs(prefix: Store) -> list[str]:
     return sorted(out)
 
 
+def finished_records(prefix: Store) -> list[RunRecord]:
+    """The records of the finished runs under ``prefix``, oldest first (:meth:`RunRecord.order`).
+
+    Raises:
+        StorageError: the prefix cannot be listed or a run cannot be read.
+    """
+    records = [read_run(prefix.child(rel) if rel else prefix) for rel in finished_runs(prefix)]
+    return sorted(records, key=RunRecord.order)
+
+
 @dataclass
 class Pointer:
     """The ``latest`` pointer as read: its content and version token (None: no pointer)."""

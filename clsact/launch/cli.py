@@ -169,8 +169,9 @@ def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any],
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     """A section of the config as read (with the overrides), {} when absent or malformed
     (render's validation names a malformed one)."""
-    section = raw.get(name) if isinstance(raw, dict) else None
-    return section if isinstance(section, dict) else {}
+    from clsact.runs import as_dict
+
+    return as_dict(as_dict(raw).get(name))
 
 
 def _spec(args: argparse.Namespace):
