@@ -209,9 +209,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     print(f"compressed top1 {c['top1']:.4f}  top5 {c['top5']:.4f}  ({c['quant_ops']} quantize ops)")
     rep = metrics.get("report") or {}
     if rep.get("speedup") is not None:
-        print(f"deployed: fastest on {rep['fastest']['label']} at {rep['fastest']['p50_ms']:.2f}"
-              f" ms (batch 1, 1 thread), {rep['speedup']:.2f}x the baseline's fastest fp32 "
-              f"runtime; report.md in the run")
+        print(f"deployed: fastest on {rep['fastest']['label']} (model/{rep['fastest']['form']})"
+              f" at {rep['fastest']['p50_ms']:.2f} ms (batch 1, 1 thread), {rep['speedup']:.2f}x"
+              f" the baseline's fastest fp32/bf16 runtime; report.md in the run")
     for line in rep.get("flagged", []):
         print(f"FLAGGED {line}")
     for line in rep.get("failed", []):

@@ -263,3 +263,20 @@ PADDLE_CUDA_DLOPEN_NAMES = (
     "libcusparse.so", "libcufft.so", "libnvjpeg.so", "libnvrtc.so", "libnccl.so",
     "libcupti.so", "libnvToolsExt.so",
 )
+
+
+def remove_ops(block, indices: list[int]) -> None:
+    """Remove the ops at ``indices`` from a static ``Block`` (descending, so the indices
+    stay valid). Relies on ``Block._remove_op(index)`` (private in Paddle 2.6: it removes
+    the op from both the Python list and the C++ desc; ``Block.ops`` has no public remover);
+    ``tests/test_compat.py`` fails when it stops doing so."""
+    for index in sorted(set(indices), reverse=True):
+        block._remove_op(index)
+
+
+def rename_op_input(op, old: str, new: str) -> None:
+    """Make ``op`` read ``new`` wherever it read ``old``. Relies on ``Operator._rename_input``
+    (private in Paddle 2.6, the only renamer that updates the op's desc);
+    ``tests/test_compat.py`` fails when it stops doing so."""
+    op._rename_input(old, new)
+

@@ -293,7 +293,8 @@ def _deploy_report(staging: Path, src_model: Path, g: dict[str, Any], val_sample
 
     t = time.perf_counter()
     rep = report.measure_run(staging, src_model, staging / MODEL_SUBDIR, g, val_samples,
-                             metrics, budget_s=g["report_budget"])
+                             metrics, budget_s=g["report_budget"],
+                             serving_dir=staging / MODEL_SUBDIR)
     metrics["report"] = {**rep["summary"], "files": list(report.REPORT_FILES),
                          "seconds": round(time.perf_counter() - t, 3)}
 

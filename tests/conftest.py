@@ -86,6 +86,27 @@ def clas_model(tmp_path_factory, small_digits_dir) -> Path:
     return out
 
 
+def compress_clas(tmp: Path, clas_model: Path, data: Path, report: bool) -> Path:
+    """A run `clsact compress` makes from the small conv net (QAT of conv2d,
+    depthwise_conv2d and matmul_v2 for 3 steps), with or without its deploy report."""
+    from tests.test_compress import small_config
+
+    out = tmp / "run"
+    proc = run_cli("compress", "--config", str(small_config(tmp, clas_model, data)),
+                   "--save-dir", str(out), "--set", f"Global.report={str(report).lower()}",
+                   "--set", "Global.report_budget=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("deployed: fastest on " in proc.stdout) == report, proc.stdout
+    assert "[Paddle2ONNX]" not in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def compressed_run(tmp_path_factory, clas_model, small_digits_dir) -> Path:
+    """A published run of the small conv net without a deploy report."""
+    return compress_clas(tmp_path_factory.mktemp("plain"), clas_model, small_digits_dir, False)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto server) on loopback for the whole session."""

@@ -202,3 +202,26 @@ def test_paddle_s_gloo_http_server_module_writes_http_log_where_it_is_imported(t
                    cwd=quiet, check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert list(quiet.iterdir()) == []
+
+
+def test_op_removal_and_input_renaming_reach_the_serialized_program(mbv3_model):
+    """``remove_ops`` and ``rename_op_input`` (Paddle 2.6 private ``Block._remove_op`` and
+    ``Operator._rename_input``) change the program's desc, so the rewrite survives
+    serialisation: what :mod:`clsact.deploy.qdq` writes."""
+    from clsact.compat import remove_ops, rename_op_input
+
+    program = load_program(mbv3_model / "inference.pdmodel")
+    block = program.global_block()
+    count = len(block.ops)
+    i = next(i for i, op in enumerate(block.ops) if op.type == "dropout")
+    reader = next(op for op in block.ops[i + 1:]
+                  if block.ops[i].output("Out")[0] in op.input_arg_names)
+    old = block.ops[i].output("Out")[0]
+    new = block.ops[i].input("X")[0]
+    rename_op_input(reader, old, new)
+    remove_ops(block, [i])
+    again = paddle.static.Program.parse_from_string(program.desc.serialize_to_string())
+    ops = again.global_block().ops
+    assert len(ops) == count - 1 and "dropout" not in [op.type for op in ops]
+    assert any(new in op.input_arg_names and op.type == reader.type for op in ops)
+    assert not any(old in op.input_arg_names for op in ops)

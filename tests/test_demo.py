@@ -21,7 +21,7 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
     # the run went through the embedded S3 server and was published + verified there
     assert m["save_dir"].startswith("s3://clsact-demo/runs/")
     assert m["config"] == "config.yaml" and m["data"]["train_samples"] == 1438
-    assert "(verified: 9 files match manifest.json and manifest.blessing.json" in proc.stdout
+    assert "(verified: 11 files match manifest.json and manifest.blessing.json" in proc.stdout
     assert (tmp_path / "demo" / "results" / "_SUCCESS").is_file()
     # the validation set's fingerprint, recomputed here from the image files themselves
     assert m["val_set"] == {"list": "val_list.txt", "images": 359, "hashed": 359,
@@ -46,6 +46,33 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
     assert f"plot: {tmp_path / 'demo' / 'results' / 'report.png'}" in proc.stdout
     with Image.open(tmp_path / "demo" / "results" / "report.png") as img:
         assert img.format == "PNG"
+    # every runtime serves the compressed model as trained (the paired test), and the
+    # headline names the file the fastest deployment reads, published with the run
+    assert m["report"]["flagged"] == [], m["report"]["flagged"]
+    assert (tmp_path / "demo" / "results" / "model" / m["report"]["fastest"]["form"]).is_file()
+    openvino_compiles_per_shape(tmp_path / "demo" / "results" / "model")
+
+
+def openvino_compiles_per_shape(model_dir: Path) -> None:
+    """On the demo's QAT MobileNetV3, one OpenVINO model compiled for every batch size
+    (2026.4's CPU plugin) mis-scores images after a batch-size change; the runtime clsact
+    serves with (one compiled model per shape) does not."""
+    import numpy as np
+
+    from clsact.deploy.runtimes import RUNTIMES, ModelFiles
+    from tests.test_serving import _dynamic
+
+    files = ModelFiles.of(model_dir)
+    x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
+    by = {r.key: r for r in RUNTIMES}
+    want = by["paddle-cpu"].load(files, 1)(x).argmax(1)
+    wrong = {}
+    for name, predict in (("served", by["openvino"].load(files, 1)), ("one model",
+                                                                      _dynamic(files))):
+        predict(x)
+        singles = np.concatenate([predict(x[i:i + 1]) for i in range(len(x))]).argmax(1)
+        wrong[name] = int((singles != want).sum())
+    assert wrong["served"] <= 1 and wrong["one model"] > 10, wrong
 
 
 def fingerprint(data: Path) -> str:

@@ -15,27 +15,7 @@ import pytest
 from clsact.deploy import bench
 from clsact.deploy.latency import measure
 from clsact.deploy.runtimes import RUNTIMES, ModelFiles, quantized_op_types
-from tests.conftest import REPO, run_cli
-from tests.test_compress import small_config
-
-
-def compress_clas(tmp: Path, clas_model: Path, data: Path, report: bool) -> Path:
-    """A run `clsact compress` makes from the small conv net (QAT of conv2d,
-    depthwise_conv2d and matmul_v2 for 3 steps), with or without its deploy report."""
-    out = tmp / "run"
-    proc = run_cli("compress", "--config", str(small_config(tmp, clas_model, data)),
-                   "--save-dir", str(out), "--set", f"Global.report={str(report).lower()}",
-                   "--set", "Global.report_budget=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("deployed: fastest on " in proc.stdout) == report, proc.stdout
-    assert "[Paddle2ONNX]" not in proc.stdout
-    return out
-
-
-@pytest.fixture(scope="module")
-def compressed_run(tmp_path_factory, clas_model, small_digits_dir) -> Path:
-    """A published run without a deploy report."""
-    return compress_clas(tmp_path_factory.mktemp("plain"), clas_model, small_digits_dir, False)
+from tests.conftest import REPO, compress_clas, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +107,8 @@ def test_optional_runtimes_say_why_they_are_skipped(mbv3_model, monkeypatch, cap
     crash.chmod(0o755)
     monkeypatch.setattr(onnx_export.sys, "executable", str(crash))
     with pytest.raises(runtimes.RuntimeSkip, match=r"paddle2onnx crashed \(SIGABRT\)"):
-        runtimes.onnx_model(ModelFiles(fp32.model_file.with_name("x.pdmodel"),
-                                       fp32.params_file, ()))
+        runtimes.serving_onnx(ModelFiles(fp32.model_file.with_name("x.pdmodel"),
+                                         fp32.params_file, ()))
     # a model a converter rejects is a skip line, not a crash
     bad = mbv3_model.parent / "bad-model"
     bad.mkdir(exist_ok=True)
@@ -148,7 +128,7 @@ def test_onnxruntime_and_openvino_serve_the_fp32_model_like_paddle(mbv3_model, s
                    "--batch", "1", "--threads", "1", "--budget", "1", "--runtime", "paddle-cpu",
                    "--runtime", "onnxruntime", "--runtime", "openvino", "--output", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    acc = {r["runtime"]: r["accuracy"] for r in json.loads(out.read_text())}
+    acc = {r["runtime"]: r["accuracy"] for r in json.loads(out.read_text())["measurements"]}
     assert acc["onnxruntime"] == acc["openvino"] == acc["paddle-cpu"]
     assert acc["paddle-cpu"]["samples"] == 64
 
@@ -199,7 +179,7 @@ def test_accuracy_through_paddle_inference_equals_clsact_eval(compressed_run, sm
     # --profile: the ops and the per-op times by precision through both converters
     assert "conv2d 2 (2 int8)" in proc.stdout and "onnxruntime, run" in proc.stdout
     assert proc.stdout.count("by kind: int8") == 2
-    results = {r["runtime"]: r for r in json.loads(out.read_text())}
+    results = {r["runtime"]: r for r in json.loads(out.read_text())["measurements"]}
     ev = tmp_path / "eval.json"
     assert run_cli("eval", "--model-dir", str(compressed_run), "--output",
                    str(ev)).returncode == 0
@@ -240,10 +220,29 @@ def test_a_runtime_that_breaks_is_reported_and_the_others_still_run(mbv3_model):
     assert "m / broken: FAILED: kernel exploded" in bench.format_table(results)
 
 
-def test_a_runtime_below_the_reference_is_flagged():
-    assert bench.accuracy_flag(0.900, 0.904) is None
-    flag = bench.accuracy_flag(0.890, 0.900)
-    assert flag and "1.00 points below" in flag
+def test_the_paired_test_is_an_exact_mcnemar_test():
+    """Checked against scipy's exact binomial test (an independent computation), and the
+    flag follows the test, not a fixed margin: 2 images of 359 are noise, 30 of 50 000
+    against 5 are not."""
+    from scipy.stats import binomtest
+
+    for lost, gained in ((0, 0), (2, 0), (4, 2), (7, 0), (9, 6), (30, 5), (120, 80)):
+        want = binomtest(lost, lost + gained, 0.5).pvalue if lost + gained else 1.0
+        assert bench.mcnemar_p(lost, gained) == pytest.approx(want, rel=1e-9)
+    with pytest.raises(ValueError):
+        bench.mcnemar_p(-1, 0)
+    ref = np.ones(359, bool)
+    two = ref.copy()
+    two[:2] = False  # 0.56 point: the old fixed 0.5-point rule flagged this
+    assert bench.accuracy_flag(bench.paired(two, ref)) is None
+    big_ref = np.ones(50_000, bool)
+    big_ref[:5] = False
+    big = np.ones(50_000, bool)
+    big[5:35] = False  # 30 lost, 5 gained: 0.05 point, but not chance
+    pair = bench.paired(big, big_ref)
+    assert (pair["lost"], pair["gained"]) == (30, 5) and pair["p_value"] < 1e-4
+    assert "exact McNemar" in bench.accuracy_flag(pair)
+    assert bench.accuracy_flag(bench.paired(big_ref, big)) is None  # gains are not flagged
 
 
 def test_the_headline_counts_only_runtimes_that_serve_the_model_as_trained():
@@ -263,10 +262,14 @@ def test_the_headline_counts_only_runtimes_that_serve_the_model_as_trained():
                                                           "top-1 0.80 < 0.90")]
     s = report.summary(results, "baseline", "compressed")
     assert s["fastest"]["runtime"] == "paddle-cpu-int8"
-    assert s["baseline_fastest_fp32"]["runtime"] == "paddle-cpu"
+    assert s["baseline_fastest"]["runtime"] == "paddle-cpu"
     assert s["speedup"] == 1.25
     assert s["fastest_flagged"] == {"runtime": "openvino", "label": "OPENVINO", "p50_ms": 1.0,
-                                    "top1": 0.8, "flag": "top-1 0.80 < 0.90"}
+                                    "top1": 0.8, "flag": "top-1 0.80 < 0.90", "form": None}
+    # the baseline as a user would deploy it: its bf16 row counts when it is the fastest
+    results.append(m("baseline", "openvino-bf16", 5.0))
+    s = report.summary(results, "baseline", "compressed")
+    assert s["baseline_fastest"]["runtime"] == "openvino-bf16" and s["speedup"] == 0.625
     text = report.markdown(report.build(results, "baseline", "compressed"), "")
     assert "fastest on **PADDLE-CPU-INT8**" in text and "Faster but not counted: OPENVINO" in text
 
@@ -316,6 +319,17 @@ def test_the_run_publishes_its_deploy_report(reported_run):
     assert fastest["runtime"] == min(batch1)[1]  # the fastest, by its own numbers
     text = (compressed_run / "report.md").read_text()
     assert f"**{report['summary']['speedup']:.2f}x**" in text and "p50 ms" in text
+    # the CPU's instruction sets and the runtimes' versions, in the JSON and the text
+    from clsact.deploy import machine
+
+    assert report["machine"]["isa"] == machine.isa() and "AVX2" in report["machine"]["isa"]
+    assert report["machine"]["versions"]["openvino"] and "Measured on " in text
+    # the forms the runtimes served the compressed model from are published with it,
+    # listed (and so verified) in the manifest, and named by the headline
+    assert {"model/inference.onnx", "model/inference.openvino.pdmodel"} <= listed
+    assert f"`model/{fastest['form']}`" in text
+    assert {m["form"] for m in report["measurements"] if m["runtime"] == "onnxruntime"} == \
+        {"inference.onnx"}
 
 
 def test_report_regenerates_and_publishes_into_a_run_without_one(compressed_run, reported_run,
@@ -338,6 +352,9 @@ def test_report_regenerates_and_publishes_into_a_run_without_one(compressed_run,
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = verify(LocalStore(compressed_run))
     assert check.ok and "manifest.report.json" in check.addenda, check.problems
+    added = {f["path"] for f in json.loads(
+        (compressed_run / "manifest.report.json").read_text())["files"]}
+    assert {"report.json", "model/inference.onnx", "model/inference.openvino.pdmodel"} <= added
     # a run published with its report keeps it: one line, exit 2
     proc = run_cli("report", str(reported_run), "--publish")
     assert proc.returncode == 2 and "was published with its report" in proc.stderr

@@ -3,14 +3,18 @@
 For each model and runtime: latency (p50/p90 after warm-up, :mod:`clsact.deploy.latency`) at
 each batch size and thread count, and, given a validation set, the exact top-1/top-5 of the
 model *as served* (int8 kernels and converters can lose accuracy the QAT evaluation inside
-Paddle's training graph never saw). A runtime more than :data:`ACCURACY_FLAG` below the
-model's reference top-1 (the run's own figure) is flagged. Runtimes that cannot run a model
-here give one "skipped: why" line.
+Paddle's training graph never saw). Each runtime's top-1 hits are paired with those of Paddle
+Inference's fp32 kernels on the same model (``paddle-cpu``: the model's own arithmetic, the
+QAT evaluation's for a quantized model): a runtime is flagged when it loses significantly more
+images than it gains (exact McNemar test, :func:`mcnemar_p` < :data:`ALPHA`), not on a fixed
+margin, which flags noise on a small set and misses real losses on a large one. Runtimes that
+cannot run a model here give one "skipped: why" line.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,8 @@ from clsact.errors import ClsactError, ModelError
 from clsact.metrics import TopK
 
 log = logging.getLogger(__name__)
-ACCURACY_FLAG = 0.005  # half a point of top-1
+ALPHA = 0.05      # significance of the paired test
+REFERENCE = "paddle-cpu"
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Measurement:
     accuracy: dict[str, Any] | None = None
     reference_top1: float | None = None
     flag: str | None = None
+    form: str | None = None  # the file the runtime served the model from
+    paired: dict[str, Any] | None = None  # against the reference runtime's hits
 
     def best(self, batch: int) -> dict[str, Any] | None:
         """The fastest latency entry at ``batch`` (any thread count)."""
@@ -56,24 +63,59 @@ class Measurement:
         return min(rows, key=lambda x: x["p50_ms"]) if rows else None
 
 
-def top_k(predict: Predictor, batches: Iterable) -> dict[str, Any]:
-    """Exact top-1/top-5 of ``predict`` over loader batches (``images``, ``labels``).
+def top_k(predict: Predictor, batches: Iterable) -> tuple[dict[str, Any], np.ndarray]:
+    """Exact top-1/top-5 of ``predict`` over loader batches (``images``, ``labels``), and
+    which images it gets right at top-1 (a bool per image, in order).
 
     Raises:
         ModelError: the outputs do not match the labels.
     """
     counter = TopK()
+    hits = []
     for batch in batches:
-        counter.update(predict(batch.images), batch.labels)
-    return counter.result()
+        scores = predict(batch.images)
+        counter.update(scores, batch.labels)
+        hits.append(np.asarray(scores).reshape(len(scores), -1).argmax(1)
+                    == np.asarray(batch.labels).reshape(-1))
+    return counter.result(), np.concatenate(hits) if hits else np.zeros(0, bool)
 
 
-def accuracy_flag(top1: float, reference: float | None) -> str | None:
-    """The warning when ``top1`` is more than :data:`ACCURACY_FLAG` below ``reference``."""
-    if reference is None or top1 >= reference - ACCURACY_FLAG - 1e-12:
+def mcnemar_p(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar p-value of ``lost`` images one side alone gets right against
+    ``gained`` the other alone does (a binomial test of the discordant pairs at 1/2).
+
+    Raises:
+        ValueError: a count is negative.
+    """
+    if lost < 0 or gained < 0:
+        raise ValueError("counts must be >= 0")
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(lost, gained) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired(hits: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """The paired comparison of a runtime's top-1 hits with the reference's.
+
+    Raises:
+        ValueError: the two cover different numbers of images.
+    """
+    if hits.shape != reference.shape:
+        raise ValueError(f"{hits.size} predictions against {reference.size} of the reference")
+    lost, gained = int((reference & ~hits).sum()), int((~reference & hits).sum())
+    return {"reference": REFERENCE, "images": int(hits.size), "lost": lost, "gained": gained,
+            "p_value": round(mcnemar_p(lost, gained), 6)}
+
+
+def accuracy_flag(pair: dict[str, Any] | None) -> str | None:
+    """The warning when a runtime loses significantly more images than it gains."""
+    if not pair or pair["lost"] <= pair["gained"] or pair["p_value"] >= ALPHA:
         return None
-    return (f"top-1 {100 * top1:.2f}% is {100 * (reference - top1):.2f} points below the "
-            f"reference {100 * reference:.2f}%: this runtime loses accuracy")
+    return (f"gets {pair['lost']} images wrong that {pair['reference']} gets right and only "
+            f"{pair['gained']} the other way, of {pair['images']} (exact McNemar p = "
+            f"{pair['p_value']:.2g} < {ALPHA}): it does not serve the model as trained")
 
 
 def bench_model(name: str, files: ModelFiles, img_size: int, *,
@@ -91,8 +133,10 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
     """
     rng = np.random.default_rng(seed)
     out = []
+    hits: dict[str, np.ndarray] = {}
     for rt in runtimes:
-        m = Measurement(name, rt.key, rt.label, "measured", reference_top1=reference_top1)
+        m = Measurement(name, rt.key, rt.label, "measured", reference_top1=reference_top1,
+                        form=rt.form)
         out.append(m)
         reason = rt.skip_reason(files)
         if reason is not None:
@@ -102,8 +146,7 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
         try:
             predict = _measure(m, rt, files, img_size, batches, threads, budget_s, rng)
             if val_batches is not None:
-                m.accuracy = top_k(predict, val_batches())
-                m.flag = accuracy_flag(m.accuracy["top1"], reference_top1)
+                m.accuracy, hits[rt.key] = top_k(predict, val_batches())
         except RuntimeSkip as exc:
             m.status, m.reason, m.latency = "skipped", str(exc), []
             log.info("%s on %s: skipped: %s", name, rt.key, exc)
@@ -111,7 +154,28 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
             # one runtime failing on a model is a finding, not a reason to lose the others
             m.status, m.reason, m.accuracy = "failed", _first_line(exc), None
             log.warning("%s on %s: FAILED: %s", name, rt.key, m.reason)
+    if val_batches is not None and hits:
+        _pair_with_reference(out, hits, files, val_batches, max(threads))
     return out
+
+
+def _pair_with_reference(results: list[Measurement], hits: dict[str, np.ndarray],
+                         files: ModelFiles, val_batches: Callable[[], Iterable],
+                         threads: int) -> None:
+    """Pair every runtime's hits with the reference runtime's (run for accuracy only when it
+    was not among the runtimes measured) and flag the significant losses."""
+    if REFERENCE not in hits:
+        reference = next(r for r in RUNTIMES if r.key == REFERENCE)
+        try:
+            hits[REFERENCE] = top_k(reference.load(files, threads), val_batches())[1]
+        except (ClsactError, RuntimeError, ValueError, OSError) as exc:
+            log.warning("%s: no paired reference (%s could not run: %s)", results[0].model,
+                        REFERENCE, _first_line(exc))
+            return
+    for m in results:
+        if m.runtime in hits and m.runtime != REFERENCE:
+            m.paired = paired(hits[m.runtime], hits[REFERENCE])
+            m.flag = accuracy_flag(m.paired)
 
 
 def _measure(m: Measurement, rt: Runtime, files: ModelFiles, img_size: int,
@@ -144,6 +208,13 @@ def _check_output(scores: np.ndarray, batch: int, rt: Runtime, files: ModelFiles
         raise ModelError(f"{rt.label} returned non-finite scores from {files.model_file}")
 
 
+def _paired_cell(m: Measurement) -> str:
+    if m.runtime == REFERENCE and m.accuracy:
+        return "(reference)"
+    p = m.paired
+    return f"-{p['lost']}/+{p['gained']}, p={p['p_value']:.2g}" if p else ""
+
+
 def _ms(entry: dict[str, Any] | None, key: str) -> str:
     return "-" if entry is None else f"{entry[key]:.2f}"
 
@@ -151,7 +222,7 @@ def _ms(entry: dict[str, Any] | None, key: str) -> str:
 def format_table(results: list[Measurement]) -> str:
     """One line per model, runtime, batch and thread count; skips as one line each."""
     head = ("model", "runtime", "batch", "threads", "p50 ms", "p90 ms", "images/s", "top-1",
-            "top-5")
+            "top-5", f"vs {REFERENCE}: lost/gained, p")
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     for m in results:
@@ -164,7 +235,8 @@ def format_table(results: list[Measurement]) -> str:
             rows.append((m.model, m.runtime, str(e["batch"]), str(e["threads"]),
                          _ms(e, "p50_ms"), _ms(e, "p90_ms"), f"{e['images_per_second']:.1f}",
                          f"{100 * acc['top1']:.2f}" if acc and i == 0 else "",
-                         f"{100 * acc['top5']:.2f}" if acc and i == 0 else ""))
+                         f"{100 * acc['top5']:.2f}" if acc and i == 0 else "",
+                         _paired_cell(m) if i == 0 else ""))
         if m.flag:
             notes.append(f"{m.model} / {m.runtime}: FLAGGED: {m.flag}")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

@@ -50,6 +50,11 @@ def _add_bench(sub, add_s3_endpoint) -> None:
                    "model's ops (how many hold int8 weights, the QDQ pairs) and ONNX Runtime's "
                    "and OpenVINO's per-op times by precision (int8, fp32, qdq, layout) at "
                    "batch 1, one thread")
+    p.add_argument("--diff", action="store_true", help="also where each runtime's intermediate "
+                   "tensors first part from Paddle's QAT evaluation graph on the same images "
+                   "(layer, mean and max error in steps of the layer's quantizer)")
+    p.add_argument("--diff-images", type=int, default=8, metavar="N", help="images for --diff "
+                   "(default 8: the validation set's first, or random ones without data)")
     p.add_argument("--output", help="also write the results as JSON to this file")
     add_s3_endpoint(p)
 
@@ -61,7 +66,8 @@ def _add_report(sub, add_s3_endpoint) -> None:
                        "config, or --baseline-dir) and its compressed model through every "
                        "runtime (latency, accuracy on the run's validation set) and write the "
                        "report to --output, or add it to the run with --publish (a run made "
-                       "with --no-report).")
+                       "with --no-report; the forms the runtimes served the model from go "
+                       "into RUN/model too).")
     p.add_argument("run", metavar="RUN", help="a published run: path or s3://bucket/prefix")
     p.add_argument("--output", metavar="DIR", help="where the files go (default "
                    "./report-<run id>)")
@@ -112,12 +118,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
     from clsact import storage
-    from clsact.deploy import bench, profile
+    from clsact.deploy import bench, machine, profile
     from clsact.deploy.runtimes import RUNTIMES
 
     storage.configure(endpoint_url=args.s3_endpoint)
-    if any(b < 1 for b in args.batch) or args.budget <= 0:
-        raise ClsactError("--batch sizes must be >= 1 and --budget > 0")
+    if any(b < 1 for b in args.batch) or args.budget <= 0 or args.diff_images < 1:
+        raise ClsactError("--batch sizes and --diff-images must be >= 1 and --budget > 0")
     refs = args.reference_top1 or []
     if refs and len(refs) != len(args.model_dir):
         raise ClsactError(f"--reference-top1 given {len(refs)} times for {len(args.model_dir)} "
@@ -126,12 +132,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runtimes = [r for r in RUNTIMES if not args.runtime or r.key in args.runtime]
     results = []
     profiles: dict[str, dict] = {}
+    diffs: dict[str, str] = {}
+    diff_json: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="clsact-bench-") as scratch:
         for i, location in enumerate(args.model_dir):
             target = _bench_target(args, location, Path(scratch) / f"m{i}")
             if args.profile:
                 profiles[target["name"]] = profile.where_time_goes(target["files"],
                                                                    target["img_size"])
+            if args.diff:
+                diffs[target["name"]], diff_json[target["name"]] = _diff(target, args.diff_images)
             ref = refs[i] if refs else target["reference"]
             loader = target["loader"]
             try:
@@ -143,12 +153,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
             finally:
                 if loader is not None:
                     loader.close()
+    print(f"measured on {machine.headline(machine.describe())}")
     print(bench.format_table(results))
     if profiles:
         print("\n" + profile.format_anatomy(profiles))
+    for text in diffs.values():
+        print("\n" + text)
     if args.output:
-        Path(args.output).write_text(json.dumps(bench.to_json(results), indent=2) + "\n")
+        out = {"machine": machine.describe(), "measurements": bench.to_json(results)}
+        if diff_json:
+            out["diff"] = diff_json
+        Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _diff(target: dict, count: int) -> tuple[str, dict]:
+    """``--diff`` of one model: its text and JSON.
+
+    Raises:
+        ClsactError: Paddle cannot run the model, or the images cannot be read.
+    """
+    import numpy as np
+
+    from clsact.deploy import diff
+
+    loader, size = target["loader"], target["img_size"]
+    images = []
+    if loader is not None:
+        for batch in loader.epoch(0):
+            images.append(np.array(batch.images, copy=True))
+            if sum(len(x) for x in images) >= count:
+                break
+    pick = (np.concatenate(images)[:count] if images else
+            np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32))
+    result = diff.run_diff(target["files"], pick)
+    return diff.format_report(target["name"], result, 0), diff.to_json(result)
 
 
 def _bench_target(args: argparse.Namespace, location: str, scratch: Path) -> dict:
@@ -213,6 +252,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import tempfile
 
     from clsact import storage
+    from clsact.compress import MODEL_SUBDIR
     from clsact.data.build import read_samples
     from clsact.deploy import report
     from clsact.evalsettings import find_run
@@ -246,11 +286,15 @@ def cmd_report(args: argparse.Namespace) -> int:
                                        work / "compressed")
         out = work / "out" if args.publish else Path(
             args.output or f"report-{metrics.get('run_id', 'run')}")
+        serving = work / "serving"
+        serving.mkdir()
         report.measure_run(out, baseline, compressed, g, read_samples(g, "val"), metrics,
-                           budget_s=args.budget)
-        if args.publish:
-            add_to_run(run, "report", {name: (out / name).read_bytes()
-                                       for name in report.REPORT_FILES})
+                           budget_s=args.budget, serving_dir=serving if args.publish else None)
+        if args.publish:  # the report, and the forms the runtimes served the model from
+            add_to_run(run, "report", {**{name: (out / name).read_bytes()
+                                          for name in report.REPORT_FILES},
+                                       **{f"{MODEL_SUBDIR}/{f.name}": f.read_bytes()
+                                          for f in sorted(serving.iterdir())}})
             where = run.describe()
         else:
             where = str(out)

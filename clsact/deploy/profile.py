@@ -17,6 +17,7 @@ Each profile is a list of :class:`OpTime` rows with a ``kind``: ``int8`` (an int
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -31,9 +32,9 @@ import numpy as np
 from clsact.deploy.runtimes import (
     ModelFiles,
     RuntimeSkip,
-    first_line,
+    _missing,
     int8_op_indices,
-    openvino_config,
+    openvino_compiled,
     ort_session,
 )
 
@@ -148,23 +149,17 @@ def _ort_rows(events: list[dict[str, Any]], runs: int) -> list[OpTime]:
 
 
 def openvino_ops(files: ModelFiles, threads: int = 1, runs: int = 20,
-                 batch: int = 1, img_size: int = 224) -> list[OpTime]:
-    """OpenVINO's performance counters for the model (read from the ``.pdmodel``), summed
+                 batch: int = 1, img_size: int = 224, precision: str = "f32") -> list[OpTime]:
+    """OpenVINO's performance counters for the model (its serving ONNX), summed
     per node type and kernel over ``runs`` inferences after one warm-up, in ms per inference.
 
     Raises:
         RuntimeSkip: openvino missing, or it cannot read/compile the model.
     """
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise RuntimeSkip(f"openvino is not installed: {exc}") from None
+    if _missing("openvino"):
+        raise RuntimeSkip("openvino is not installed")
     x = np.random.default_rng(0).random((batch, 3, img_size, img_size), dtype=np.float32)
-    try:
-        compiled = ov.Core().compile_model(str(files.model_file), "CPU",
-                                           openvino_config(threads, PERF_COUNT=True))
-    except Exception as exc:
-        raise RuntimeSkip(f"OpenVINO cannot read the model: {first_line(exc)}") from None
+    compiled = openvino_compiled(files, threads, precision, PERF_COUNT=True)
     request = compiled.create_infer_request()
     request.infer({0: x})
     times: Counter = Counter()
@@ -213,8 +208,14 @@ def where_time_goes(files: ModelFiles, img_size: int = 224) -> dict[str, Any]:
     Raises:
         ModelError: the model file is not a Paddle program.
     """
+    from clsact.deploy.runtimes import RUNTIMES
+
     out: dict = {"census": paddle_census(files.model_file)}
-    for key, fn in (("onnxruntime", onnxruntime_ops), ("openvino", openvino_ops)):
+    bf16 = next(r for r in RUNTIMES if r.key == "openvino-bf16").skip_reason(files) is None
+    for key, fn in (("onnxruntime", onnxruntime_ops), ("openvino", openvino_ops),
+                    ("openvino-bf16", functools.partial(openvino_ops, precision="bf16"))):
+        if key == "openvino-bf16" and not bf16:
+            continue
         try:
             out[key] = to_json(fn(files, img_size=img_size))
         except RuntimeSkip as exc:
@@ -232,7 +233,9 @@ def format_anatomy(anatomy: dict[str, dict[str, Any]]) -> str:
             f"{op} {row['ops']}" + (f" ({row['int8_weights']} int8)" if row.get("int8_weights")
                                     else "") for op, row in census.items()
             if op != "quantize_linear") + f"; quantize_linear {q}")
-        for key in ("onnxruntime", "openvino"):
+        for key in ("onnxruntime", "openvino", "openvino-bf16"):
+            if key not in parts:
+                continue
             rows = parts[key]
             if isinstance(rows, str):
                 lines.append(f"  {key}: {rows}")

@@ -4,7 +4,9 @@
 ``report.png`` (top-1 through each runtime against its latency, baseline vs compressed). The
 headline compares, at batch 1 with one thread (a phone or a single request on a shared
 node), the compressed model through its fastest runtime with the baseline through *its*
-fastest fp32 runtime: the speedup a user gets by deploying the compressed model instead.
+fastest fp32 or bf16 runtime (as a user would deploy it): the speedup a user gets by deploying
+the compressed model instead. The report names the CPU's instruction sets and the runtimes'
+versions (:mod:`clsact.deploy.machine`), and the file the fastest deployment serves from.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from clsact.deploy import machine
 from clsact.deploy.bench import Measurement, bench_model, format_table
 from clsact.deploy.runtimes import ModelFiles, cpu_count
 from clsact.plotting import figure
@@ -30,18 +33,18 @@ def _at(m: Measurement, batch: int, threads: int) -> dict[str, Any] | None:
                 None)
 
 
-def fastest(results: list[Measurement], model: str, *, fp32_only: bool = False,
+def fastest(results: list[Measurement], model: str, *, float_only: bool = False,
             flagged: bool = False, batch: int = HEADLINE["batch"],
             threads: int = HEADLINE["threads"]) -> tuple[Measurement, dict[str, Any]] | None:
     """The runtime serving ``model`` fastest at ``batch``/``threads`` (its measurement and
-    latency entry), among fp32 runtimes only with ``fp32_only``; among the runtimes that
-    serve it within the accuracy tolerance (no flag), or with ``flagged`` among those
-    that do not; None when none ran."""
+    latency entry), among the fp32/bf16 runtimes only with ``float_only``; among the runtimes
+    that serve it as trained (no flag), or with ``flagged`` among those that do not; None
+    when none ran."""
     from clsact.deploy.runtimes import RUNTIMES
 
     int8 = {r.key for r in RUNTIMES if r.int8}
     found = [(m, e) for m in results if m.model == model and m.status == "measured"
-             and not (fp32_only and m.runtime in int8) and bool(m.flag) == flagged
+             and not (float_only and m.runtime in int8) and bool(m.flag) == flagged
              and (e := _at(m, batch, threads)) is not None]
     return min(found, key=lambda me: me[1]["p50_ms"]) if found else None
 
@@ -49,18 +52,18 @@ def fastest(results: list[Measurement], model: str, *, fp32_only: bool = False,
 def _entry(found: tuple[Measurement, dict[str, Any]]) -> dict[str, Any]:
     m, e = found
     return {"runtime": m.runtime, "label": m.label, "p50_ms": e["p50_ms"],
-            "top1": (m.accuracy or {}).get("top1")}
+            "top1": (m.accuracy or {}).get("top1"), "form": m.form}
 
 
 def summary(results: list[Measurement], baseline: str, compressed: str) -> dict[str, Any]:
     """The headline: the fastest deployment of the compressed model among the runtimes that
     serve it as trained (no accuracy flag), its speedup over the baseline's fastest
-    unflagged fp32 runtime, the fastest flagged deployment when it is faster still (shown
+    unflagged fp32 or bf16 runtime, the fastest flagged deployment when it is faster still (shown
     apart, with its loss, never as the headline), and the runtimes flagged for lost
     accuracy."""
-    best, ref = fastest(results, compressed), fastest(results, baseline, fp32_only=True)
+    best, ref = fastest(results, compressed), fastest(results, baseline, float_only=True)
     lossy = fastest(results, compressed, flagged=True)
-    out: dict[str, Any] = {"setting": dict(HEADLINE), "fastest": None, "baseline_fastest_fp32":
+    out: dict[str, Any] = {"setting": dict(HEADLINE), "fastest": None, "baseline_fastest":
                            None, "speedup": None, "fastest_flagged": None,
                            "flagged": [f"{m.model} / {m.runtime}: {m.flag}" for m in results
                                        if m.flag],
@@ -69,7 +72,7 @@ def summary(results: list[Measurement], baseline: str, compressed: str) -> dict[
     if best:
         out["fastest"] = _entry(best)
     if ref:
-        out["baseline_fastest_fp32"] = _entry(ref)
+        out["baseline_fastest"] = _entry(ref)
     if lossy and (best is None or lossy[1]["p50_ms"] < best[1]["p50_ms"]):
         out["fastest_flagged"] = {**_entry(lossy), "flag": lossy[0].flag}
     if best and ref and best[1]["p50_ms"] > 0:
@@ -81,7 +84,7 @@ def build(results: list[Measurement], baseline: str, compressed: str,
           metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """``report.json``'s content."""
     m = metrics or {}
-    return {"format": "clsact-report/1", "run_id": m.get("run_id"),
+    return {"format": "clsact-report/2", "run_id": m.get("run_id"), "machine": machine.describe(),
             "baseline_model": baseline, "compressed_model": compressed,
             "qat_top1": {"baseline": (m.get("baseline") or {}).get("top1"),
                          "compressed": (m.get("compressed") or {}).get("top1")},
@@ -94,12 +97,15 @@ def markdown(report: dict[str, Any], table: str) -> str:
     s = report["summary"]
     lines = [f"# Deploy report{' of run ' + report['run_id'] if report.get('run_id') else ''}",
              ""]
-    best, ref = s["fastest"], s["baseline_fastest_fp32"]
+    best, ref = s["fastest"], s["baseline_fastest"]
+    lines.append(f"Measured on {machine.headline(report['machine'])}; "
+                 + ", ".join(f"{k} {v}" for k, v in report["machine"]["versions"].items()) + ".")
     if best and ref:
         lines.append(f"At batch {s['setting']['batch']}, {s['setting']['threads']} thread: the "
-                     f"compressed model is fastest on **{best['label']}** "
-                     f"({best['p50_ms']:.2f} ms), **{s['speedup']:.2f}x** the baseline on its "
-                     f"fastest fp32 runtime, {ref['label']} ({ref['p50_ms']:.2f} ms).")
+                     f"compressed model is fastest on **{best['label']}** from "
+                     f"`model/{best['form']}` ({best['p50_ms']:.2f} ms), **{s['speedup']:.2f}x** "
+                     f"the baseline on its fastest fp32/bf16 runtime, {ref['label']} "
+                     f"({ref['p50_ms']:.2f} ms).")
     else:
         lines.append("No runtime served both models within the accuracy tolerance at batch 1 "
                      "with one thread.")
@@ -159,12 +165,39 @@ def write(out_dir: Path, results: list[Measurement], metrics: dict[str, Any] | N
     return report
 
 
+def write_serving_files(results: list[Measurement], model_dir: Path, names: tuple[str, str],
+                        serving_dir: Path) -> list[Path]:
+    """The compressed model in the forms the runtimes served it from (the serving ONNX,
+    OpenVINO's observer-free program) into ``serving_dir``, each only when a runtime measured
+    it from that form; returns the files written.
+
+    Raises:
+        ClsactError: a file cannot be made or written.
+    """
+    import shutil
+
+    from clsact.deploy.runtimes import OPENVINO_MODEL, SERVING_ONNX, openvino_model, serving_onnx
+
+    used = {m.form for m in results if m.model == "compressed" and m.status == "measured"}
+    files = ModelFiles.of(model_dir, *names)
+    out = []
+    if SERVING_ONNX in used:
+        out.append(serving_dir / SERVING_ONNX)
+        out[-1].write_bytes(serving_onnx(files))
+    if OPENVINO_MODEL in used:
+        out.append(serving_dir / OPENVINO_MODEL)
+        shutil.copyfile(openvino_model(files), out[-1])
+    return out
+
+
 def measure_run(out_dir: Path, baseline_dir: Path, compressed_dir: Path, g: dict[str, Any],
                 val_samples: list, metrics: dict[str, Any] | None, *,
-                budget_s: float) -> dict[str, Any]:
+                budget_s: float, serving_dir: Path | None = None) -> dict[str, Any]:
     """Benchmark the baseline and the compressed model of a run (every runtime that can run
     them here; batch 1 and 32; one thread and all; accuracy on the validation set) and
-    write the report into ``out_dir``. Returns the report.
+    write the report into ``out_dir``. Returns the report. With ``serving_dir``, the
+    compressed model goes there too in the forms the runtimes served it from
+    (:func:`write_serving_files`).
 
     Raises:
         ClsactError: a model cannot be loaded or run, or the data cannot be read.
@@ -186,12 +219,14 @@ def measure_run(out_dir: Path, baseline_dir: Path, compressed_dir: Path, g: dict
                                    reference_top1=ref)
         finally:
             loader.close()
+    if serving_dir is not None:
+        write_serving_files(results, compressed_dir, names, serving_dir)
     report = write(out_dir, results, metrics)
     s = report["summary"]
     if s["speedup"] is not None:
         log.info("deploy report: compressed fastest on %s at %.2f ms, %.2fx the baseline's "
-                 "fastest fp32 runtime (%s)", s["fastest"]["runtime"], s["fastest"]["p50_ms"],
-                 s["speedup"], s["baseline_fastest_fp32"]["runtime"])
+                 "fastest fp32/bf16 runtime (%s)", s["fastest"]["runtime"], s["fastest"]["p50_ms"],
+                 s["speedup"], s["baseline_fastest"]["runtime"])
     for line in s["flagged"]:
         log.warning("deploy report: FLAGGED %s", line)
     for line in s["failed"]:

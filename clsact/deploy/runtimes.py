@@ -9,13 +9,19 @@ scores) with a number of CPU threads.
 * ``paddle-cpu-int8``: Paddle Inference with oneDNN int8, enabled only for the op types whose
   weights the QAT quantized (quantizing more, e.g. pool2d or elementwise_mul, has cost other
   ACT users accuracy and speed); a model without quantized weights is skipped;
-* ``onnxruntime``: ONNX Runtime's CPU provider on the model exported by paddle2onnx 1.x
-  (``deploy_backend="onnxruntime"``: a QAT model becomes an ONNX QDQ graph, which ONNX Runtime
-  runs with int8 kernels where it can; paddle2onnx 2.x dropped quantized export);
-* ``openvino``: OpenVINO's CPU plugin reading the ``.pdmodel`` itself (its Paddle front end
-  reads quantize_linear/dequantize_linear);
+* ``onnxruntime``: ONNX Runtime's CPU provider on the model's *serving ONNX* (:func:`serving_onnx`:
+  the export of paddle2onnx 1.x with ``deploy_backend="onnxruntime"``; paddle2onnx 2.x
+  dropped quantized export);
+* ``openvino``: OpenVINO's CPU plugin on the model without its observer pairs
+  (:func:`openvino_model`), with an f32 precision hint;
+* ``openvino-bf16``: OpenVINO with a bf16 hint, for an fp32 model on a CPU with bf16 (AVX512_BF16
+  or AMX): the baseline deployment a user of such a CPU would pick;
 * ``paddle-gpu`` and ``paddle-gpu-trt-int8``: Paddle Inference on a GPU (TensorRT int8 for a
   quantized model), skipped when no GPU is visible or the build has no CUDA/TensorRT.
+
+``Runtime.form`` names the file a runtime serves from: ``clsact compress`` publishes the
+serving ONNX and OpenVINO's copy beside the Paddle model (``model/inference.onnx``,
+``model/inference.openvino.pdmodel``, which reads ``model/inference.pdiparams``).
 
 ONNX Runtime, paddle2onnx and OpenVINO come with ``pip install 'clsact[deploy]'``; without
 them those runtimes are skipped with that line. A model a converter rejects is skipped too
@@ -201,26 +207,70 @@ def _missing(*modules: str) -> str | None:
     return next((m for m in modules if importlib.util.find_spec(m) is None), None)
 
 
-_ONNX: dict[Path, bytes] = {}
+_ONNX: dict[tuple[Path, bool], bytes] = {}
+SERVING_ONNX = "inference.onnx"
+OPENVINO_MODEL = "inference.openvino.pdmodel"
+_OPENVINO: dict[Path, Path] = {}
 
 
-def onnx_model(files: ModelFiles) -> bytes:
-    """The model exported to ONNX by paddle2onnx 1.x for ONNX Runtime, in a child process
-    (:mod:`clsact.deploy.onnx_export`; cached per file).
+def serving_onnx(files: ModelFiles, observers: bool = True) -> bytes:
+    """The ONNX the onnxruntime runtime serves (cached per file): the model exported by
+    paddle2onnx 1.x in a child process (:mod:`clsact.deploy.onnx_export`), observer pairs
+    kept: paddle2onnx's ONNX Runtime export keeps a convolution int8 only where its output
+    has a scale, and otherwise makes it fp32 and drops its input's quantization
+    (``observers=False``: that copy, a lever ``make bench`` measures).
 
     Raises:
         RuntimeSkip: paddle2onnx is 2.x, cannot export this model, or crashes on it.
+        ModelError: the model's quantize pairs are malformed.
     """
-    if files.model_file not in _ONNX:
-        from clsact.deploy import onnx_export
+    key = (files.model_file, observers)
+    if key not in _ONNX:
+        import tempfile
 
-        _ONNX[files.model_file] = onnx_export.export(files.model_file, files.params_file)
-    return _ONNX[files.model_file]
+        from clsact.deploy import onnx_export, qdq
+
+        if observers:
+            _ONNX[key] = onnx_export.export(files.model_file, files.params_file)
+        else:
+            with tempfile.TemporaryDirectory(prefix="clsact-serving-") as tmp:
+                _ONNX[key] = onnx_export.export(*qdq.rewritten_copy(
+                    files.model_file, files.params_file, Path(tmp), qdq.strip_observers))
+    return _ONNX[key]
 
 
-def ort_session(files: ModelFiles, threads: int, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session of the model's paddle2onnx export with ``threads``
-    intra-op threads (``profile_prefix``: with ORT's per-node profiling into that prefix).
+def openvino_model(files: ModelFiles) -> Path:
+    """The program OpenVINO serves (cached per file, in a temporary directory): the model
+    without its observer pairs (:func:`clsact.deploy.qdq.strip_observers`; OpenVINO's Paddle
+    front end would make a ``FakeQuantize`` of each, quantizing tensors training never
+    quantized). It reads the model's own parameters file.
+
+    Raises:
+        ModelError: the model is not a Paddle program or its pairs are malformed.
+    """
+    if files.model_file not in _OPENVINO:
+        import atexit
+        import shutil
+        import tempfile
+
+        from clsact.deploy import qdq
+        from clsact.modelio import load_program
+
+        program = load_program(files.model_file)
+        qdq.strip_observers(program)
+        tmp = Path(tempfile.mkdtemp(prefix="clsact-openvino-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        path = tmp / OPENVINO_MODEL
+        path.write_bytes(program.desc.serialize_to_string())
+        _OPENVINO[files.model_file] = path
+    return _OPENVINO[files.model_file]
+
+
+def ort_session(files: ModelFiles, threads: int, profile_prefix: str | None = None,
+                model: bytes | None = None):
+    """An ONNX Runtime CPU session of the model's :func:`serving_onnx` (or of ``model``) with
+    ``threads`` intra-op threads (``profile_prefix``: with ORT's per-node profiling into that
+    prefix).
 
     Raises:
         RuntimeSkip: the model cannot be exported or ONNX Runtime cannot load it.
@@ -235,7 +285,8 @@ def ort_session(files: ModelFiles, threads: int, profile_prefix: str | None = No
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
     try:
-        return ort.InferenceSession(onnx_model(files), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model if model is not None else serving_onnx(files), opts,
+                                    providers=["CPUExecutionProvider"])
     except RuntimeSkip:
         raise
     except Exception as exc:
@@ -243,8 +294,8 @@ def ort_session(files: ModelFiles, threads: int, profile_prefix: str | None = No
                           f"{first_line(exc)}") from None
 
 
-def _ort_predictor(files: ModelFiles, threads: int) -> Predictor:
-    session = ort_session(files, threads)
+def _ort_predictor(files: ModelFiles, threads: int, model: bytes | None = None) -> Predictor:
+    session = ort_session(files, threads, model=model)
     name = session.get_inputs()[0].name
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -253,30 +304,61 @@ def _ort_predictor(files: ModelFiles, threads: int) -> Predictor:
     return run
 
 
-def openvino_config(threads: int, **extra: object) -> dict[str, object]:
+def openvino_config(threads: int, precision: str = "f32", **extra: object) -> dict[str, object]:
     """OpenVINO CPU plugin settings for a measurement with ``threads`` threads.
 
     The precision hint is explicit: without it OpenVINO runs an fp32 model in bf16 on a CPU
     with AVX512_BF16 or AMX (its default there), and the "fp32" row would be bf16, with bf16's
-    accuracy.
+    accuracy. ``precision="bf16"`` asks for bf16 (honoured only where the CPU has it).
     """
     return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32", **extra}
+            "INFERENCE_PRECISION_HINT": precision, **extra}
 
 
-def _openvino_predictor(files: ModelFiles, threads: int) -> Predictor:
+def openvino_compiled(files: ModelFiles, threads: int, precision: str = "f32",
+                      model: bytes | Path | None = None, shape: tuple[int, ...] | None = None,
+                      **extra: object):
+    """The model compiled by OpenVINO for the CPU: :func:`openvino_model` with the model's
+    parameters, or ``model`` (ONNX bytes, or a ``.pdmodel`` path with its own parameters);
+    with ``shape``, for that input shape only.
+
+    Raises:
+        RuntimeSkip: OpenVINO cannot read or compile the model.
+        ModelError: the observer-free copy cannot be made.
+    """
     import openvino as ov
 
     core = ov.Core()
     try:
-        model = core.read_model(str(files.model_file))
-        compiled = core.compile_model(model, "CPU", openvino_config(threads))
+        if model is None:
+            read = core.read_model(str(openvino_model(files)), str(files.params_file))
+        elif isinstance(model, Path):
+            read = core.read_model(str(model))
+        else:
+            read = core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
+        if shape is not None:
+            read.reshape({read.inputs[0]: ov.PartialShape(list(shape))})
+        return core.compile_model(read, "CPU", openvino_config(threads, precision, **extra))
     except Exception as exc:
         raise RuntimeSkip(f"OpenVINO cannot read the model: {first_line(exc)}") from None
-    request = compiled.create_infer_request()
+
+
+def _openvino_predictor(files: ModelFiles, threads: int, precision: str = "f32",
+                        model: bytes | Path | None = None) -> Predictor:
+    """OpenVINO compiled once per input shape: one compiled model fed batches of changing
+    sizes (2026.4, CPU plugin, a QAT model) returns wrong scores after the shape changes
+    (323 of the demo's 359 images wrong at batch 1 after one call at batch 359, none from a
+    model compiled for batch 1; ``tests/test_serving.py``)."""
+    openvino_compiled(files, threads, precision, model)  # a model it cannot read: fail here
+    requests: dict[tuple[int, ...], object] = {}
 
     def run(batch: np.ndarray) -> np.ndarray:
-        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if x.shape not in requests:
+            requests[x.shape] = openvino_compiled(files, threads, precision, model,
+                                                  x.shape).create_infer_request()
+        request = requests[x.shape]
+        request.infer({0: x})
         return np.array(request.get_output_tensor(0).data, copy=True)
 
     return run
@@ -292,12 +374,26 @@ class Runtime:
     int8: bool   # runs int8 kernels (for a quantized model only)
     gpu: bool = False
     engine: str = "paddle"  # paddle, onnxruntime or openvino
+    precision: str = "f32"  # what it computes what is not int8 in: f32 or bf16
+
+    @property
+    def form(self) -> str:
+        """The file this runtime serves the model from (in a published run's ``model/``)."""
+        return {"onnxruntime": SERVING_ONNX, "openvino": OPENVINO_MODEL}.get(
+            self.engine, "inference.pdmodel")
 
     def skip_reason(self, files: ModelFiles) -> str | None:
         """Why this runtime cannot run ``files`` here (None: it can, unless loading it
         raises :class:`RuntimeSkip`)."""
         if self.int8 and not files.quantized:
             return "not a quantized model (no quantized weights): int8 kernels do not apply"
+        if self.precision == "bf16":
+            from clsact.deploy.machine import has_bf16
+
+            if files.quantized:
+                return "a quantized model: the bf16 row is a deployment of the fp32 model"
+            if not has_bf16():
+                return "this CPU has no bf16 (AVX512_BF16 or AMX): OpenVINO would run f32"
         needs = {"onnxruntime": ("onnxruntime", "paddle2onnx"),
                  "openvino": ("openvino",)}.get(self.engine, ())
         missing = _missing(*needs)
@@ -322,7 +418,7 @@ class Runtime:
         if self.engine == "onnxruntime":
             return _ort_predictor(files, threads)
         if self.engine == "openvino":
-            return _openvino_predictor(files, threads)
+            return _openvino_predictor(files, threads, self.precision)
         return _paddle_predictor(files, threads, int8=self.int8 and not self.gpu,
                                  gpu=self.gpu, trt_int8=self.gpu and self.int8)
 
@@ -330,9 +426,10 @@ class Runtime:
 RUNTIMES: tuple[Runtime, ...] = (
     Runtime("paddle-cpu", "Paddle Inference CPU (oneDNN fp32)", "cpu", int8=False),
     Runtime("paddle-cpu-int8", "Paddle Inference CPU (oneDNN int8)", "cpu", int8=True),
-    Runtime("onnxruntime", "ONNX Runtime CPU (paddle2onnx)", "cpu", int8=False,
-            engine="onnxruntime"),
-    Runtime("openvino", "OpenVINO CPU", "cpu", int8=False, engine="openvino"),
+    Runtime("onnxruntime", "ONNX Runtime CPU", "cpu", int8=False, engine="onnxruntime"),
+    Runtime("openvino", "OpenVINO CPU (f32)", "cpu", int8=False, engine="openvino"),
+    Runtime("openvino-bf16", "OpenVINO CPU (bf16)", "cpu", int8=False, engine="openvino",
+            precision="bf16"),
     Runtime("paddle-gpu", "Paddle Inference GPU", "gpu", int8=False, gpu=True),
     Runtime("paddle-gpu-trt-int8", "Paddle Inference GPU + TensorRT int8", "gpu", int8=True,
             gpu=True),
