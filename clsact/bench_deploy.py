@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=15.0, help="seconds per measurement")
     p.add_argument("--no-sweep", action="store_true", help="skip the QuantAware variants "
                    "(each is compressed again: about 3 minutes apiece)")
+    p.add_argument("--isa-child", nargs=2, metavar=("FP32", "COMPRESSED"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.isa_child:
+        return _isa_child(*args.isa_child)
     logs.setup(False)
 
     from clsact.deploy import bench, machine, profile, report
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         anatomy = {name: profile.where_time_goes(ModelFiles.of(where))
                    for name, where in (("fp32", fp32), ("compressed", run / "model"))}
         sizes = _arm_sizes(fp32, run / "model", work)
+        older = emulated(fp32, run / "model")
         variants = [] if args.no_sweep else sweep(work, fp32, data, args.steps,
                                                   (base_key, fp32_calls[base_key]))
     where = machine.describe()
@@ -162,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{paired['speedup']:.2f}x (paired; target >= {target}x on this CPU "
           f"({'VNNI' if machine.has_vnni() else 'AVX2 only'}): {'met' if met else 'NOT met'})")
     print("\n" + format_levers(lever_rows))
+    if older:
+        print("\n" + format_emulated(older, {"AVX2": TARGET_AVX2,
+                                            "AVX512_CORE_VNNI": TARGET_VNNI}))
     print(f"Paddle Lite .nb for ARM: {sizes}\n")
     print(profile.format_anatomy(anatomy))
     if variants:
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                "build_seconds": round(build_s, 1), "machine": where,
                                "target": target, "summary": summary,
                                "side_by_side": paired, "levers": lever_rows,
+                               "emulated_cpus": older,
                                "arm_nb_bytes": sizes, "measurements": bench.to_json(results),
                                "where_time_goes": anatomy, "variants": variants},
                               indent=2) + "\n")
@@ -180,6 +189,71 @@ def main(argv: list[str] | None = None) -> int:
 
 
 CPU_RUNTIMES = ("paddle-cpu", "paddle-cpu-int8", "onnxruntime", "openvino", "openvino-bf16")
+# Older CPUs emulated on this one: oneDNN (in Paddle and in OpenVINO's CPU plugin) uses no
+# instruction set above ONEDNN_MAX_CPU_ISA. ONNX Runtime's MLAS has no such cap, and a capped
+# OpenVINO refuses bf16, so those rows are left out of the emulated measurements.
+EMULATED = {"AVX2": ("avx2", "AVX2 only: no VNNI, no AVX-512, no bf16"),
+            "AVX512_CORE_VNNI": ("avx512_vnni", "AVX-512 VNNI, no AMX, no bf16 (Cascade Lake)")}
+EMULATED_RUNTIMES = ("paddle-cpu", "paddle-cpu-int8", "openvino")
+
+
+def emulated(fp32: Path, compressed: Path) -> dict[str, dict]:
+    """For each of :data:`EMULATED` this CPU is above: the batch-1, one-thread side by side
+    of the oneDNN runtimes in a child process whose oneDNN is capped to that instruction set
+    (``--isa-child``), with the compressed model's paired speedup over the fp32 model's."""
+    import os
+    import subprocess
+    import sys
+
+    from clsact.deploy import machine
+
+    flags = machine.cpu()[1]
+    out = {}
+    for isa, (flag, what) in EMULATED.items():
+        if flag not in flags or isa == "AVX512_CORE_VNNI" and not (
+                machine.has_bf16(flags) or "amx_int8" in flags):
+            continue  # not above it: the real rows are this ISA already
+        proc = subprocess.run([sys.executable, "-m", __name__, "--isa-child", str(fp32),
+                               str(compressed)], capture_output=True, text=True, timeout=1800,
+                              env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa})
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            out[isa] = {"what": what, "error": err[:300]}
+            continue
+        out[isa] = {"what": what, **json.loads(lines[-1])}
+    return out
+
+
+def _isa_child(fp32: str, compressed: str) -> int:
+    """Child of :func:`emulated`: the side by side as one JSON line."""
+    from clsact import compat
+    from clsact.deploy.runtimes import ModelFiles
+
+    compat.quiet_native_output()
+    calls = {}
+    for label, where in (("fp32", fp32), ("compressed", compressed)):
+        found, _ = predictors(ModelFiles.of(where), label, EMULATED_RUNTIMES)
+        calls.update(found)
+    calls.pop("compressed/paddle-cpu", None)  # QDQ run in fp32: not a deployment
+    print(json.dumps(side_by_side(calls, "fp32/", "compressed")))
+    return 0
+
+
+def format_emulated(rows: dict[str, dict], targets: dict[str, float]) -> str:
+    """The emulated instruction sets as lines."""
+    lines = ["older CPUs emulated (oneDNN capped with ONEDNN_MAX_CPU_ISA; Paddle and OpenVINO "
+             "only: ONNX Runtime cannot be capped), batch 1, 1 thread, interleaved:"]
+    for isa, r in rows.items():
+        if "error" in r:
+            lines.append(f"  {isa} ({r['what']}): FAILED: {r['error']}")
+            continue
+        ms = ", ".join(f"{k} {v:.2f}" for k, v in r["ms"].items())
+        met = r["speedup"] is not None and r["speedup"] >= targets[isa]
+        lines.append(f"  {isa} ({r['what']}): {ms} ms; compressed through {r['fastest']} vs "
+                     f"fp32 through {r['baseline']}: {r['speedup']:.2f}x (paired; target >= "
+                     f"{targets[isa]}x: {'met' if met else 'NOT met'})")
+    return "\n".join(lines)
 
 
 def lever_predictors(files) -> dict[str, tuple[str, object]]:
@@ -268,9 +342,10 @@ def format_levers(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def predictors(files, label: str) -> tuple[dict, dict[str, str]]:
-    """``{label/runtime: predict-a-224-batch-of-1}`` for each CPU runtime that can run the
-    model with one thread, and ``{label/runtime: why not}`` for the others."""
+def predictors(files, label: str, keys: tuple[str, ...] = CPU_RUNTIMES
+               ) -> tuple[dict, dict[str, str]]:
+    """``{label/runtime: predict-a-224-batch-of-1}`` for each CPU runtime of ``keys`` that
+    can run the model with one thread, and ``{label/runtime: why not}`` for the others."""
     import numpy as np
 
     from clsact.deploy.runtimes import RUNTIMES, RuntimeSkip
@@ -279,7 +354,7 @@ def predictors(files, label: str) -> tuple[dict, dict[str, str]]:
     x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
     calls, skipped = {}, {}
     for rt in RUNTIMES:
-        if rt.key not in CPU_RUNTIMES:
+        if rt.key not in keys:
             continue
         key = f"{label}/{rt.key}"
         reason = rt.skip_reason(files)

@@ -171,6 +171,11 @@ def test_every_runtime_serves_the_compressed_model_as_trained(files, val):
                                 batches=(1,), budget_s=0.3, val_batches=lambda: val)[1]
     assert flagged.flag and "exact McNemar" in flagged.flag, flagged.paired
     assert flagged.paired["lost"] > 10
+    assert "why:" not in flagged.flag  # a runtime with no known drift says only the figures
+    object.__setattr__(bad, "key", "onnxruntime")  # ONNX Runtime flagged: it says why
+    flagged = bench.bench_model("compressed", files, 32, runtimes=[BY_KEY["paddle-cpu"], bad],
+                                batches=(1,), budget_s=0.3, val_batches=lambda: val)[1]
+    assert "why: paddle2onnx's ONNX Runtime export" in flagged.flag
 
 
 def test_diff_finds_where_a_runtime_parts_from_paddle(files, val):
@@ -259,3 +264,39 @@ def _dynamic(files: ModelFiles):
         return np.array(request.get_output_tensor(0).data, copy=True)
 
     return run
+
+
+def test_make_bench_emulates_older_cpus_by_capping_onednn(clas_model, compressed_run):
+    """``make bench`` measures the AVX2 target on a newer CPU by capping oneDNN (Paddle's and
+    OpenVINO's) with ONEDNN_MAX_CPU_ISA in a child: the capped child's convolutions run AVX2
+    kernels, the uncapped ones do not."""
+    import os
+    import subprocess
+    import sys
+
+    from clsact.bench_deploy import emulated
+    from tests.conftest import REPO
+
+    if "avx512f" not in machine.cpu()[1]:
+        pytest.skip("an AVX2-only CPU: nothing older to emulate")
+    script = ("import sys\nfrom clsact.deploy import profile\n"
+              "from clsact.deploy.runtimes import ModelFiles\n"
+              "rows = profile.openvino_ops(ModelFiles.of(sys.argv[1]), runs=2, img_size=32)\n"
+              "print(sorted({r.kernel for r in rows if 'Convolution' in r.op}))\n")
+    kernels = {}
+    for cap in ("AVX2", None):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("ONEDNN_MAX_CPU_ISA", None)
+        if cap:
+            env["ONEDNN_MAX_CPU_ISA"] = cap
+        proc = subprocess.run([sys.executable, "-c", script, str(compressed_run / "model")],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        kernels[cap] = proc.stdout.strip().splitlines()[-1]
+    assert "avx2" in kernels["AVX2"] and "avx512" not in kernels["AVX2"], kernels
+    assert "avx512" in kernels[None], kernels
+    rows = emulated(clas_model, compressed_run / "model")
+    avx2 = rows["AVX2"]
+    assert "error" not in avx2, avx2
+    assert set(avx2["ms"]) == {"fp32/paddle-cpu", "fp32/openvino", "compressed/paddle-cpu-int8",
+                               "compressed/openvino"} and avx2["speedup"] > 0

@@ -172,10 +172,13 @@ def _pair_with_reference(results: list[Measurement], hits: dict[str, np.ndarray]
             log.warning("%s: no paired reference (%s could not run: %s)", results[0].model,
                         REFERENCE, _first_line(exc))
             return
+    drift = {r.key: r.drift for r in RUNTIMES if r.drift}
     for m in results:
         if m.runtime in hits and m.runtime != REFERENCE:
             m.paired = paired(hits[m.runtime], hits[REFERENCE])
             m.flag = accuracy_flag(m.paired)
+            if m.flag and m.runtime in drift:
+                m.flag += f"; why: {drift[m.runtime]}"
 
 
 def _measure(m: Measurement, rt: Runtime, files: ModelFiles, img_size: int,

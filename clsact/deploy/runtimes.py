@@ -375,6 +375,7 @@ class Runtime:
     gpu: bool = False
     engine: str = "paddle"  # paddle, onnxruntime or openvino
     precision: str = "f32"  # what it computes what is not int8 in: f32 or bf16
+    drift: str | None = None  # why it may not compute what training computed, if it may not
 
     @property
     def form(self) -> str:
@@ -426,7 +427,10 @@ class Runtime:
 RUNTIMES: tuple[Runtime, ...] = (
     Runtime("paddle-cpu", "Paddle Inference CPU (oneDNN fp32)", "cpu", int8=False),
     Runtime("paddle-cpu-int8", "Paddle Inference CPU (oneDNN int8)", "cpu", int8=True),
-    Runtime("onnxruntime", "ONNX Runtime CPU", "cpu", int8=False, engine="onnxruntime"),
+    Runtime("onnxruntime", "ONNX Runtime CPU", "cpu", int8=False, engine="onnxruntime",
+            drift="paddle2onnx's ONNX Runtime export quantizes the outputs QAT only observed "
+                  "(it needs their scales for int8 convolutions; without them it drops the "
+                  "inputs' quantization instead): serve this model with openvino"),
     Runtime("openvino", "OpenVINO CPU (f32)", "cpu", int8=False, engine="openvino"),
     Runtime("openvino-bf16", "OpenVINO CPU (bf16)", "cpu", int8=False, engine="openvino",
             precision="bf16"),
