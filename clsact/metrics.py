@@ -20,8 +20,9 @@ class TopK:
     correct5: int = 0
     samples: int = 0
 
-    def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        """Add one batch of model outputs (N, C) (or (N, C, 1, 1)) and labels (N,).
+    def update(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Add one batch of model outputs (N, C) (or (N, C, 1, 1)) and labels (N,); returns
+        which samples it gets right at top-1 (a bool per sample).
 
         Raises:
             ModelError: the output does not have one row per label, or a label is not a class
@@ -38,10 +39,11 @@ class TopK:
         k = min(5, classes)
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < classes else \
             np.tile(np.arange(classes), (len(labels), 1))
-        best = scores.argmax(axis=1)
-        self.correct1 += int((best == labels).sum())
+        hits = scores.argmax(axis=1) == labels
+        self.correct1 += int(hits.sum())
         self.correct5 += int((top == labels[:, None]).any(axis=1).sum())
         self.samples += int(labels.size)
+        return hits
 
     def merge(self, other: TopK) -> TopK:
         """The counts of two disjoint sets of samples together (e.g. two ranks' shards)."""

@@ -73,10 +73,7 @@ def top_k(predict: Predictor, batches: Iterable) -> tuple[dict[str, Any], np.nda
     counter = TopK()
     hits = []
     for batch in batches:
-        scores = predict(batch.images)
-        counter.update(scores, batch.labels)
-        hits.append(np.asarray(scores).reshape(len(scores), -1).argmax(1)
-                    == np.asarray(batch.labels).reshape(-1))
+        hits.append(counter.update(predict(batch.images), batch.labels))
     return counter.result(), np.concatenate(hits) if hits else np.zeros(0, bool)
 
 
@@ -134,7 +131,10 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
     rng = np.random.default_rng(seed)
     out = []
     hits: dict[str, np.ndarray] = {}
+    drift: dict[str, str] = {}
     for rt in runtimes:
+        if rt.drift:
+            drift[rt.key] = rt.drift
         m = Measurement(name, rt.key, rt.label, "measured", reference_top1=reference_top1,
                         form=rt.form)
         out.append(m)
@@ -155,15 +155,16 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
             m.status, m.reason, m.accuracy = "failed", _first_line(exc), None
             log.warning("%s on %s: FAILED: %s", name, rt.key, m.reason)
     if val_batches is not None and hits:
-        _pair_with_reference(out, hits, files, val_batches, max(threads))
+        _pair_with_reference(out, hits, drift, files, val_batches, max(threads))
     return out
 
 
 def _pair_with_reference(results: list[Measurement], hits: dict[str, np.ndarray],
-                         files: ModelFiles, val_batches: Callable[[], Iterable],
-                         threads: int) -> None:
+                         drift: dict[str, str], files: ModelFiles,
+                         val_batches: Callable[[], Iterable], threads: int) -> None:
     """Pair every runtime's hits with the reference runtime's (run for accuracy only when it
-    was not among the runtimes measured) and flag the significant losses."""
+    was not among the runtimes measured) and flag the significant losses, with the runtime's
+    known ``drift`` as the reason."""
     if REFERENCE not in hits:
         reference = next(r for r in RUNTIMES if r.key == REFERENCE)
         try:
@@ -172,7 +173,6 @@ def _pair_with_reference(results: list[Measurement], hits: dict[str, np.ndarray]
             log.warning("%s: no paired reference (%s could not run: %s)", results[0].model,
                         REFERENCE, _first_line(exc))
             return
-    drift = {r.key: r.drift for r in RUNTIMES if r.drift}
     for m in results:
         if m.runtime in hits and m.runtime != REFERENCE:
             m.paired = paired(hits[m.runtime], hits[REFERENCE])

@@ -42,23 +42,24 @@ def cpu() -> tuple[str, frozenset[str]]:
         return platform.processor(), frozenset()
 
 
+def _flags(flags: frozenset[str] | None) -> frozenset[str]:
+    return cpu()[1] if flags is None else flags
+
+
 def isa(flags: frozenset[str] | None = None) -> list[str]:
     """The instruction sets that matter for inference speed, among ``flags`` (default: this
     CPU's), e.g. ``["AVX2", "AVX-512", "AVX512_VNNI", "AVX512_BF16"]``."""
-    have = cpu()[1] if flags is None else flags
-    return [name for flag, name in ISA.items() if flag in have]
+    return [name for flag, name in ISA.items() if flag in _flags(flags)]
 
 
 def has_bf16(flags: frozenset[str] | None = None) -> bool:
     """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX)."""
-    have = cpu()[1] if flags is None else flags
-    return any(f in have for f in BF16)
+    return any(f in _flags(flags) for f in BF16)
 
 
 def has_vnni(flags: frozenset[str] | None = None) -> bool:
     """Whether the CPU has an int8 dot-product instruction (AVX512_VNNI or AVX_VNNI)."""
-    have = cpu()[1] if flags is None else flags
-    return any(f in have for f in VNNI)
+    return any(f in _flags(flags) for f in VNNI)
 
 
 def versions() -> dict[str, str]:

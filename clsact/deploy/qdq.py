@@ -152,14 +152,8 @@ def uint8_activations(model_bytes: bytes) -> tuple[bytes, int]:
             readers.setdefault(name, []).append(node)
 
     def int8_zero(node) -> bool:
-        name = node.input[2] if len(node.input) > 2 else ""
-        if name in inits:
-            zp = numpy_helper.to_array(inits[name])
-        elif name in consts:
-            zp = numpy_helper.to_array(consts[name].attribute[0].t)
-        else:
-            return False
-        return zp.dtype == np.int8 and not np.any(zp)
+        zp = _constant(node.input[2] if len(node.input) > 2 else "", inits, consts)
+        return zp is not None and zp.dtype == np.int8 and not np.any(zp)
 
     changed = 0
     new_inits = []
@@ -170,7 +164,7 @@ def uint8_activations(model_bytes: bytes) -> tuple[bytes, int]:
         if not pair or any(n.op_type != "DequantizeLinear" or not int8_zero(n) for n in pair):
             continue
         for node in (q, *pair):
-            shape = _zero_point_shape(node.input[2], inits, consts)
+            shape = _constant(node.input[2], inits, consts).shape
             name = f"{node.name or node.output[0]}.zero_point_u8"
             new_inits.append(numpy_helper.from_array(np.full(shape, 128, np.uint8), name))
             node.input[2] = name
@@ -179,8 +173,12 @@ def uint8_activations(model_bytes: bytes) -> tuple[bytes, int]:
     return model.SerializeToString(), changed
 
 
-def _zero_point_shape(name: str, inits: dict, consts: dict) -> tuple[int, ...]:
+def _constant(name: str, inits: dict, consts: dict) -> np.ndarray | None:
+    """The value of an initializer or ``Constant`` node output, or None."""
     from onnx import numpy_helper
 
-    source = inits[name] if name in inits else consts[name].attribute[0].t
-    return tuple(numpy_helper.to_array(source).shape)
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    if name in consts:
+        return numpy_helper.to_array(consts[name].attribute[0].t)
+    return None

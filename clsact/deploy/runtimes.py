@@ -254,15 +254,11 @@ def openvino_model(files: ModelFiles) -> Path:
         import tempfile
 
         from clsact.deploy import qdq
-        from clsact.modelio import load_program
 
-        program = load_program(files.model_file)
-        qdq.strip_observers(program)
         tmp = Path(tempfile.mkdtemp(prefix="clsact-openvino-"))
         atexit.register(shutil.rmtree, tmp, True)
-        path = tmp / OPENVINO_MODEL
-        path.write_bytes(program.desc.serialize_to_string())
-        _OPENVINO[files.model_file] = path
+        _OPENVINO[files.model_file] = qdq.rewritten_copy(
+            files.model_file, files.params_file, tmp, qdq.strip_observers)[0]
     return _OPENVINO[files.model_file]
 
 
