@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml docker/constraints.txt docker/install.sh | sha256sum | cut -c1-12)
 
-.PHONY: help venv kube demo test test-image-cpu test-image-gpu lint bench submit image image-cpu push lock clean
+.PHONY: help venv kube demo test test-image-cpu test-image-gpu lint bench study submit image image-cpu push lock clean
 
 # make submit: each variable maps to a `clsact submit` flag; empty ones fall back to the
 # values file (VALUES) and clsact's defaults. ARGS takes any other flag.
@@ -69,6 +69,9 @@ bench: $(STAMP) kube ## loader throughput vs upstream, QAT graph building, launc
 	$(PY) -m tests.bench_launch --output bench-results/launch.json
 	$(PY) -m clsact.bench_deploy --output bench-results/deploy.json
 	$(PY) -m clsact.bench_sync --output bench-results/sync.json
+
+study: $(STAMP) ## does the shipped QAT recipe converge on models it was not tuned on? architectures x sizes x seeds, upstream vs shipped [STUDY_ARGS=]; table + bench-results/study.{json,png}
+	$(PY) -m clsact.study --output bench-results/study.json --plot bench-results/study.png $(STUDY_ARGS)
 
 submit: $(STAMP) ## submit CONFIG as a PaddleJob: make submit IMAGE=reg/clsact:tag [WORKERS= GPUS= NAMESPACE= OPERATOR= VALUES= SAVE_DIR= ARGS=]
 	$(PY) -m clsact submit --config $(CONFIG) $(if $(IMAGE),--image $(IMAGE)) \

@@ -13,6 +13,13 @@ unreadable is replaced by a stand-in (the rank's previous batch) that the next a
 weighs 0 (with in-graph gradients its gradient is averaged in like any other), so no rank
 meets the others' collectives one step early.
 
+Between steps the generator also applies the learning-rate guard's decisions
+(:mod:`clsact.guard`: the rate through :class:`clsact.compat.LearningRate`, kept states
+restored through the rank-sync state) and freezes batch-norm statistics
+(``Global.freeze_bn_after``); before ACT saves, the published state is chosen
+(``Global.final_model``: the average of the last healthy window-end states, the last state,
+or ACT's best evaluation).
+
 ACT's pre-training check of ``TrainConfig.origin_metric`` calls the eval callback on the fp32
 model before training starts; clsact answers it with the baseline top-1 it measured already
 (no second evaluation, no checkpoint, not counted as an ACT evaluation).
@@ -42,6 +49,7 @@ from clsact.distributed import (
     state_names,
 )
 from clsact.errors import ClsactError, DistributedError
+from clsact.guard import BACK_OFF, CALIBRATE, GIVE_UP, KEEP, LossGuard
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +196,16 @@ class RunState:
                 if self.step_seconds else None}
     history: list[dict[str, Any]] = field(default_factory=list)
     earlier: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # ACT's training loss, every step
+    program_info: Any = None  # ACT's training ProgramInfo, once its loop started
+    bn_frozen_at: int | None = None  # step at which the student's BN statistics froze
+    bn_layers: dict[str, int] | None = None  # frozen then / exported frozen already
+    guard: LossGuard | None = None  # the learning-rate guard (Global.lr_guard)
+    lr: Any = None  # compat.LearningRate over ACT's training program
+    good_states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # by step
+    recent: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)  # averaged
+    averaged: list[int] | None = None  # steps whose states the published model averages
+    observed: int = 0  # losses the guard has seen
 
     @property
     def step(self) -> int:
@@ -198,7 +216,8 @@ class RunState:
 def _snapshot(run: RunState, run_id: str, sync: _RankSync,
               fingerprint: dict[str, Any]) -> checkpoint.Checkpoint:
     return checkpoint.Checkpoint(run_id, run.step, run.earlier + [h["top1"] for h in run.history],
-                                 sync.state(), fingerprint)
+                                 sync.state(), fingerprint,
+                                 run.guard.snapshot() if run.guard is not None else None)
 
 
 def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
@@ -231,9 +250,97 @@ def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
     return callback
 
 
+def _guard_step(run: RunState, sync: _RankSync) -> None:
+    """Feed the loss of the step just taken to the learning-rate guard and apply its
+    decision (rank 0's, on every rank) at the end of a window: keep the state as the last
+    good one, or restore that and change the learning rate."""
+    guard = run.guard
+    run.observed = len(run.losses)
+    action = guard.observe(run.batches, run.losses[-1])
+    if action is None:
+        return
+    group = sync.group
+    if group.active:  # the ranks' losses differ: every rank follows rank 0
+        action, decision = group.broadcast_object((action, guard.decision()),
+                                                  "the learning-rate guard")
+        guard.adopt(decision)
+    if action in (BACK_OFF, GIVE_UP):
+        mark = guard.marks[-1]
+        sync.restore(run.good_states[mark])
+        run.recent = [(step, state) for step, state in run.recent if step <= mark]
+        log.warning("step %d: median training loss %.4f over the last %d steps is above %.2f x "
+                    "the untrained student's %.4f: restored the state of step %d and set the "
+                    "learning rate to %g x the configured one%s", run.step,
+                    guard.events[-1]["median_loss"], guard.window, guard.threshold,
+                    guard.reference, run.offset + mark, guard.factor,
+                    "; no more training (Global.lr_guard gave up)" if action == GIVE_UP else "")
+    else:
+        run.good_states[run.batches] = sync.state()
+        if action == KEEP:
+            run.recent = [*run.recent, (run.batches, run.good_states[run.batches])][
+                -AVERAGED_STATES:]
+        if action == CALIBRATE:
+            log.info("step %d: learning-rate guard calibrated, the untrained quantized "
+                     "student's loss is %.4f; training at the configured learning rate",
+                     run.step, guard.reference)
+    run.good_states = {m: run.good_states[m] for m in guard.marks}
+    run.lr.set(guard.factor)
+
+
+def _average_states(run: RunState, sync: _RankSync) -> None:
+    """Load the mean of the recent healthy states (every float state variable: weights,
+    quantizer scales, batch-norm statistics) into the scope: the model ACT saves."""
+    states = [state for _, state in run.recent]
+    sync.restore({name: np.mean([s[name] for s in states], axis=0).astype(states[0][name].dtype)
+                  for name in states[0]})
+    run.averaged = [run.offset + step for step, _ in run.recent]
+    log.info("the published model averages the states of steps %s (Global.final_model: "
+             "average)", ", ".join(map(str, run.averaged)))
+
+
+def _guard_finish(run: RunState, sync: _RankSync, average: bool = False) -> None:
+    """Rank 0, before ACT saves the model: if the steps since the guard's last window made
+    the student worse than the untrained one, restore the last good state (saved instead);
+    else, with ``average``, load the mean of the last healthy window-end states."""
+    guard = run.guard
+    if guard is None:
+        return
+    action = None
+    for loss in run.losses[run.observed:]:  # the last step's, not seen between steps
+        action = guard.observe(run.batches, loss) or action
+    run.observed = len(run.losses)
+    if guard.reference is None or action == CALIBRATE:
+        log.warning("the run ended within the learning-rate guard's first %d steps (learning "
+                    "rate 0): no weight was trained; run more steps (TrainConfig.train_iter) "
+                    "or set Global.lr_guard: false", 2 * guard.window)
+        return
+    if action is None:
+        action = guard.finish(run.batches)
+    if action == KEEP and average:
+        if not run.recent or run.recent[-1][0] != run.batches:
+            run.recent = [*run.recent, (run.batches, sync.state())][-AVERAGED_STATES:]
+        _average_states(run, sync)
+        return
+    if action is None and average and run.recent:
+        # too few steps since the last window to judge: those states are all that is known
+        run.recent = [*run.recent, (run.batches, sync.state())][-AVERAGED_STATES:]
+        _average_states(run, sync)
+        return
+    if action in (BACK_OFF, GIVE_UP):
+        guard.factor = 0.0
+        mark = guard.marks[-1]
+        sync.restore(run.good_states[mark])
+        log.warning("the last steps raised the training loss above %.2f x the untrained "
+                    "student's %.4f: the state of step %d is saved instead", guard.threshold,
+                    guard.reference, run.offset + mark)
+
+
 def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSync,
-                     checkpointer: checkpoint.Checkpointer, save, checkpoint_on: bool):
-    """ACT's training data: one call is one epoch of this rank's batches."""
+                     checkpointer: checkpoint.Checkpointer, save, checkpoint_on: bool,
+                     freeze_at: int | None = None):
+    """ACT's training data: one call is one epoch of this rank's batches. From step
+    ``freeze_at`` on (of the whole run, so a resumed run freezes again) the student's
+    batch-norm statistics are frozen."""
     last: dict[str, np.ndarray] = {}
     side = train_loader.spec.img_size
     group = sync.group
@@ -268,6 +375,15 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
                 run.sync_seconds += now - started if averaged else 0.0
                 run.steps_timed += 1
             run.last_request, run.eval_mark = now, run.eval_seconds
+            if run.guard is not None and len(run.losses) > run.observed:
+                _guard_step(run, sync)
+            if freeze_at is not None and run.bn_frozen_at is None and run.step >= freeze_at:
+                frozen, already = compat.freeze_batch_norm(run.program_info, TEACHER_PREFIX)
+                run.bn_frozen_at, run.bn_layers = run.step, {"frozen": frozen,
+                                                             "exported_frozen": already}
+                log.info("step %d (Global.freeze_bn_after): froze the batch-norm statistics "
+                         "of %d student layers (%d more were exported normalising with their "
+                         "running statistics)", run.step, frozen, already)
             if checkpoint_due(run.step):
                 started = time.perf_counter()
                 save()
@@ -290,6 +406,24 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
             yield {input_name: images}
 
     return train_data
+
+
+LAST = "last"  # Global.final_model: the state after the last step
+AVERAGE = "average"  # ... the mean of the states ending the last healthy guard windows
+BEST = "best"  # ... the best of ACT's evaluations (upstream)
+AVERAGED_STATES = 3
+LOSS_POINTS = 100
+
+
+def loss_curve(losses: list[float], offset: int = 0, points: int = LOSS_POINTS
+               ) -> list[list[float]]:
+    """ACT's per-step training losses as at most ``points`` ``[last step, mean loss]`` pairs
+    (consecutive steps averaged; steps counted from ``offset``, a resumed run's start)."""
+    if not losses:
+        return []
+    width = -(-len(losses) // points)
+    return [[offset + min(i + width, len(losses)), round(float(np.mean(losses[i:i + width])), 5)]
+            for i in range(0, len(losses), width)]
 
 
 def averages(scale: float | None, world: int) -> bool:
@@ -360,27 +494,39 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
     coverage: dict[str, Any] | None = None
     run = RunState(offset=resume.steps if resume else 0,
                    earlier=list(resume.evaluations) if resume else [])
+    g = cfg.globals
+    if g["lr_guard"]:
+        run.guard = LossGuard(window=g["lr_guard_window"], threshold=g["lr_guard_threshold"])
     train_loader.keep_empty = group.active
 
     def save() -> None:
         if checkpointer.enabled:
             checkpointer.write(_snapshot(run, run_id, sync, fingerprint or {}))
 
-    def on_start(program) -> None:
+    def on_start(program_info) -> None:
         nonlocal coverage
+        program = compat.program_of(program_info.program)
         sync.program = program
+        run.program_info = program_info
         if collective:
             coverage = _complete_allreduce(program, group.world)
         sync.ensure_names()  # every rank, before any rank-0-only use
+        if run.guard is not None:  # before a resumed state: the configured rates
+            scope, place = sync._scope_and_place()
+            run.lr = compat.LearningRate(program_info, scope, place)
+            run.lr.set(0.0)  # calibrating: the quantizer scales settle, no weight moves
         if resume is not None:
             n = sync.restore(resume.state)
             log.info("resumed at step %d: restored %d state variables, state digest %s",
                      run.offset, n, sync.digest())
+            if run.guard is not None and resume.guard and resume.guard["reference"] is not None:
+                run.guard.resume(resume.guard, 0)  # calibrated already: on at its rate
+                run.lr.set(run.guard.factor)
+                run.good_states = {0: sync.state()}
         run.started = True
         log.info("training: %s steps from step %d", cfg.train.get("train_iter") or "all",
                  run.offset)
 
-    g = cfg.globals
     act_config = cfg.act_config()
     for section, values in (overrides or {}).items():
         act_config[section].update(values)
@@ -390,12 +536,17 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
         model_dir=str(model_dir), model_filename=g["model_filename"],
         params_filename=g["params_filename"], save_dir=str(act_dir), config=act_config,
         train_dataloader=_train_generator(train_loader, input_name, run, sync, checkpointer,
-                                          save, checkpoint_on),
+                                          save, checkpoint_on, g["freeze_bn_after"]),
         eval_dataloader=lambda: ({input_name: b.images} for b in select_loader.epoch(0)),
         eval_callback=_eval_callback(group, sync, run, select_loader, input_name,
                                      baseline_top1, save),
         deploy_hardware=None)
     compat.on_act_train_start(act, on_start)
+    compat.record_act_losses(act, run.losses.append)
+    if g["final_model"] in (LAST, AVERAGE):
+        compat.act_keep_last(act)
+        compat.before_act_save(act, lambda: _guard_finish(run, sync,
+                                                          g["final_model"] == AVERAGE))
     per_epoch = len(train_loader)
     train_loader.continue_at(run.offset // per_epoch, run.offset % per_epoch)
     run.feeding = True  # ACT's constructor peeked at one batch; steps start now
@@ -411,6 +562,10 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             "train_images": run.images, "stand_in_steps": run.stand_ins,
             "evaluations": [h["top1"] for h in history],
             "best_top1": max((h["top1"] for h in history), default=None),
+            "final_model": g["final_model"], "bn_frozen_at_step": run.bn_frozen_at,
+            "bn_layers": run.bn_layers, "averaged_steps": run.averaged,
+            "lr_guard": run.guard.record() if run.guard is not None else None,
+            "loss_curve": loss_curve(run.losses, run.offset),
             "rank_syncs": sync.syncs, "checkpoints": checkpointer.summary(),
             "rank_sync": {**run.timing(mode, group.world), **sync.sizes(),
                           "allreduce": coverage},

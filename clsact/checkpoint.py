@@ -63,6 +63,7 @@ class Checkpoint:
     evaluations: list[float] = field(default_factory=list)
     state: dict[str, np.ndarray] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] | None = None  # the learning-rate guard's state (clsact.guard)
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -129,7 +130,7 @@ def encode(ckpt: Checkpoint) -> tuple[bytes, dict[str, Any]]:
     progress = {"run_id": ckpt.run_id, "steps": ckpt.steps, "evaluations": ckpt.evaluations,
                 "state": f"{DIR}/state-{ckpt.steps:09d}.npz",
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                "fingerprint": ckpt.fingerprint}
+                "fingerprint": ckpt.fingerprint, "guard": ckpt.guard}
     return data, progress
 
 
@@ -198,7 +199,7 @@ def load(store: Store, run_id: str, expected: dict[str, Any]) -> Checkpoint | No
     with np.load(io.BytesIO(data)) as npz:
         state = {name: npz[name] for name in npz.files}
     return Checkpoint(run_id, int(progress["steps"]), list(progress.get("evaluations", [])),
-                      state, progress.get("fingerprint") or {})
+                      state, progress.get("fingerprint") or {}, progress.get("guard"))
 
 
 def clear(store: Store) -> None:

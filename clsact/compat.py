@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clsact.modelio import load_program
 
 
@@ -192,24 +194,30 @@ def allreduce_gradients(program, grads: list[str]) -> int:
 
 
 def on_act_train_start(act, callback: Callable[[Any], None]) -> None:
-    """Call ``callback(train_program)`` when paddleslim's ACT enters its training loop.
+    """Call ``callback(train_program_info)`` when paddleslim's ACT enters its training loop.
 
     paddleslim 2.6.0 builds the training program inside ``single_strategy_compress`` and
     hands it only to the private ``_start_train(train_program_info, test_program_info,
-    strategy, train_config)``; the program may be a ``CompiledProgram`` (its ``_program`` is
-    the Program). Before that call, when ``TrainConfig.origin_metric`` is set, ACT calls the
-    eval callback once on the fp32 inference program ("test metric before compress"):
-    whether ``callback`` has run tells that pre-check from in-loop evaluations.
-    ``tests/test_compat.py`` checks both assumptions against the installed paddleslim.
+    strategy, train_config)``; ``train_program_info`` is ACT's ``ProgramInfo`` (``program``,
+    maybe a ``CompiledProgram`` — :func:`program_of` gives the Program —, ``loss_dict``...),
+    the object ACT reads at every step. Hooks chain (each call wraps the last). Before that
+    call, when ``TrainConfig.origin_metric`` is set, ACT calls the eval callback once on the
+    fp32 inference program ("test metric before compress"): whether ``callback`` has run
+    tells that pre-check from in-loop evaluations. ``tests/test_compat.py`` checks both
+    assumptions against the installed paddleslim.
     """
     original = act._start_train
 
     def start_train(train_program_info, test_program_info, strategy, train_config):
-        program = train_program_info.program
-        callback(getattr(program, "_program", program))
+        callback(train_program_info)
         return original(train_program_info, test_program_info, strategy, train_config)
 
     act._start_train = start_train
+
+
+def program_of(program):
+    """The ``Program`` of a ``Program`` or ``CompiledProgram`` (its ``_program``)."""
+    return getattr(program, "_program", None) or program
 
 
 def act_checks_origin_metric_before_training(act_class) -> bool:
@@ -280,3 +288,195 @@ def rename_op_input(op, old: str, new: str) -> None:
     ``tests/test_compat.py`` fails when it stops doing so."""
     op._rename_input(old, new)
 
+
+
+BATCH_NORM_OPS = ("batch_norm", "batch_norm_grad", "sync_batch_norm", "sync_batch_norm_grad")
+
+
+def student_batch_norms(program, teacher_prefix: str) -> list:
+    """The batch-norm ops (forward and gradient) of the student in ACT's training program:
+    those whose running mean is not one of the teacher's variables (ACT prefixes every
+    teacher variable with ``teacher_prefix``)."""
+    return [op for block in program.blocks for op in block.ops
+            if op.type in BATCH_NORM_OPS and "Mean" in op.input_names
+            and not op.input("Mean")[0].startswith(teacher_prefix)]
+
+
+def freeze_batch_norm(program_info, teacher_prefix: str) -> tuple[int, int]:
+    """Freeze the student's batch-norm statistics in ACT's training program; returns (layers
+    frozen now, layers that already normalised with their running statistics).
+
+    ACT turns the inference program into a training one by clearing ``is_test``; a batch
+    norm exported with ``use_global_stats`` (``paddle.jit.save`` of a model in eval mode, as
+    PaddleClas exports) then keeps normalising with the running mean and variance, one
+    exported without it (a static-graph ``save_inference_model``) normalises with each
+    batch's statistics and updates the running ones. Every student ``batch_norm`` op and its
+    gradient get ``use_global_stats`` (normalising as the deployed model does, statistics
+    unchanged; scale and shift still train). paddle 2.6's ``CompiledProgram`` copies the
+    Program into its graph when it is made, and ACT's ``_prepare_program`` compiles the
+    training program before its loop starts, so an edited attribute reaches the executor only
+    through a new ``CompiledProgram`` over the edited Program, with ACT's build strategy:
+    ``program_info.program`` is replaced (ACT reads it at every step). A Program ACT left
+    uncompiled (fleet) is edited in place. ``tests/test_convergence.py`` checks that the
+    running statistics stop changing once frozen, and change without it.
+    """
+    from paddle.static import CompiledProgram
+
+    compiled = program_info.program
+    program = program_of(compiled)
+    ops = student_batch_norms(program, teacher_prefix)
+    already = sum(op.type.endswith("batch_norm") and bool(op.attr("use_global_stats"))
+                  for op in ops)
+    for op in ops:
+        op._set_attr("use_global_stats", True)
+    if isinstance(compiled, CompiledProgram):
+        program_info.program = CompiledProgram(program, build_strategy=compiled._build_strategy)
+    return sum(op.type.endswith("batch_norm") for op in ops) - already, already
+
+
+def record_act_losses(act, sink: Callable[[float], None]) -> None:
+    """Pass ACT's training loss of every step to ``sink``.
+
+    paddleslim 2.6.0's ``_start_train`` runs each step as ``self._exe.run(train_program,
+    feed=..., fetch_list=fetch_targets + loss_vars)`` and keeps the result private (logged
+    every ``logging_iter`` steps); its first fetch is the total loss. The executor's ``run``
+    is wrapped on this instance; evaluations (``fetch_list`` without the loss) pass through.
+    ``tests/test_compat.py`` checks the source still fetches that way.
+    """
+    state: dict[str, Any] = {"names": None}
+    exe = act._exe
+    original = exe.run
+
+    def set_loss_names(train_program_info):
+        state["names"] = {v.name for v in train_program_info.loss_dict.values()}
+
+    def run(program=None, feed=None, fetch_list=None, *args, **kwargs):
+        result = original(program, feed, fetch_list, *args, **kwargs)
+        names = state["names"]
+        if names and fetch_list and getattr(fetch_list[-1], "name", None) in names:
+            sink(float(np.asarray(result[0]).reshape(-1)[0]))
+        return result
+
+    exe.run = run
+    on_act_train_start(act, set_loss_names)
+
+
+def act_fetches_loss_first() -> bool:
+    """Whether paddleslim's ``_start_train`` fetches ``fetch_targets + loss_vars`` through
+    ``self._exe.run`` (what :func:`record_act_losses` relies on)."""
+    from paddleslim.auto_compression import AutoCompression
+
+    source = "".join(inspect.getsource(AutoCompression._start_train).split()).replace("\\", "")
+    return ("self._exe.run(train_program_info.program,feed=data,fetch_list=train_program_info."
+            "fetch_targets+loss_vars)" in source)
+
+
+def before_act_save(act, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` when paddleslim's ACT is about to save the compressed model (its
+    private ``_save_model(test_program_info, strategy, strategy_idx)``, on rank 0 only,
+    after the training loop: no collective may run in ``callback``). Hooks chain.
+    ``tests/test_compat.py`` checks the signature."""
+    original = act._save_model
+
+    def save_model(test_program_info, strategy, strategy_idx):
+        callback()
+        return original(test_program_info, strategy, strategy_idx)
+
+    act._save_model = save_model
+
+
+def act_keep_last(act) -> None:
+    """Make ACT save the model as it is after its last step, not its best-evaluated one.
+
+    paddleslim 2.6.0 saves ``<tmp_dir>/best_model.*`` whenever an evaluation beats the best so
+    far, and ``_save_model`` loads that file back into the program before exporting (and
+    deletes it). Removing the file first makes ``_save_model`` export the current state.
+    ``tests/test_compat.py`` checks ``_save_model`` still reads that file.
+    """
+
+    def drop_best() -> None:
+        for suffix in ("pdparams", "pdmodel", "pdopt"):
+            path = Path(act.tmp_dir) / f"{BEST_MODEL}.{suffix}"
+            if path.exists():
+                path.unlink()
+
+    before_act_save(act, drop_best)
+
+
+BEST_MODEL = "best_model"
+
+
+def act_save_model_loads_best() -> bool:
+    """Whether paddleslim's ``_save_model`` loads ``<tmp_dir>/best_model`` (what
+    :func:`act_keep_last` removes)."""
+    from paddleslim.auto_compression import AutoCompression
+
+    source = inspect.getsource(AutoCompression._save_model)
+    return f"'{BEST_MODEL}.pdparams'" in source and "paddle.static.load" in source
+
+
+class LearningRate:
+    """Scales the learning rates of ACT's training program by a factor, between steps.
+
+    paddleslim 2.6.0 builds its optimizer with a number or a ``paddle.optimizer.lr``
+    scheduler (``TrainConfig.learning_rate``), and PACT's thresholds get a second optimizer
+    with a number. A number becomes a persistable variable that the optimizer ops read
+    (their ``LearningRate`` input), written once by the start-up program: scaling writes
+    base x factor into the scope. A scheduler's variable is written by the executor before
+    every run from ``program.lr_scheduler()`` (a ``CompiledProgram`` hands its Program's
+    ``lr_scheduler`` to the program it converts, once): the Program gets a proxy scheduler
+    that returns the scheduler's value times the factor, installed before the first step
+    (ACT keeps stepping its own scheduler). ``tests/test_convergence.py`` checks both
+    against the installed paddle: a factor 0 leaves the weights unchanged.
+    """
+
+    def __init__(self, program_info, scope, place) -> None:
+        from paddle.optimizer.lr import LRScheduler
+
+        program = program_of(program_info.program)
+        scheduler = getattr(program, "lr_scheduler", None)
+        self.proxy = None
+        skip: set[str] = set()
+        if isinstance(scheduler, LRScheduler):
+            self.proxy = _scaled_scheduler(scheduler)
+            program.lr_scheduler = self.proxy
+            skip.add(scheduler._var_name)
+        names = {op.input("LearningRate")[0] for block in program.blocks for op in block.ops
+                 if "LearningRate" in op.input_names and op.input("LearningRate")} - skip
+        self.scope, self.place = scope, place
+        self.base = {n: np.array(scope.find_var(n).get_tensor()) for n in sorted(names)}
+        self.factor = 1.0
+
+    def set(self, factor: float) -> None:
+        """Make every learning rate ``factor`` times its configured value from the next
+        step on."""
+        self.factor = factor
+        if self.proxy is not None:
+            self.proxy.clsact_factor = factor
+        for name, value in self.base.items():
+            self.scope.find_var(name).get_tensor().set(
+                (value * factor).astype(value.dtype), self.place)
+
+    def names(self) -> list[str]:
+        """The learning-rate variables scaled in the scope (a scheduler's is fed)."""
+        return list(self.base)
+
+
+def _scaled_scheduler(inner):
+    """An ``LRScheduler`` the executor accepts (it checks the type) whose value is
+    ``inner``'s times ``clsact_factor``."""
+    from paddle.optimizer.lr import LRScheduler
+
+    class Scaled(LRScheduler):
+        def __init__(self) -> None:  # noqa: D107 - no LRScheduler.__init__: it steps
+            self.inner = inner
+            self.clsact_factor = 1.0
+            self._var_name = inner._var_name
+
+        def __call__(self) -> float:
+            return float(self.inner()) * self.clsact_factor
+
+        def get_lr(self) -> float:
+            return float(self.inner.get_lr()) * self.clsact_factor
+
+    return Scaled()

@@ -35,7 +35,7 @@ from typing import Any
 
 from clsact import __version__, checkpoint, compat, logs, optim, storage
 from clsact import config as config_mod
-from clsact.act import ensure_evaluation, run_act
+from clsact.act import AVERAGE, LAST, ensure_evaluation, run_act
 from clsact.config import Config
 from clsact.data.build import make_loader, read_samples, selection
 from clsact.data.fingerprint import eval_settings, val_fingerprint
@@ -344,13 +344,24 @@ def _load_checkpoint(group: Group, dest: storage.Store, run_id: str,
 def _selection_record(info: dict[str, Any], act_info: dict[str, Any]) -> dict[str, Any]:
     """How the published model was chosen, for ``metrics.json``."""
     competed = len(act_info["evaluations"])
-    note = ("ACT kept the best of its evaluations on the validation set itself, so the "
-            "published top-1 is optimistic (more so the more evaluations competed); set "
-            "Global.selection_holdout or Global.selection_list for an unbiased number"
-            if info["set"] == "val" and competed > 1 else
-            "the published top-1 is measured once, on a validation set the choice never saw"
-            if info["set"] != "val" else "one evaluation: nothing to choose from")
-    return {**info, "evaluations_competed": competed, "note": note}
+    if act_info["final_model"] == LAST or (act_info["final_model"] == AVERAGE
+                                           and not act_info["averaged_steps"]):
+        note = ("the published model is the state after the last training step "
+                "(Global.final_model: last); ACT's evaluations only monitored the run")
+    elif act_info["final_model"] == AVERAGE:
+        note = ("the published model is the mean of the states at the ends of the last "
+                f"healthy learning-rate guard windows (steps {act_info['averaged_steps']}; "
+                "Global.final_model: average); ACT's evaluations only monitored the run")
+    elif info["set"] == "val" and competed > 1:
+        note = ("ACT kept the best of its evaluations on the validation set itself, so the "
+                "published top-1 is optimistic (more so the more evaluations competed); set "
+                "Global.selection_holdout or Global.selection_list for an unbiased number, or "
+                "Global.final_model: last")
+    else:
+        note = ("the published top-1 is measured once, on a validation set the choice never "
+                "saw" if info["set"] != "val" else "one evaluation: nothing to choose from")
+    return {**info, "final_model": act_info["final_model"], "evaluations_competed": competed,
+            "note": note}
 
 
 def _evaluate(group: Group, model_dir: Path, loader, g: dict[str, Any], input_name: str,
@@ -467,7 +478,8 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
                         "steps_planned": total_steps},
         "resumed": ({"from_step": resume.steps, "earlier_evaluations": resume.evaluations,
                      "note": "training state of the last checkpoint before the restart; "
-                             "the final model is the best evaluated after it"}
+                             "the final model is the last state, or (final_model: best) the "
+                             "best evaluated after the restart"}
                     if resume is not None else None),
         "selection": _selection_record(select_info, act_info),
         "compat": {"dropout_masks_fixed": fixed},

@@ -246,7 +246,7 @@ def check_section(name: str, section: Any, keys: dict[str, tuple[str, Any]], src
                 f"got {type(value).__name__} {value!r}"
             )
         allowed = choice_table.get((name, key))
-        if allowed and value not in allowed:
+        if allowed and value is not None and value not in allowed:
             raise ConfigError(
                 f"{src}: {name}.{key} is {value!r}; choose one of {', '.join(allowed)}"
                 f"{suggest(str(value), allowed)}"
@@ -390,6 +390,22 @@ def _check_global_values(g: dict[str, Any], src: str) -> None:
     if g["selection_holdout"] and g["selection_list"]:
         raise ConfigError(f"{src}: set Global.selection_list or Global.selection_holdout, not "
                           "both")
+    if g["freeze_bn_after"] is not None and g["freeze_bn_after"] < 0:
+        raise ConfigError(f"{src}: Global.freeze_bn_after must be >= 0 (the step from which "
+                          "batch-norm statistics are frozen) or null (never), got "
+                          f"{g['freeze_bn_after']}")
+    if g["final_model"] is None:
+        g["final_model"] = "average" if g["lr_guard"] else "last"
+    if g["final_model"] == "average" and not g["lr_guard"]:
+        raise ConfigError(f"{src}: Global.final_model: average averages the states the "
+                          "learning-rate guard judged healthy; with Global.lr_guard: false set "
+                          "Global.final_model: last (or best)")
+    if g["lr_guard_window"] < 2:
+        raise ConfigError(f"{src}: Global.lr_guard_window must be >= 2 steps, got "
+                          f"{g['lr_guard_window']}")
+    if g["lr_guard_threshold"] <= 1:
+        raise ConfigError(f"{src}: Global.lr_guard_threshold must be > 1 (a multiple of the "
+                          f"untrained student's loss), got {g['lr_guard_threshold']}")
     for key in ("checkpoint_every_steps", "checkpoint_every_minutes"):
         if g[key] is not None and g[key] <= 0:
             raise ConfigError(f"{src}: Global.{key} must be > 0 (or null for no such "

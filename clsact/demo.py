@@ -42,8 +42,10 @@ def default_config_path() -> Path:
     return path
 
 
-def build_digits_dataset(root: Path, val_fraction: float = 0.2, seed: int = 0) -> tuple[int, int]:
-    """Write sklearn's digits as ``root/{train,val}/<label>/<n>.jpg`` plus list files.
+def build_digits_dataset(root: Path, val_fraction: float = 0.2, seed: int = 0,
+                         side: int = IMAGE_SIDE) -> tuple[int, int]:
+    """Write sklearn's digits as ``root/{train,val}/<label>/<n>.jpg`` (``side`` pixels
+    square) plus list files.
 
     The split is stratified and fixed by ``seed``. Returns (train, val) sample counts.
     """
@@ -61,7 +63,7 @@ def build_digits_dataset(root: Path, val_fraction: float = 0.2, seed: int = 0) -
             folder.mkdir(parents=True, exist_ok=True)
             for i in part:
                 gray = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
-                big = cv2.resize(gray, (IMAGE_SIDE, IMAGE_SIDE), interpolation=cv2.INTER_CUBIC)
+                big = cv2.resize(gray, (side, side), interpolation=cv2.INTER_CUBIC)
                 rel = f"{split}/{label}/{i:04d}.jpg"
                 cv2.imwrite(str(root / rel), cv2.cvtColor(big, cv2.COLOR_GRAY2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -240,10 +242,14 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
         bad_lr = HARMFUL_LR_FACTOR * float(cfg.train["learning_rate"])
         bad_id = new_run_id()
         bad_save = f"{root}/runs/{bad_id}"
+        # with the learning-rate guard off, as upstream runs: clsact's guard would restore
+        # the calibrated state of such a run (tests/test_convergence.py shows it does)
         harmful = [f"TrainConfig.learning_rate={bad_lr!r}",
-                   f"TrainConfig.train_iter={HARMFUL_STEPS}", "Global.report=false"]
-        print(f"\n[5/6] a harmful second run (learning rate {HARMFUL_LR_FACTOR}x too high; "
-              f"{HARMFUL_STEPS} steps are enough to ruin it): clsact compress ... "
+                   f"TrainConfig.train_iter={HARMFUL_STEPS}", "Global.report=false",
+                   "Global.lr_guard=false"]
+        print(f"\n[5/6] a harmful second run (learning rate {HARMFUL_LR_FACTOR}x too high and "
+              f"the learning-rate guard off; {HARMFUL_STEPS} steps are enough to ruin it): "
+              "clsact compress ... "
               f"{' '.join('--set ' + x for x in harmful)} --save-dir {bad_save} --gate {root}",
               flush=True)
         bad_cfg = config_mod.load(cfg_path, [*overrides, *harmful])

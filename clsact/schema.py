@@ -68,6 +68,23 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     # index under data_dir, or selection_holdout train images held out of training
     "selection_list": ("str|null", None),
     "selection_holdout": ("int", 0),
+    # QAT convergence (clsact additions; docs in README "QAT that converges"): the step
+    # from which the student's batch-norm statistics are frozen (normalising with the
+    # running mean/variance as the deployed model does; null = never, upstream), and which
+    # state is published: null = average with the guard, else last; average = the mean of
+    # the states ending the last 3 healthy learning-rate guard windows (needs lr_guard; the
+    # last state when there is none),
+    # last = after the last step, best = the best of ACT's evaluations (upstream; on the
+    # selection set, optimistic when that is the validation set)
+    "freeze_bn_after": ("int|null", None),
+    "final_model": ("str|null", None),
+    # the learning-rate guard (clsact.guard): the first 2 x lr_guard_window steps at
+    # learning rate 0 measure the untrained quantized student's loss; then, whenever a
+    # window's median loss exceeds lr_guard_threshold x that, the last good state is
+    # restored and the learning rate quartered
+    "lr_guard": ("bool", True),
+    "lr_guard_window": ("int", 10),
+    "lr_guard_threshold": ("float", 1.1),
     "checkpoint_every_steps": ("int|null", None),
     "checkpoint_every_minutes": ("float|null", 15.0),
     # the deploy report (clsact.deploy): after training, rank 0 measures the baseline and the
@@ -206,6 +223,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("Global", "decode"): ("cpu", "gpu"),
     ("Global", "lr_scaling"): ("linear", "none"),
     ("Global", "rank_sync"): ("auto", "gradients", "state"),
+    ("Global", "final_model"): ("average", "last", "best"),
 }
 
 # Strategies that make paddleslim pip-install packages at run time (smac for HPO), which fails

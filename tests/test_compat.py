@@ -225,3 +225,39 @@ def test_op_removal_and_input_renaming_reach_the_serialized_program(mbv3_model):
     assert len(ops) == count - 1 and "dropout" not in [op.type for op in ops]
     assert any(new in op.input_arg_names and op.type == reader.type for op in ops)
     assert not any(old in op.input_arg_names for op in ops)
+
+
+def test_act_s_training_loop_and_save_are_what_the_guard_hooks_rely_on():
+    """record_act_losses (the loss is ACT's first fetch of its training program's run),
+    act_keep_last (``_save_model`` loads ``<tmp_dir>/best_model``), before_act_save and
+    on_act_train_start (their private signatures): paddleslim 2.6.0's, checked."""
+    import inspect
+
+    from paddleslim.auto_compression import AutoCompression
+
+    from clsact import compat
+
+    assert compat.act_fetches_loss_first()
+    assert compat.act_save_model_loads_best()
+    assert list(inspect.signature(AutoCompression._save_model).parameters) == [
+        "self", "test_program_info", "strategy", "strategy_idx"]
+
+
+def test_a_compiled_program_keeps_the_program_it_was_made_from():
+    """freeze_batch_norm / LearningRate rebuild or read ACT's CompiledProgram through its
+    ``_program`` and ``_build_strategy`` (paddle 2.6 privates), and the executor takes a
+    scheduler's value from ``program.lr_scheduler()`` when its type is LRScheduler."""
+    import inspect
+
+    from paddle.base import executor
+
+    from clsact import compat
+
+    main = paddle.static.Program()
+    strategy = paddle.static.BuildStrategy()
+    compiled = paddle.static.CompiledProgram(main, build_strategy=strategy)
+    assert compat.program_of(compiled) is main and compiled._build_strategy is strategy
+    assert compat.program_of(main) is main
+    source = inspect.getsource(executor)
+    assert "lr_value = lr_scheduler()" in source
+    assert "converted_program.lr_scheduler = inner_program.lr_scheduler" in source

@@ -18,7 +18,10 @@ def small_config(tmp_path: Path, model: Path, data: Path, **train) -> Path:
                    "batch_size": 16, "eval_batch_size": 32, "img_size": 32, "resize_size": 36,
                    "num_workers": 2, "device": "cpu",
                    # the deploy report is tested by tests/test_deploy.py (it takes seconds)
-                   "report": False},
+                   "report": False,
+                   # runs of a few steps test the job's mechanics at the configured rate;
+                   # the guard (10 steps at rate 0 first) is tested by test_convergence.py
+                   "lr_guard": False},
         "Distillation": {"alpha": 1.0, "loss": "soft_label"},
         "QuantAware": {"use_pact": True, "onnx_format": True,
                        "quantize_op_types": ["conv2d", "depthwise_conv2d", "matmul_v2"]},

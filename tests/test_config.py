@@ -106,6 +106,16 @@ def test_resolved_config_round_trips(tmp_path):
                                            r"pip-installs"),
     (with_(Quantization={"use_pact": True}), r"both 'Quantization' and 'QuantAware' are set"),
     (with_(QuantAware=[1, 2]), r"section QuantAware must be a mapping"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "final_model": "mean"}),
+     r"Global.final_model is 'mean'; choose one of average, last, best"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "final_model": "average",
+                   "lr_guard": False}), r"with Global.lr_guard: false set Global.final_model"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "lr_guard_window": 1}),
+     r"Global.lr_guard_window must be >= 2"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "lr_guard_threshold": 0.9}),
+     r"Global.lr_guard_threshold must be > 1"),
+    (with_(Global={"model_dir": "m", "data_dir": "d", "freeze_bn_after": -2}),
+     r"Global.freeze_bn_after must be >= 0"),
 ])
 def test_bad_configs_fail_with_the_culprit(tmp_path, sections, message):
     path = write(tmp_path, sections)
@@ -129,6 +139,14 @@ def test_old_quantization_section_becomes_quant_aware(tmp_path):
 def test_unparseable_files(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         config.load(write(tmp_path, text))
+
+
+def test_the_published_state_follows_the_guard_unless_set(tmp_path):
+    """Unset, final_model is the guard's average; without the guard, the last state."""
+    for glob, expected in (({}, "average"), ({"lr_guard": False}, "last"),
+                           ({"lr_guard": False, "final_model": "best"}, "best")):
+        path = write(tmp_path, with_(Global={"model_dir": "m", "data_dir": "d", **glob}))
+        assert config.load(path).globals["final_model"] == expected
 
 
 def test_missing_config_file(tmp_path):

@@ -60,7 +60,7 @@ def _config(tmp_path: Path, tiny, data: Path, batch: int, **glob) -> Path:
                       "batch_size": batch, "eval_batch_size": 32, "img_size": 32,
                       "resize_size": 36, "num_workers": 1, "device": "cpu",
                       "lr_scaling": "none", "collective_timeout": 60, "report": False,
-                      **glob},
+                      "lr_guard": False, **glob},
            "Distillation": {"alpha": 1.0, "loss": "soft_label",
                             "teacher_model_dir": str(teacher)},
            "TrainConfig": {"train_iter": STEPS, "eval_iter": STEPS, "learning_rate": 0.5,

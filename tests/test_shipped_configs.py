@@ -12,7 +12,7 @@ SHIPPED = sorted(p for p in (REPO / "configs").glob("*_qat_dis.yaml"))
 SMALL = ["Global.train_list=small_train.txt", "Global.val_list=small_val.txt",
          "Global.img_size=32", "Global.resize_size=36", "Global.batch_size=16",
          "Global.eval_batch_size=32", "Global.num_workers=1", "Global.device=cpu",
-         "Global.report=false"]
+         "Global.report=false", "Global.lr_guard_window=2"]
 
 
 @pytest.fixture(scope="module")
