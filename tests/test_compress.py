@@ -182,7 +182,7 @@ def test_a_held_out_slice_chooses_the_model_and_val_is_measured_once(
     cfg = small_config(tmp_path, clas_model, small_digits_dir, train_iter=4, eval_iter=2,
                        origin_metric=origin)
     proc = run_cli("compress", "--config", str(cfg), "--save-dir", str(out),
-                   "--set", "Global.selection_holdout=16")
+                   "--set", "Global.selection_holdout=16", "--set", "Global.final_model=best")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["data"]["train_samples"] == 80, "the held-out images are not trained on"
