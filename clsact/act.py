@@ -316,14 +316,11 @@ def _guard_finish(run: RunState, sync: _RankSync, average: bool = False) -> None
         return
     if action is None:
         action = guard.finish(run.batches)
-    if action == KEEP and average:
+    # healthy, or too few steps since the last window to judge (then the recent healthy
+    # states and this one are all that is known)
+    if average and (action == KEEP or (action is None and run.recent)):
         if not run.recent or run.recent[-1][0] != run.batches:
             run.recent = [*run.recent, (run.batches, sync.state())][-AVERAGED_STATES:]
-        _average_states(run, sync)
-        return
-    if action is None and average and run.recent:
-        # too few steps since the last window to judge: those states are all that is known
-        run.recent = [*run.recent, (run.batches, sync.state())][-AVERAGED_STATES:]
         _average_states(run, sync)
         return
     if action in (BACK_OFF, GIVE_UP):
@@ -410,7 +407,7 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
 
 LAST = "last"  # Global.final_model: the state after the last step
 AVERAGE = "average"  # ... the mean of the states ending the last healthy guard windows
-BEST = "best"  # ... the best of ACT's evaluations (upstream)
+# (else "best": the best of ACT's evaluations, upstream)
 AVERAGED_STATES = 3
 LOSS_POINTS = 100
 
