@@ -60,18 +60,19 @@ push: ## build (cached) and push the images: make push REGISTRY=registry.example
 lock: ## re-resolve docker/constraints.txt (every pinned version the venv and images install)
 	@bash docker/lock.sh
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the import contract (layers, no circles: docs/architecture.md)
 	$(VENV)/bin/ruff check clsact tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 bench: $(STAMP) kube ## loader throughput vs upstream, QAT graph building, launcher latency, int8 vs fp32 through each runtime, rank sync cost; tables + bench-results/*.json
-	$(PY) -m clsact.bench --output bench-results/loader.json
-	$(PY) -m clsact.bench_graph --output bench-results/graph.json
-	$(PY) -m tests.bench_launch --output bench-results/launch.json
-	$(PY) -m clsact.bench_deploy --output bench-results/deploy.json
-	$(PY) -m clsact.bench_sync --output bench-results/sync.json
+	$(PY) -m tests.bench.loader --output bench-results/loader.json
+	$(PY) -m tests.bench.graph --output bench-results/graph.json
+	$(PY) -m tests.bench.launch --output bench-results/launch.json
+	$(PY) -m tests.bench.deploy --output bench-results/deploy.json
+	$(PY) -m tests.bench.sync --output bench-results/sync.json
 
 study: $(STAMP) ## does the shipped QAT recipe converge on models it was not tuned on? architectures x sizes x seeds, upstream vs shipped [STUDY_ARGS=]; table + bench-results/study.{json,png}
-	$(PY) -m clsact.study --output bench-results/study.json --plot bench-results/study.png $(STUDY_ARGS)
+	$(PY) -m tests.bench.study --output bench-results/study.json --plot bench-results/study.png $(STUDY_ARGS)
 
 submit: $(STAMP) ## submit CONFIG as a PaddleJob: make submit IMAGE=reg/clsact:tag [WORKERS= GPUS= NAMESPACE= OPERATOR= VALUES= SAVE_DIR= ARGS=]
 	$(PY) -m clsact submit --config $(CONFIG) $(if $(IMAGE),--image $(IMAGE)) \

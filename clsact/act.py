@@ -492,8 +492,8 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
     run = RunState(offset=resume.steps if resume else 0,
                    earlier=list(resume.evaluations) if resume else [])
     g = cfg.globals
-    if g["lr_guard"]:
-        run.guard = LossGuard(window=g["lr_guard_window"], threshold=g["lr_guard_threshold"])
+    if g.lr_guard:
+        run.guard = LossGuard(window=g.lr_guard_window, threshold=g.lr_guard_threshold)
     train_loader.keep_empty = group.active
 
     def save() -> None:
@@ -530,20 +530,20 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
     log.info("paddleslim is building the compression graphs (quantization, distillation); "
              "this takes about a minute for a small model, longer for a large one")
     act = AutoCompression(
-        model_dir=str(model_dir), model_filename=g["model_filename"],
-        params_filename=g["params_filename"], save_dir=str(act_dir), config=act_config,
+        model_dir=str(model_dir), model_filename=g.model_filename,
+        params_filename=g.params_filename, save_dir=str(act_dir), config=act_config,
         train_dataloader=_train_generator(train_loader, input_name, run, sync, checkpointer,
-                                          save, checkpoint_on, g["freeze_bn_after"]),
+                                          save, checkpoint_on, g.freeze_bn_after),
         eval_dataloader=lambda: ({input_name: b.images} for b in select_loader.epoch(0)),
         eval_callback=_eval_callback(group, sync, run, select_loader, input_name,
                                      baseline_top1, save),
         deploy_hardware=None)
     compat.on_act_train_start(act, on_start)
     compat.record_act_losses(act, run.losses.append)
-    if g["final_model"] in (LAST, AVERAGE):
+    if g.final_model in (LAST, AVERAGE):
         compat.act_keep_last(act)
         compat.before_act_save(act, lambda: _guard_finish(run, sync,
-                                                          g["final_model"] == AVERAGE))
+                                                          g.final_model == AVERAGE))
     per_epoch = len(train_loader)
     train_loader.continue_at(run.offset // per_epoch, run.offset % per_epoch)
     run.feeding = True  # ACT's constructor peeked at one batch; steps start now
@@ -559,7 +559,7 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             "train_images": run.images, "stand_in_steps": run.stand_ins,
             "evaluations": [h["top1"] for h in history],
             "best_top1": max((h["top1"] for h in history), default=None),
-            "final_model": g["final_model"], "bn_frozen_at_step": run.bn_frozen_at,
+            "final_model": g.final_model, "bn_frozen_at_step": run.bn_frozen_at,
             "bn_layers": run.bn_layers, "averaged_steps": run.averaged,
             "lr_guard": run.guard.record() if run.guard is not None else None,
             "loss_curve": loss_curve(run.losses, run.offset),

@@ -43,9 +43,10 @@ from clsact.data.listfile import Sample
 from clsact.distributed import GRADIENTS, Group, aggregate_eval, sync_mode
 from clsact.errors import ConfigError, DataError, DeviceError, ModelError, StorageError
 from clsact.modelio import copy_model, model_paths
-from clsact.runs import blessed_here
-from clsact.runtime import rank_info, select_device
-from clsact.storage import publish
+from clsact.process import rank_info, select_device
+from clsact.registry.runs import blessed_here
+from clsact.runconfig import Global
+from clsact.storage import S3Settings, publish
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.json"
@@ -64,6 +65,30 @@ class Timer:
         now = time.perf_counter()
         self.phases[name] = round(now - since, 3)
         return now
+
+
+@dataclass
+class RunContext:
+    """One rank's run, settled before training: what :func:`_run` works with."""
+
+    cfg: Config
+    s3: S3Settings                  # how every store of the run is reached
+    group: Group                    # this rank among the others
+    run_id: str
+    device: str                     # cpu | gpu
+    mode: str                       # how ranks synchronise (clsact.distributed)
+    work: Path                      # this rank's scratch folder (removed at the end)
+    staging: Path                   # what rank 0 publishes
+    timer: Timer
+    src_model: Path                 # a local copy (or the local source) of the model
+    teachers: dict[str, Any]        # Distillation overrides pointing at local teachers
+    train: list[Sample]
+    val: list[Sample]
+    selection: list[Sample] | None  # what ACT selects on (None: the validation list)
+    selection_info: dict[str, Any]
+    fingerprint: dict[str, Any]     # the settings a checkpoint must match
+    resume: checkpoint.Checkpoint | None
+    checkpointer: checkpoint.Checkpointer
 
 
 def versions() -> dict[str, str]:
@@ -109,7 +134,7 @@ def check_origin_metric(cfg: Config, baseline_top1: float) -> None:
     if origin is not None and abs(baseline_top1 - origin) > 0.05:
         raise ConfigError(
             f"{cfg.source}: TrainConfig.origin_metric is {origin} but the baseline model scores "
-            f"top-1 {baseline_top1:.4f} on {cfg.globals['val_list']}: check the dataset and "
+            f"top-1 {baseline_top1:.4f} on {cfg.globals.val_list}: check the dataset and "
             "preprocessing, or set TrainConfig.origin_metric to the measured value (or null)")
 
 
@@ -118,13 +143,7 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
-def apply_storage_settings(g: dict[str, Any], endpoint: str | None = None) -> None:
-    """Make ``Global``'s S3 settings (endpoint: ``endpoint`` flag first) the process default."""
-    storage.configure(endpoint_url=endpoint or g.get("s3_endpoint"),
-                      max_attempts=g.get("s3_max_attempts"), io_threads=g.get("io_threads"))
-
-
-def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
+def fetch_model(cfg: Config, work: Path, s3: S3Settings) -> tuple[Path, dict[str, Any]]:
     """The local directory of the model to compress, and the Distillation overrides that
     point teachers at local scratch copies (dropout Mask fixed) with their file names.
 
@@ -133,8 +152,9 @@ def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
         ModelError: a local model directory lacks the model files.
     """
     g = cfg.globals
-    files = [g["model_filename"], g["params_filename"]]
-    model = storage.input_dir(g["model_dir"], "Global.model_dir", files, work / "source-model")
+    files = [g.model_filename, g.params_filename]
+    model = storage.input_dir(g.model_dir, "Global.model_dir", files, work / "source-model",
+                              s3)
     model_paths(model, *files)
     overrides: dict[str, Any] = {}
     for section in ("Distillation", "MultiTeacherDistillation"):
@@ -145,10 +165,10 @@ def fetch_model(cfg: Config, work: Path) -> tuple[Path, dict[str, Any]]:
         single = isinstance(dirs, str)
         local, models, params = [], [], []
         for i, where in enumerate([dirs] if single else dirs):
-            names = [_pick(conf.get("teacher_model_filename"), i, g["model_filename"]),
-                     _pick(conf.get("teacher_params_filename"), i, g["params_filename"])]
+            names = [_pick(conf.get("teacher_model_filename"), i, g.model_filename),
+                     _pick(conf.get("teacher_params_filename"), i, g.params_filename)]
             found = storage.input_dir(where, f"{section}.teacher_model_dir", names,
-                                      work / f"teacher-{i}")
+                                      work / f"teacher-{i}", s3)
             # ACT copies the teacher's ops into the student program: its dropout ops need
             # their Mask output too (compat.fix_dropout_mask), so fix a copy, never the source
             teacher = copy_model(found, work / f"teacher-{i}-fixed", *names)
@@ -191,53 +211,57 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     Raises:
         ClsactError: any user-fixable problem (config, data, model, storage, device); nothing
             is published then. A rank whose peers stop answering exits the process instead
-            (:data:`clsact.distributed.EXIT_RANK_LOST`).
+            (:data:`clsact.exitcodes.RANK_LOST`).
     """
     timer = Timer()
     started = datetime.now(timezone.utc)
     g = cfg.globals
+    s3 = g.s3(s3_endpoint)
     run_id = run_id or new_run_id()
     ranks = rank_info()
-    group = Group(ranks, timeout=g["collective_timeout"])
-    apply_storage_settings(g, s3_endpoint)
-    dest = storage.open_store(save_dir or g["output_dir"], "--save-dir")
-    train_samples = read_samples(g, "train")
-    val_samples = read_samples(g, "val")
-    train_samples, select_samples, select_info = selection(g, train_samples, val_samples)
+    group = Group(ranks, timeout=g.collective_timeout)
+    dest = storage.open_store(save_dir or g.output_dir, "--save-dir", s3)
+    train_samples = read_samples(g, "train", s3)
+    val_samples = read_samples(g, "val", s3)
+    train_samples, select_samples, select_info = selection(g, train_samples, val_samples, s3)
     if len(train_samples) < ranks.world:
-        raise DataError(f"{g['train_list']} has {len(train_samples)} training images for "
+        raise DataError(f"{g.train_list} has {len(train_samples)} training images for "
                         f"{ranks.world} ranks: every rank needs at least one; use more images "
                         "or fewer ranks")
-    device = select_device(g["device"])  # before the model is fetched and the save dir claimed
-    if g["decode"] == "gpu" and device != "gpu":
+    device = select_device(g.device)  # before the model is fetched and the save dir claimed
+    if g.decode == "gpu" and device != "gpu":
         raise DeviceError(f"Global.decode gpu, but this run's device is {device} (no GPU "
                           "here): set Global.decode: cpu")
-    mode = sync_mode(g["rank_sync"], device, ranks.world)
+    mode = sync_mode(g.rank_sync, device, ranks.world)
     optim.check_data_parallel(cfg, ranks.world, mode)
-    work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g["scratch_dir"]))
+    work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g.scratch_dir))
     group.scratch.append(work)
     claimed: list[str] = []
     checkpointer: checkpoint.Checkpointer | None = None
     try:
-        src_model, teachers = fetch_model(cfg, work)
+        src_model, teachers = fetch_model(cfg, work, s3)
         group.start(static_gloo=group.active and mode == GRADIENTS and device == "cpu")
         run_id = group.broadcast_object(run_id, "agreeing on the run id")  # rank 0's
         # after the input checks: bad inputs create nothing
-        group.on_rank0(lambda: claimed.append(_claim(dest, run_id, overwrite)),
+        group.on_rank0(lambda: claimed.append(_claim(dest, run_id, overwrite, s3)),
                        "claiming the save dir",
                        f"rank 0 refused the save dir {dest.describe()}; see its log")
         fingerprint = checkpoint.fingerprint(
             cfg.data, group.world, {"train": train_samples, "val": val_samples,
                                     "selection": select_samples or []},
-            list(model_paths(src_model, g["model_filename"], g["params_filename"])))
+            list(model_paths(src_model, g.model_filename, g.params_filename)))
         resume = _load_checkpoint(group, dest, run_id, fingerprint, overwrite) \
-            if g["checkpoint"] else None
+            if g.checkpoint else None
         checkpointer = checkpoint.Checkpointer(
-            dest if g["checkpoint"] and group.rank == 0 else None,
-            g["checkpoint_every_steps"], g["checkpoint_every_minutes"])
-        staging = work / "publish"
-        staging.mkdir()
-        with logs.log_file(staging / "clsact.log"):
+            dest if g.checkpoint and group.rank == 0 else None,
+            g.checkpoint_every_steps, g.checkpoint_every_minutes)
+        run = RunContext(cfg=cfg, s3=s3, group=group, run_id=run_id, device=device, mode=mode,
+                         work=work, staging=work / "publish", timer=timer, src_model=src_model,
+                         teachers=teachers, train=train_samples, val=val_samples,
+                         selection=select_samples, selection_info=select_info,
+                         fingerprint=fingerprint, resume=resume, checkpointer=checkpointer)
+        run.staging.mkdir()
+        with logs.log_file(run.staging / "clsact.log"):
             log.info("clsact %s: run %s, rank %d of %d, config %s, save dir %s", __version__,
                      run_id, ranks.rank, ranks.world, cfg.source, dest.describe())
             for warning in cfg.warnings:
@@ -245,9 +269,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             if resume is not None:
                 log.info("resuming run %s from its checkpoint after %d steps", run_id,
                          resume.steps)
-            metrics = _run(cfg, src_model, teachers, work, staging, train_samples,
-                           val_samples, (select_samples, select_info), timer, group, run_id,
-                           resume, checkpointer, fingerprint, device, mode)
+            metrics = _run(run)
             metrics["run_id"] = run_id
             metrics["save_dir"] = dest.describe()
             metrics["started_at"] = started.isoformat(timespec="seconds")
@@ -257,23 +279,23 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             log.info("compressed top1 %.4f (baseline %.4f), %d quantize ops",
                      metrics["compressed"]["top1"], metrics["baseline"]["top1"],
                      metrics["compressed"]["quant_ops"])
-        rank_logs = group.gather_object((staging / "clsact.log").read_text(encoding="utf-8"),
-                                        "collecting the rank logs")
+        rank_logs = group.gather_object(
+            (run.staging / "clsact.log").read_text(encoding="utf-8"), "collecting the rank logs")
 
         def publish_run() -> None:
-            if g["report"]:
-                _deploy_report(staging, src_model, g, val_samples, metrics)
+            if g.report:
+                _deploy_report(run, metrics)
             for rank, text in enumerate(rank_logs[1:], start=1):
-                (staging / "logs").mkdir(exist_ok=True)
-                (staging / "logs" / f"rank-{rank}.log").write_text(text, encoding="utf-8")
-            config_mod.save(cfg, staging / "config.yaml")
-            (staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
-            publish.publish(staging, dest, run_id, overwrite=overwrite)
+                (run.staging / "logs").mkdir(exist_ok=True)
+                (run.staging / "logs" / f"rank-{rank}.log").write_text(text, encoding="utf-8")
+            config_mod.save(cfg, run.staging / "config.yaml")
+            (run.staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+            publish.publish(run.staging, dest, run_id, overwrite=overwrite)
             checkpoint.clear(dest)
 
         group.on_rank0(publish_run, "publishing",
                        f"rank 0 could not publish to {dest.describe()}; see its log",
-                       timeout=g["collective_timeout"] + (g["report_timeout"] if g["report"]
+                       timeout=g.collective_timeout + (g.report_timeout if g.report
                                                           else 0))
         return metrics
     except BaseException:
@@ -285,21 +307,21 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _deploy_report(staging: Path, src_model: Path, g: dict[str, Any], val_samples,
-                   metrics: dict[str, Any]) -> None:
+def _deploy_report(run: RunContext, metrics: dict[str, Any]) -> None:
     """Measure the baseline and the compressed model as served; the report goes into the
     staged run and its summary into ``metrics`` (:mod:`clsact.deploy.report`)."""
     from clsact.deploy import report
 
     t = time.perf_counter()
-    rep = report.measure_run(staging, src_model, staging / MODEL_SUBDIR, g, val_samples,
-                             metrics, budget_s=g["report_budget"],
-                             serving_dir=staging / MODEL_SUBDIR)
+    g = run.cfg.globals
+    rep = report.measure_run(run.staging, run.src_model, run.staging / MODEL_SUBDIR, g, run.val,
+                             metrics, budget_s=g.report_budget,
+                             serving_dir=run.staging / MODEL_SUBDIR, s3=run.s3)
     metrics["report"] = {**rep["summary"], "files": list(report.REPORT_FILES),
                          "seconds": round(time.perf_counter() - t, 3)}
 
 
-def _claim(dest: storage.Store, run_id: str, overwrite: bool) -> str:
+def _claim(dest: storage.Store, run_id: str, overwrite: bool, s3: S3Settings) -> str:
     """Claim the save dir (returns how: see :func:`publish.claim`); with ``overwrite`` a
     previous run's checkpoint is discarded.
 
@@ -309,7 +331,7 @@ def _claim(dest: storage.Store, run_id: str, overwrite: bool) -> str:
             baseline under the gate).
     """
     if overwrite and dest.exists(publish.SUCCESS):
-        pointer = blessed_here(dest.describe())
+        pointer = blessed_here(dest.describe(), s3=s3)
         if pointer is not None:
             raise StorageError(
                 f"--overwrite refused: {dest.describe()} holds the blessed run that "
@@ -364,18 +386,18 @@ def _selection_record(info: dict[str, Any], act_info: dict[str, Any]) -> dict[st
             "note": note}
 
 
-def _evaluate(group: Group, model_dir: Path, loader, g: dict[str, Any], input_name: str,
+def _evaluate(group: Group, model_dir: Path, loader, g: Global, input_name: str,
               what: str) -> dict[str, Any]:
     from clsact.evaluate import evaluate_model_dir
 
-    mine = evaluate_model_dir(model_dir, loader, model_filename=g["model_filename"],
-                              params_filename=g["params_filename"], input_name=input_name)
+    mine = evaluate_model_dir(model_dir, loader, model_filename=g.model_filename,
+                              params_filename=g.params_filename, input_name=input_name)
     return aggregate_eval(group, mine, what)
 
 
-def _share_model(group: Group, model_dir: Path, g: dict[str, Any]) -> None:
+def _share_model(group: Group, model_dir: Path, g: Global) -> None:
     """Rank 0's saved model files, written to ``model_dir`` on every other rank."""
-    names = [g["model_filename"], g["params_filename"]]
+    names = [g.model_filename, g.params_filename]
     blobs = group.broadcast_object(
         [(model_dir / n).read_bytes() for n in names] if group.rank == 0 else None,
         "sharing the compressed model")
@@ -385,16 +407,22 @@ def _share_model(group: Group, model_dir: Path, g: dict[str, Any]) -> None:
             (model_dir / name).write_bytes(blob)
 
 
-def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, staging: Path,
-         train_samples, val_samples, select: tuple, timer: Timer, group: Group, run_id: str,
-         resume: checkpoint.Checkpoint | None, checkpointer: checkpoint.Checkpointer,
-         fingerprint: dict[str, Any], device: str, mode: str) -> dict[str, Any]:
+def _run(run: RunContext) -> dict[str, Any]:
+    """Steps 1 (the model's checks) to 4 of the module docstring on this rank; returns the
+    metrics.
+
+    Raises:
+        ClsactError: see :func:`compress`.
+    """
     from clsact.modelio import count_ops, inspect_model
 
-    g = cfg.globals
-    model_file, _ = model_paths(src_model, g["model_filename"], g["params_filename"])
-    info = inspect_model(model_file, g["input_name"])
-    check_input_size(info.input_shape, g["img_size"], g["model_dir"])
+    cfg, group, g, timer = run.cfg, run.group, run.cfg.globals, run.timer
+    src_model, work, staging = run.src_model, run.work, run.staging
+    train_samples, val_samples, select_samples = run.train, run.val, run.selection
+    resume, device = run.resume, run.device
+    model_file, _ = model_paths(src_model, g.model_filename, g.params_filename)
+    info = inspect_model(model_file, g.input_name)
+    check_input_size(info.input_shape, g.img_size, g.model_dir)
     check_labels(train_samples, info.num_classes, "train")
     check_labels(val_samples, info.num_classes, "validation")
     log.info("device %s; model input %r %s, %s classes; %d train / %d val images", device,
@@ -402,15 +430,13 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
              len(val_samples))
     t = time.perf_counter()
 
-    shard = {"rank": group.rank, "world": group.world}
-    train_loader = make_loader(g, train_samples, train=True, batch_size=g["batch_size"], **shard)
-    val_loader = make_loader(g, val_samples, train=False, batch_size=cfg.eval_batch_size,
-                             **shard)
-    select_samples, select_info = select
+    shard = {"rank": group.rank, "world": group.world, "s3": run.s3}
+    train_loader = make_loader(g, train_samples, train=True, batch_size=g.batch_size, **shard)
+    val_loader = make_loader(g, val_samples, train=False, batch_size=g.eval_batch, **shard)
     if select_samples is not None:
         check_labels(select_samples, info.num_classes, "selection")
     select_loader = val_loader if select_samples is None else make_loader(
-        g, select_samples, train=False, batch_size=cfg.eval_batch_size, **shard)
+        g, select_samples, train=False, batch_size=g.eval_batch, **shard)
     lr_factor = optim.scale_learning_rate(cfg, group.world)
     total_steps = ensure_evaluation(cfg, len(train_loader))
     for filled in optim.complete_schedule(cfg.train, total_steps):
@@ -425,17 +451,17 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
                              "the baseline evaluation")
         val_set = val_fingerprint(val_samples, group.gather_object(
             val_loader.record_digests, "collecting the validation images' checksums"),
-            g["val_list"], eval_settings(g))
+            g.val_list, eval_settings(g))
         val_loader.record_digests = None
         log.info("baseline top1 %.4f top5 %.4f", baseline["top1"], baseline["top5"])
         check_origin_metric(cfg, baseline["top1"])
         t = timer.phase("baseline_eval", t)
 
-        student = copy_model(src_model, work / "input", g["model_filename"], g["params_filename"])
-        fixed = compat.fix_dropout_mask(student / g["model_filename"])
+        student = copy_model(src_model, work / "input", g.model_filename, g.params_filename)
+        fixed = compat.fix_dropout_mask(student / g.model_filename)
         act_dir = work / "act"
         select_top1 = baseline["top1"]
-        act_overrides = dict(teachers)
+        act_overrides = dict(run.teachers)
         if select_samples is not None and cfg.train.get("origin_metric") is not None:
             # ACT compares origin_metric with its evaluations (pre-check, early stop): give
             # it the baseline on the set it evaluates on
@@ -447,18 +473,19 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
             log.warning("the baseline top-1 is 0: ACT's origin_metric early stop is off")
             act_overrides["TrainConfig"] = {"origin_metric": None}
         act_info = run_act(cfg, student, act_dir, train_loader, select_loader, info.input_name,
-                           group, act_overrides, run_id=run_id, baseline_top1=select_top1,
-                           resume=resume, checkpointer=checkpointer, fingerprint=fingerprint,
-                           mode=mode, checkpoint_on=bool(g["checkpoint"]))
+                           group, act_overrides, run_id=run.run_id, baseline_top1=select_top1,
+                           resume=resume, checkpointer=run.checkpointer,
+                           fingerprint=run.fingerprint, mode=run.mode,
+                           checkpoint_on=bool(g.checkpoint))
         t = timer.phase("compress", t)
 
         out_model = staging / MODEL_SUBDIR if group.rank == 0 else work / "shared-model"
         if group.rank == 0:
-            copy_model(act_dir, out_model, g["model_filename"], g["params_filename"])
+            copy_model(act_dir, out_model, g.model_filename, g.params_filename)
         _share_model(group, out_model, g)
         compressed = _evaluate(group, out_model, val_loader, g, info.input_name,
                                "the final evaluation")
-        compressed["quant_ops"] = count_ops(out_model / g["model_filename"])
+        compressed["quant_ops"] = count_ops(out_model / g.model_filename)
         timer.phase("compressed_eval", t)
     finally:
         for loader in {id(x): x for x in (train_loader, val_loader, select_loader)}.values():
@@ -472,16 +499,17 @@ def _run(cfg: Config, src_model: Path, teachers: dict[str, Any], work: Path, sta
                  "train_bad_images_rank0": train_loader.bad_total,
                  "val_bad_images_per_pass": baseline["bad_images"]},
         "val_set": val_set,
-        "distributed": {"world_size": group.world, "rank_sync": mode if group.active else None,
-                        "global_batch": g["batch_size"] * group.world,
-                        "lr_scale": lr_factor, "lr_scaling": g["lr_scaling"],
+        "distributed": {"world_size": group.world,
+                        "rank_sync": run.mode if group.active else None,
+                        "global_batch": g.batch_size * group.world,
+                        "lr_scale": lr_factor, "lr_scaling": g.lr_scaling,
                         "steps_planned": total_steps},
         "resumed": ({"from_step": resume.steps, "earlier_evaluations": resume.evaluations,
                      "note": "training state of the last checkpoint before the restart; "
                              "the final model is the last state, or (final_model: best) the "
                              "best evaluated after the restart"}
                     if resume is not None else None),
-        "selection": _selection_record(select_info, act_info),
+        "selection": _selection_record(run.selection_info, act_info),
         "compat": {"dropout_masks_fixed": fixed},
         "model_dir": MODEL_SUBDIR, "versions": versions(),
     }

@@ -28,25 +28,27 @@ import yaml
 
 from clsact import schema
 from clsact.errors import ConfigError, StorageError
+from clsact.runconfig import Global
 from clsact.storage import check_location, is_uri
 
 
 @dataclass
 class Config:
-    """A validated config: ``data`` holds every section, ``Global`` with defaults filled in."""
+    """A validated config: ``data`` holds every section as written (``Global`` with defaults
+    filled in: what ACT is given and ``config.yaml`` saves), ``globals`` the typed ``Global``
+    built from it once."""
 
     data: dict[str, Any]
     source: str
     warnings: list[str] = field(default_factory=list)
+    globals: Global = field(init=False)
 
-    @property
-    def globals(self) -> dict[str, Any]:
-        """The ``Global`` section (all keys present)."""
-        return self.data["Global"]
+    def __post_init__(self) -> None:
+        self.globals = Global.from_section(self.data["Global"])
 
     @property
     def train(self) -> dict[str, Any]:
-        """The ``TrainConfig`` section as written (ACT fills its own defaults)."""
+        """The ``TrainConfig`` section as written (ACT's own; it fills its defaults)."""
         return self.data.get("TrainConfig") or {}
 
     def strategies(self) -> dict[str, dict[str, Any]]:
@@ -62,10 +64,11 @@ class Config:
         out["TrainConfig"] = copy.deepcopy(self.train)
         return out
 
-    @property
-    def eval_batch_size(self) -> int:
-        """Evaluation batch size (``Global.eval_batch_size``, else ``Global.batch_size``)."""
-        return self.globals["eval_batch_size"] or self.globals["batch_size"]
+    def with_global(self, **changes: Any) -> Config:
+        """A copy whose ``Global`` has ``changes`` (in ``data`` and ``globals`` alike)."""
+        data = copy.deepcopy(self.data)
+        data["Global"].update(changes)
+        return Config(data=data, source=self.source, warnings=list(self.warnings))
 
     def to_yaml(self) -> str:
         """The resolved config as YAML text (what every run saves next to its outputs)."""
@@ -491,7 +494,7 @@ def _resolve_local_paths(g: dict[str, Any]) -> None:
             g[key] = os.path.abspath(os.path.expanduser(g[key]))
 
 
-def complete_global(section: Any, source: str) -> dict[str, Any]:
+def complete_section(section: Any, source: str) -> dict[str, Any]:
     """Validate a ``Global`` section and fill in its defaults (local paths made absolute).
 
     Raises:
@@ -503,6 +506,15 @@ def complete_global(section: Any, source: str) -> dict[str, Any]:
     _check_global_values(g, source)
     _resolve_local_paths(g)
     return g
+
+
+def complete_global(section: Any, source: str) -> Global:
+    """The typed ``Global`` of a section (see :func:`complete_section`).
+
+    Raises:
+        ConfigError: see :func:`complete_section`.
+    """
+    return Global.from_section(complete_section(section, source))
 
 
 def validate(raw: dict[str, Any], source: str = "<config>") -> Config:
@@ -522,7 +534,7 @@ def validate(raw: dict[str, Any], source: str = "<config>") -> Config:
             hint = suggest(str(name), list(sections))
             raise ConfigError(f"{source}: unknown section {name!r}{hint}; valid sections: "
                               f"{', '.join(sections)}")
-    out: dict[str, Any] = {"Global": complete_global(data.get("Global"), source)}
+    out: dict[str, Any] = {"Global": complete_section(data.get("Global"), source)}
     for name in sections:
         if name == "Gate" and name in data:
             out[name] = check_gate(data.get(name), source)

@@ -28,7 +28,7 @@ metric, and rank 0's value is broadcast, so early stopping and best-model decisi
 identical everywhere (no rank left waiting); every collective of clsact's own runs under a
 watchdog: if the other ranks do not answer within ``Global.collective_timeout`` seconds (a
 rank failed or was preempted), the process prints one clear line and exits with
-:data:`EXIT_RANK_LOST`.
+:data:`clsact.exitcodes.RANK_LOST`.
 
 clsact's own communication uses paddle's process group (gloo on CPU, NCCL on GPU) through
 the dynamic graph API, switched on just for the call.
@@ -51,10 +51,9 @@ import numpy as np
 
 from clsact import exitcodes
 from clsact.errors import ClsactError, DistributedError
-from clsact.runtime import RankInfo, dynamic_mode
+from clsact.process import RankInfo, dynamic_mode
 
 log = logging.getLogger(__name__)
-EXIT_RANK_LOST = exitcodes.RANK_LOST
 TEACHER_PREFIX = "teacher_"
 GRADIENTS, STATE = "gradients", "state"
 # gradients fused into one all-reduce (fleet's fuse_grad_size_in_num; its default is 8)
@@ -184,7 +183,7 @@ class Group:
         from clsact.data.loader import abort_all
 
         abort_all()  # decode workers and shared-memory slots
-        os._exit(EXIT_RANK_LOST)
+        os._exit(exitcodes.RANK_LOST)
 
     def start(self, static_gloo: bool = False) -> None:
         """Join the process group (rendezvous through the launcher's master endpoint); with

@@ -2,10 +2,8 @@
 
 Every mistake a user can make (bad YAML, unknown keys, missing files, bad URIs, corrupt data)
 raises a subclass of :class:`ClsactError`. The CLI prints its message as one line and exits
-with :data:`EXIT_USER_ERROR`; anything else is a bug and keeps its traceback.
+with :data:`clsact.exitcodes.USER_ERROR`; anything else is a bug and keeps its traceback.
 """
-
-from clsact.exitcodes import USER_ERROR as EXIT_USER_ERROR  # noqa: F401 (the CLI's code)
 
 
 class ClsactError(Exception):

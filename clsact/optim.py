@@ -88,7 +88,7 @@ def check_data_parallel(cfg: Config, world: int, mode: str = "state") -> None:
                           "precision (loss scaling per rank) is not supported across ranks; "
                           "remove amp_config or run one rank")
     lr = t.get("learning_rate")
-    if (cfg.globals["lr_scaling"] == "linear" and isinstance(lr, dict)
+    if (cfg.globals.lr_scaling == "linear" and isinstance(lr, dict)
             and lr.get("type") not in SCHEDULERS):
         raise ConfigError(f"{src}: TrainConfig.learning_rate.type {lr.get('type')!r} cannot be "
                           f"scaled to {world} ranks (known: {', '.join(SCHEDULERS)}); set "
@@ -113,7 +113,7 @@ def scale_learning_rate(cfg: Config, world: int) -> float:
     Raises:
         ConfigError: the scheduler type is not one clsact knows how to scale.
     """
-    factor = float(world) if cfg.globals["lr_scaling"] == "linear" else 1.0
+    factor = float(world) if cfg.globals.lr_scaling == "linear" else 1.0
     if factor == 1.0:
         return 1.0
     lr = cfg.train.get("learning_rate", 0.02)  # ACT's default (schema)

@@ -33,7 +33,7 @@ case "$started" in started*) log "dockerd was not running: started it (pid ${sta
 VERSION="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' clsact/__init__.py)"
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 SHORT="${REVISION:0:12}"
-if [ "$REVISION" != unknown ] && [ -n "$(git status --porcelain -- clsact k8s docker pyproject.toml README.md 2>/dev/null)" ]; then
+if [ "$REVISION" != unknown ] && [ -n "$(git status --porcelain -- clsact docker pyproject.toml README.md 2>/dev/null)" ]; then
     SHORT="$SHORT-dirty"
 fi
 REPOSITORY="${IMAGE:-clsact}"

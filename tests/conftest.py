@@ -25,7 +25,7 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory) -> Path:
     """sklearn digits rendered as an ImageNet-layout JPEG tree (1,438 train / 359 val)."""
-    from clsact.demo import build_digits_dataset
+    from clsact.demo.digits import build_digits_dataset
 
     root = tmp_path_factory.mktemp("digits")
     build_digits_dataset(root)
@@ -48,7 +48,7 @@ def mbv3_model(tmp_path_factory) -> Path:
     so its dropout op lacks the Mask output (paddleslim issue #1927)."""
     import paddle
 
-    from clsact.demo import build_model
+    from clsact.demo.digits import build_model
 
     paddle.disable_static()
     out = tmp_path_factory.mktemp("mbv3")
@@ -69,7 +69,7 @@ def clas_model(tmp_path_factory, small_digits_dir) -> Path:
     import paddle
 
     from clsact import config
-    from clsact.demo import train_baseline
+    from clsact.demo.digits import train_baseline
 
     paddle.disable_static()  # earlier tests may have left static mode on
     paddle.seed(0)
@@ -110,22 +110,18 @@ def compressed_run(tmp_path_factory, clas_model, small_digits_dir) -> Path:
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto server) on loopback for the whole session."""
-    from clsact.s3server import LocalS3Server
+    from clsact.demo.s3server import LocalS3Server
 
     with LocalS3Server() as server:
         yield server
 
 
 @pytest.fixture
-def endpoint(s3_server):
-    """Make the S3 server the process default endpoint for the test (restored after)."""
-    from clsact import storage
-    from clsact.storage import s3 as s3mod
-
-    old = s3mod.settings()
-    storage.configure(endpoint_url=s3_server.endpoint)
-    yield s3_server.endpoint
-    s3mod._settings = old
+def endpoint(s3_server, monkeypatch):
+    """Make the S3 server the environment's endpoint for the test (AWS_ENDPOINT_URL, which
+    S3Settings without an endpoint use; restored after)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    return s3_server.endpoint
 
 
 # the thresholds of the runs publish_run makes, and their validation set's fingerprint

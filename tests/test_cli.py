@@ -203,7 +203,7 @@ def test_fewer_training_images_than_ranks(tmp_path, small_digits_dir, mbv3_model
 
 
 def test_an_interrupt_after_publishing_says_the_run_is_complete(monkeypatch, capsys):
-    from clsact import cli
+    from clsact.cli import main as cli
     from clsact.storage import publish
 
     def compress(_args):
@@ -224,7 +224,7 @@ def test_the_watchdog_removes_the_scratch_copies_before_it_exits(tmp_path):
     scratch = tmp_path / "clsact-work-x"
     (scratch / "source-model").mkdir(parents=True)
     code = ("import sys; from pathlib import Path; from clsact.distributed import Group;"
-            "from clsact.runtime import RankInfo; g = Group(RankInfo(0, 2), timeout=1);"
+            "from clsact.process import RankInfo; g = Group(RankInfo(0, 2), timeout=1);"
             "g.scratch.append(Path(sys.argv[1])); g._abort('a test')")
     proc = subprocess.run([sys.executable, "-c", code, str(scratch)], capture_output=True,
                           text=True, timeout=60)

@@ -50,9 +50,9 @@ def test_paddleclas_config_is_normalised_with_warnings():
     cfg = config.load(REFERENCE / "paddleclas_mbv3_qat_dis.yaml")
     assert "Quantization" not in cfg.data and cfg.data["QuantAware"]["use_pact"] is True
     g = cfg.globals
-    assert (g["batch_size"], g["eval_batch_size"], g["num_workers"]) == (128, 32, 8)
-    assert (g["img_size"], g["resize_size"], g["train_list"]) == (224, 256, "train_list.txt")
-    assert g["data_dir"].endswith("dataset/ILSVRC2012")
+    assert (g.batch_size, g.eval_batch_size, g.num_workers) == (128, 32, 8)
+    assert (g.img_size, g.resize_size, g.train_list) == (224, 256, "train_list.txt")
+    assert g.data_dir.endswith("dataset/ILSVRC2012")
     text = " ".join(cfg.warnings)
     assert "'Quantization' renamed to 'QuantAware'" in text and "AutoAugment" in text
 
@@ -74,7 +74,7 @@ def test_resolved_config_round_trips(tmp_path):
     config.save(cfg, out)
     again = config.load(out)
     assert again.data == cfg.data and again.train["epochs"] == 3
-    assert again.globals["img_size"] == 224  # defaults are written out
+    assert again.globals.img_size == 224  # defaults are written out
 
 
 @pytest.mark.parametrize("sections, message", [
@@ -146,7 +146,7 @@ def test_the_published_state_follows_the_guard_unless_set(tmp_path):
     for glob, expected in (({}, "average"), ({"lr_guard": False}, "last"),
                            ({"lr_guard": False, "final_model": "best"}, "best")):
         path = write(tmp_path, with_(Global={"model_dir": "m", "data_dir": "d", **glob}))
-        assert config.load(path).globals["final_model"] == expected
+        assert config.load(path).globals.final_model == expected
 
 
 def test_missing_config_file(tmp_path):
@@ -158,7 +158,7 @@ def test_overrides_parse_yaml_values_and_nested_keys(tmp_path):
     cfg = config.load(write(tmp_path, BASE), [
         "Global.batch_size=8", "TrainConfig.optimizer_builder.weight_decay=1e-4",
         "TrainConfig.learning_rate=1e-3", "Global.crop_scale=[0.5, 1.0]"])
-    assert cfg.globals["batch_size"] == 8 and cfg.globals["crop_scale"] == [0.5, 1.0]
+    assert cfg.globals.batch_size == 8 and cfg.globals.crop_scale == (0.5, 1.0)
     assert cfg.train["learning_rate"] == pytest.approx(1e-3)
     # YAML 1.1 reads 1e-4 as a string; ACT must get a float, nested keys included
     assert cfg.train["optimizer_builder"]["weight_decay"] == pytest.approx(1e-4)
@@ -178,7 +178,7 @@ def test_bad_overrides(tmp_path, override, message):
 def test_relative_local_paths_are_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = config.load(write(tmp_path, BASE))
-    assert cfg.globals["model_dir"] == str(tmp_path / "m")
+    assert cfg.globals.model_dir == str(tmp_path / "m")
 
 
 def test_act_config_is_a_copy():
@@ -198,3 +198,47 @@ def test_schema_matches_installed_paddleslim(section):
                 for k, p in params.items() if k != "self"}
     ours = {k: d for k, (_t, d) in schema.all_sections()[section].items()}
     assert ours == upstream
+
+
+# ---------------------------------------------------------------- the typed Global
+
+def test_the_typed_global_has_every_schema_key_with_its_type():
+    """runconfig.Global and schema.GLOBAL cannot drift: same keys, same order, types that
+    admit exactly what the schema's type string admits."""
+    import dataclasses
+    import typing
+
+    from clsact import runconfig, schema
+
+    hints = typing.get_type_hints(runconfig.Global)
+    fields = [f.name for f in dataclasses.fields(runconfig.Global)]
+    assert fields == list(schema.GLOBAL)
+    python = {"str": "str", "int": "int", "float": "float", "bool": "bool",
+              "list": "tuple[float, ...]", "null": "None"}
+    for key, (types, _default) in schema.GLOBAL.items():
+        want = {python[t] for t in types.split("|")}
+        if key == "final_model":
+            want.discard("None")  # validation resolves null to average or last
+        got = {a.__name__ if isinstance(a, type) and a is not type(None) else
+               ("None" if a is type(None) else str(a).replace("typing.", ""))
+               for a in (typing.get_args(hints[key]) if typing.get_origin(hints[key]) in
+                         (typing.Union, __import__("types").UnionType) else (hints[key],))}
+        assert got == want, f"Global.{key}: {got} vs schema {types}"
+
+
+def test_the_typed_global_is_frozen_and_built_once(tmp_path):
+    import dataclasses
+
+    cfg = config.validate({"Global": {"model_dir": "m", "data_dir": "d", "crop_scale": [0.5, 1]},
+                           "QuantAware": {}, "Distillation": {},
+                           "TrainConfig": {"epochs": 1}})
+    g = cfg.globals
+    assert g is cfg.globals and g.crop_scale == (0.5, 1) and g.final_model == "average"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.batch_size = 1
+    assert g.to_section() == cfg.data["Global"]
+    moved = cfg.with_global(output_dir="s3://b/run")
+    assert moved.globals.output_dir == moved.data["Global"]["output_dir"] == "s3://b/run"
+    assert cfg.globals.output_dir != "s3://b/run", "with_global copies"
+    assert g.s3("http://flag:9000").endpoint_url == "http://flag:9000"
+    assert g.replace(s3_endpoint="http://cfg:9000").s3().endpoint_url == "http://cfg:9000"

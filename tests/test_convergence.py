@@ -258,7 +258,7 @@ def test_the_recipe_converges_where_upstream_diverges(tmp_path):
     32 px (cached in ~/.cache/clsact/study). As upstream runs it (no guard, best evaluation
     published) the run collapses; with clsact's defaults both seeds end within a point of
     fp32, the guard having backed the learning rate off."""
-    from clsact import study
+    from tests.bench import study
 
     cache = Path.home() / ".cache" / "clsact" / "study"
     cache.mkdir(parents=True, exist_ok=True)

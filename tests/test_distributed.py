@@ -25,7 +25,7 @@ from clsact.distributed import Group, aggregate_eval, check_launched, sync_mode
 from clsact.errors import DistributedError
 from clsact.launch import render, validate, values
 from clsact.optim import scale_learning_rate
-from clsact.runtime import RankInfo
+from clsact.process import RankInfo
 from tests.conftest import REPO, run_cli
 from tests.kubeserver import free_port
 from tests.test_compress import small_config

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clsact import gate as gate_mod
-from clsact import history, runs, storage
+from clsact import storage
 from clsact.errors import ConfigError, StorageError
-from clsact.gate import Thresholds, evaluate, gate
-from clsact.runs import RunRecord
+from clsact.registry import gate as gate_mod
+from clsact.registry import history, runs
+from clsact.registry.gate import Thresholds, evaluate, gate
+from clsact.registry.runs import RunRecord
 from clsact.storage.publish import verify
 from tests.conftest import GATE, VAL, publish_run, run_cli
 

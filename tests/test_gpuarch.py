@@ -91,7 +91,7 @@ def test_a_gpu_this_paddle_cannot_run_is_refused_before_any_work(tmp_path, clas_
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(
-        "import clsact.runtime as r\n"
+        "import clsact.process as r\n"
         "r.visible_gpus = lambda: [('NVIDIA H100 80GB HBM3', (9, 0))]\n")
     env = {**clean_env(), gpuarch.RECORD_ENV: str(record)}
     env["PYTHONPATH"] = f"{probe}:{env['PYTHONPATH']}"

@@ -21,7 +21,7 @@ from clsact.storage.publish import (
     publish,
     verify,
 )
-from clsact.storage.s3 import S3Settings
+from clsact.storage.s3session import S3Settings
 from clsact.storage.uri import parse_s3
 from tests.conftest import REPO, list_keys, run_cli
 from tests.faultproxy import FaultProxy
@@ -174,7 +174,7 @@ def test_overwrite_of_the_blessed_run_is_refused_before_any_work(tmp_path, clas_
                                                                  small_digits_dir):
     """`clsact compress --overwrite` into the save dir that PREFIX/latest names stops with one
     line, before the claim (the blessed baseline is never replaced under the gate)."""
-    from clsact.gate import gate
+    from clsact.registry.gate import gate
     from tests.conftest import publish_run
 
     prefix = tmp_path / "prefix"
@@ -247,7 +247,7 @@ import sys
 from pathlib import Path
 from clsact.storage import S3Store
 from clsact.storage.publish import publish
-from clsact.storage.s3 import S3Settings
+from clsact.storage.s3session import S3Settings
 from clsact.storage.uri import parse_s3
 store = S3Store(parse_s3(sys.argv[2], "x"), S3Settings(endpoint_url=sys.argv[1]))
 publish(Path(sys.argv[3]), store, "killed")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clsact.s3server import LocalS3Server
+from clsact.demo.s3server import LocalS3Server
 from tests.conftest import list_keys, run_cli, upload_tree
 from tests.test_cli import assert_one_line_error, config_file
 
@@ -167,8 +167,8 @@ def test_image_reads_name_credential_and_permission_errors(auth_server, small_di
     """The hot read path (either client) ends with boto3's one-line messages."""
     from clsact.errors import StorageError
     from clsact.storage import S3Store
-    from clsact.storage.s3 import S3Settings
     from clsact.storage.s3read import READER_ENV
+    from clsact.storage.s3session import S3Settings
     from clsact.storage.uri import parse_s3
 
     server, keys, _ = auth_server
@@ -203,16 +203,16 @@ def test_missing_save_bucket_fails_before_training(s3_inputs, tmp_path):
     assert "baseline" not in proc.stderr
 
 
-def test_teacher_model_from_s3_is_fetched(s3_inputs, tmp_path, mbv3_model):
-    from clsact import config, storage
+def test_teacher_model_from_s3_is_fetched(monkeypatch, s3_inputs, tmp_path, mbv3_model):
+    from clsact import config
     from clsact.compress import fetch_model
 
-    storage.configure(endpoint_url=s3_inputs.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_inputs.endpoint)
     cfg = config.validate({
         "Global": {"model_dir": "s3://inputs/model", "data_dir": "s3://inputs/data"},
         "Distillation": {"loss": "soft_label", "teacher_model_dir": "s3://inputs/model"},
         "QuantAware": {}, "TrainConfig": {"train_iter": 1}})
-    model, overrides = fetch_model(cfg, tmp_path)
+    model, overrides = fetch_model(cfg, tmp_path, cfg.globals.s3())
     teacher = Path(overrides["Distillation"]["teacher_model_dir"])
     assert tmp_path in model.parents and tmp_path in teacher.parents, "scratch copies"
     assert (teacher / "inference.pdiparams").read_bytes() == \
@@ -227,7 +227,7 @@ def test_write_once_permissions_are_enough_to_publish(auth_server, tmp_path, cap
     publish a run."""
     from clsact.storage import S3Store
     from clsact.storage.publish import check_unfinished, publish, verify
-    from clsact.storage.s3 import S3Settings
+    from clsact.storage.s3session import S3Settings
     from clsact.storage.uri import parse_s3
 
     server, keys, _ = auth_server

@@ -15,8 +15,8 @@ from clsact.data.transforms import TransformSpec
 from clsact.errors import StorageError
 from clsact.storage import S3Store
 from clsact.storage.publish import publish, verify
-from clsact.storage.s3 import S3Settings
 from clsact.storage.s3read import READER_ENV
+from clsact.storage.s3session import S3Settings
 from clsact.storage.uri import parse_s3
 from tests.conftest import upload_tree
 from tests.faultproxy import FaultProxy

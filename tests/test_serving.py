@@ -275,7 +275,7 @@ def test_make_bench_emulates_older_cpus_by_capping_onednn(clas_model, compressed
     import subprocess
     import sys
 
-    from clsact.bench_deploy import emulated
+    from tests.bench.deploy import emulated
     from tests.conftest import REPO
 
     if "avx512f" not in machine.cpu()[1]:

@@ -37,18 +37,21 @@ def test_block_shards_are_disjoint_contiguous_and_reshuffled(n, block, world):
     assert n < 2 * block or not np.array_equal(a, b), "reshuffled every epoch"
 
 
-def glob_for(data: str) -> dict:
-    return {"data_dir": data, "img_size": 32, "resize_size": 36, "crop_scale": [0.7, 1.0],
-            "crop_ratio": [0.75, 1.333], "random_flip": False, "mean": [0.5] * 3,
-            "std": [0.25] * 3, "num_workers": 2, "max_bad_fraction": 0.0, "seed": 0,
-            "train_list": "small_train.shards.json", "val_list": "small_val.shards.json",
-            "decode": "cpu"}
+def glob_for(data: str):
+    from clsact import config
+
+    return config.complete_global(
+        {"model_dir": "m", "data_dir": data, "img_size": 32, "resize_size": 36,
+         "crop_scale": [0.7, 1.0], "crop_ratio": [0.75, 1.333], "random_flip": False,
+         "mean": [0.5] * 3, "std": [0.25] * 3, "num_workers": 2, "max_bad_fraction": 0.0,
+         "seed": 0, "train_list": "small_train.shards.json",
+         "val_list": "small_val.shards.json", "decode": "cpu"}, "test")
 
 
 def images_by_path(g, name, train=False):
     from clsact.data.build import read_samples
 
-    samples = read_samples({**g, "val_list": name}, "val")
+    samples = read_samples(g.replace(val_list=name), "val")
     loader = make_loader(g, samples, train=train, batch_size=16)
     try:
         batches = list(loader.epoch(0))
@@ -58,7 +61,8 @@ def images_by_path(g, name, train=False):
         [b.labels for b in batches])
 
 
-def test_pack_to_s3_and_read_back_identically(tmp_path, s3_server, bucket, small_digits_dir):
+def test_pack_to_s3_and_read_back_identically(monkeypatch, tmp_path, s3_server, bucket,
+                                              small_digits_dir):
     client = s3_server.client()
     names = [ln.split()[0] for f in ("small_train.txt", "small_val.txt")
              for ln in (small_digits_dir / f).read_text().splitlines()]
@@ -86,10 +90,9 @@ def test_pack_to_s3_and_read_back_identically(tmp_path, s3_server, bucket, small
         member = tar.getmembers()[0]
         assert tar.extractfile(member).read() == (small_digits_dir / member.name).read_bytes()
 
-    from clsact import storage
-    storage.configure(endpoint_url=s3_server.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
     packed = glob_for(dst)
-    plain = {**glob_for(str(small_digits_dir)), "val_list": "small_val.txt"}
+    plain = glob_for(str(small_digits_dir)).replace(val_list="small_val.txt")
     s_packed, x_packed, y_packed = images_by_path(packed, "small_val.shards.json")
     s_plain, x_plain, y_plain = images_by_path(plain, "small_val.txt")
     # same images, same preprocessing; only the order differs (pack-time shuffle)
@@ -109,7 +112,6 @@ def test_an_empty_member_is_a_bad_image_with_either_reader(tmp_path, s3_server, 
     """`dataset pack` counts an empty file as missing; an index that still holds an empty
     member (packed by an older clsact, or by hand) reads it as a bad image through either S3
     client (obstore refused the empty range with a ValueError traceback)."""
-    from clsact import storage
     from clsact.storage.s3read import READER_ENV
 
     monkeypatch.setenv(READER_ENV, reader)
@@ -138,8 +140,8 @@ def test_an_empty_member_is_a_bad_image_with_either_reader(tmp_path, s3_server, 
     names = [p.relative_to(tmp_path / "q").as_posix() for p in (tmp_path / "q").rglob("*")
              if p.is_file()]
     upload_tree(client, bucket, "q", tmp_path / "q", names)
-    storage.configure(endpoint_url=s3_server.endpoint)
-    g = {**glob_for(f"s3://{bucket}/q"), "val_list": "v.shards.json", "max_bad_fraction": 0.5}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    g = glob_for(f"s3://{bucket}/q").replace(val_list="v.shards.json", max_bad_fraction=0.5)
     samples, x, _ = images_by_path(g, "v.shards.json")
     assert len(samples) == 8 and x.shape[0] == 7, "the empty member is one bad image"
 
@@ -193,7 +195,7 @@ def test_packed_training_batches_differ_between_epochs_at_a_few_reads_each(tmp_p
     proc = run_cli("dataset", "pack", str(small_digits_dir), str(out), "--lists",
                    "small_train.txt", "--shard-mb", "0.02")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    g = {**glob_for(str(out)), "num_workers": 0}
+    g = glob_for(str(out)).replace(num_workers=0)
     loader = make_loader(g, read_samples(g, "train"), train=True, batch_size=16)
     assert loader.block == 16 // PACKED_BLOCKS_PER_BATCH
     sets = [{frozenset(i for i, _, _ in chunk) for chunk in loader._chunks(e)} for e in (0, 1)]
@@ -238,7 +240,7 @@ def test_pack_resized_images_and_the_loader_checks_the_size(tmp_path, small_digi
     index = json.loads((out / "l.shards.json").read_text())
     assert (index["resize_short"], index["quality"]) == (20, 90)
     samples = read_index(open_store(str(out), "x"), "l.shards.json", resize_size=20)
-    reader = make_loader({**glob_for(str(out)), "resize_size": 20, "img_size": 16},
+    reader = make_loader(glob_for(str(out)).replace(resize_size=20, img_size=16),
                          samples, train=False, batch_size=8).reader
     stored = dict(zip((s.path for s in samples),
                       reader.iter_many([s.key for s in samples]), strict=True))
@@ -253,6 +255,6 @@ def test_pack_resized_images_and_the_loader_checks_the_size(tmp_path, small_digi
     with pytest.raises(DataError, match=r"pre-resized to a short side of 20 px but "
                                         r"Global.resize_size is 36: set Global.resize_size 20, "
                                         r"or pack again with --resize-short 36"):
-        read_samples({**glob_for(str(out)), "val_list": "l.shards.json"}, "val")
+        read_samples(glob_for(str(out)).replace(val_list="l.shards.json"), "val")
     bad = run_cli("dataset", "pack", str(src), str(out), "--resize-short", "0")
     assert bad.returncode == 2 and "--resize-short 0 is too small" in bad.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from clsact.errors import StorageError
 from clsact.storage import AlreadyExists, LocalStore, S3Store, input_dir, open_store
-from clsact.storage.s3 import S3Settings, backoff, error_message
+from clsact.storage.s3session import S3Settings, backoff, error_message
 from clsact.storage.uri import check_location, parse_s3
 
 
@@ -110,13 +110,12 @@ def test_multipart_upload_was_used(tmp_path, s3_server, bucket):
     assert head["ETag"].strip('"').endswith("-3"), "three 5 MB parts => a multipart ETag"
 
 
-def test_input_dir_downloads_a_scratch_copy(tmp_path, s3_server, bucket):
+def test_input_dir_downloads_a_scratch_copy(monkeypatch, tmp_path, s3_server, bucket):
     client = s3_server.client()
     client.put_object(Bucket=bucket, Key="m/inference.pdmodel", Body=b"model")
     client.put_object(Bucket=bucket, Key="m/inference.pdiparams", Body=b"params")
-    from clsact import storage
 
-    storage.configure(endpoint_url=s3_server.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
     got = input_dir(f"s3://{bucket}/m", "Global.model_dir",
                     ["inference.pdmodel", "inference.pdiparams"], tmp_path / "scratch")
     assert (got / "inference.pdmodel").read_bytes() == b"model"

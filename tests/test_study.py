@@ -1,11 +1,11 @@
-"""``make study``'s bookkeeping (clsact.study): the summary's targets, the variants' configs.
+"""``make study``'s bookkeeping (tests.bench.study): the summary's targets, the variants' configs.
 The study itself runs real ACT; its smallest instance is in tests/test_convergence.py."""
 
 from __future__ import annotations
 
 import yaml
 
-from clsact import study
+from tests.bench import study
 
 
 def _row(seed: int, final: float, variant: str = "shipped", fp32: float = 0.9) -> dict:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from clsact.data.listfile import Sample
+from clsact.runconfig import Global
 
 FORMAT = "sha256 of sorted '<label> <image sha256>' lines"
 
@@ -23,10 +24,11 @@ FORMAT = "sha256 of sorted '<label> <image sha256>' lines"
 EVAL_SETTINGS = ("img_size", "resize_size", "mean", "std")
 
 
-def eval_settings(g: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation settings of a resolved ``Global`` section that the gate compares
-    along with the images (:data:`EVAL_SETTINGS`)."""
-    return {key: g[key] for key in EVAL_SETTINGS if key in g}
+def eval_settings(g: Global) -> dict[str, Any]:
+    """The evaluation settings of a resolved ``Global`` that the gate compares along with
+    the images (:data:`EVAL_SETTINGS`; sequences as lists, as JSON reads them back)."""
+    section = g.to_section()
+    return {key: section[key] for key in EVAL_SETTINGS}
 
 
 def val_fingerprint(samples: list[Sample], digests: Iterable[dict[int, str]],

@@ -123,7 +123,7 @@ def preprocess_batch(datas: Sequence[bytes], spec: TransformSpec,
     their positions in ``datas``, (position, reason) of the bad ones). JPEGs go through
     ``decode`` (nvJPEG), anything else, or what it rejects, through OpenCV. Runs in
     Paddle's dynamic mode whatever mode the caller is in."""
-    from clsact.runtime import dynamic_mode
+    from clsact.process import dynamic_mode
 
     with dynamic_mode():
         return _preprocess_batch(datas, spec, rngs, decode)

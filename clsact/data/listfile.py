@@ -7,6 +7,7 @@ import posixpath
 from dataclasses import dataclass
 
 from clsact.errors import DataError
+from clsact.storage.s3session import S3Settings
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,10 @@ def parse_lines(lines: list[str], source: str) -> list[Sample]:
     return samples
 
 
-def read_list(data_dir: str | os.PathLike[str], list_name: str) -> list[Sample]:
+def read_list(data_dir: str | os.PathLike[str], list_name: str,
+              s3: S3Settings | None = None) -> list[Sample]:
     """Read ``list_name`` into samples. It is relative to ``data_dir``, or an absolute path,
-    or a URI; ``data_dir`` is a local path or an ``s3://`` URI.
+    or a URI; ``data_dir`` is a local path or an ``s3://`` URI (read with ``s3``).
 
     Raises:
         DataError: the list file is missing or unreadable, or see :func:`parse_lines`.
@@ -86,9 +88,9 @@ def read_list(data_dir: str | os.PathLike[str], list_name: str) -> list[Sample]:
 
     if is_uri(list_name) or posixpath.isabs(list_name):
         parent, name = posixpath.split(list_name.rstrip("/"))
-        store = open_store(parent, "list file")
+        store = open_store(parent, "list file", s3)
     else:
-        store, name = open_store(data_dir, "Global.data_dir"), list_name
+        store, name = open_store(data_dir, "Global.data_dir", s3), list_name
     where = store.describe(name)
     try:
         text = store.read_bytes(name).decode("utf-8")

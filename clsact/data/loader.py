@@ -189,7 +189,7 @@ def decode_on_device(batch: Batch, spec: TransformSpec, seed: int, epoch: int) -
     brought to host memory as the float32 the program is fed; images nvJPEG and OpenCV
     both reject become bad samples (and leave the fingerprint)."""
     from clsact.data import gpu_decode
-    from clsact.runtime import dynamic_mode
+    from clsact.process import dynamic_mode
 
     assert batch.raw is not None and batch.raw_items is not None
     rngs = [sample_rng(seed, epoch, i) if spec.train else None for i, _ in batch.raw_items]

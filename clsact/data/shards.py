@@ -46,7 +46,7 @@ import numpy as np
 
 from clsact.data.listfile import Sample, read_list, safe_relpath
 from clsact.errors import DataError, StorageError
-from clsact.storage import AlreadyExists, Store, open_store
+from clsact.storage import AlreadyExists, S3Settings, Store, open_store
 
 log = logging.getLogger(__name__)
 FORMAT = "clsact-shards/1"
@@ -124,7 +124,7 @@ def pack_list(src: Store, list_name: str, dst: Store, *, shard_bytes: int = 256 
         StorageError: the index exists already (and not ``overwrite``), or a store fails.
     """
     start = time.perf_counter()
-    samples = read_list(src.describe(), list_name)
+    samples = read_list(src.describe(), list_name, getattr(src, "conf", None))  # S3Store.conf
     index = index_name(list_name)
     if dst.exists(index) and not overwrite:
         raise StorageError(f"{dst.describe(index)} exists (a finished pack); pass --overwrite "
@@ -342,9 +342,11 @@ def _runs(keys: list) -> list[list[int]]:
     return runs
 
 
-def pack(src_location: str, dst_location: str, lists: list[str], **kw) -> list[PackStats]:
-    """Pack each of ``lists`` (names relative to ``src_location``); see :func:`pack_list`."""
-    src = open_store(src_location, "SRC")
-    dst = open_store(dst_location, "DST")
+def pack(src_location: str, dst_location: str, lists: list[str],
+         s3: S3Settings | None = None, **kw) -> list[PackStats]:
+    """Pack each of ``lists`` (names relative to ``src_location``; stores reached with
+    ``s3``); see :func:`pack_list`."""
+    src = open_store(src_location, "SRC", s3)
+    dst = open_store(dst_location, "DST", s3)
     dst.check_writable()
     return [pack_list(src, name, dst, **kw) for name in lists]

@@ -35,6 +35,7 @@ from clsact.deploy.runtimes import (
 )
 from clsact.errors import ClsactError, ModelError
 from clsact.metrics import TopK
+from clsact.storage.s3session import S3Settings
 
 log = logging.getLogger(__name__)
 ALPHA = 0.05      # significance of the paired test
@@ -257,12 +258,14 @@ def to_json(results: list[Measurement]) -> list[dict[str, Any]]:
     return [asdict(m) for m in results]
 
 
-def local_model(location: str, scratch: Path, names: tuple[str, str]) -> Path:
-    """A local directory with the model files of ``location`` (S3: downloaded to scratch).
+def local_model(location: str, scratch: Path, names: tuple[str, str],
+                s3: S3Settings | None = None) -> Path:
+    """A local directory with the model files of ``location`` (S3, reached with ``s3``:
+    downloaded to scratch).
 
     Raises:
         StorageError: the location is malformed, unreachable or lacks the files.
     """
     from clsact import storage
 
-    return storage.input_dir(location, "--model-dir", list(names), scratch)
+    return storage.input_dir(location, "--model-dir", list(names), scratch, s3)

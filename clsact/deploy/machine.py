@@ -76,7 +76,7 @@ def versions() -> dict[str, str]:
 def describe() -> dict[str, object]:
     """The machine section of a report or benchmark: CPU model, instruction sets, CPUs this
     process may use, runtime versions."""
-    from clsact.deploy.runtimes import cpu_count
+    from clsact.process import cpu_count
 
     model, _ = cpu()
     return {"cpu": model, "isa": isa(), "cpus": cpu_count(), "versions": versions()}

@@ -1,46 +1,16 @@
-"""paddle2onnx 1.x export of a Paddle model for ONNX Runtime, run in a child process.
+"""The child process of the paddle2onnx 1.x export (``python -m clsact.deploy.onnx_export
+MODEL PARAMS OUT`` writes the ONNX file; :func:`clsact.deploy.runtimes.onnx_bytes` runs it).
 
 paddle2onnx is native code that aborts the whole process on some models (e.g. QAT models
 saved with ``onnx_format: false``, whose ``fake_quantize_*`` ops it does not know): run in
 the caller's process, that would take a ``clsact compress`` down at its report, before
-publishing. ``python -m clsact.deploy.onnx_export MODEL PARAMS OUT`` writes the ONNX file;
-:func:`export` runs it and turns a crash into :class:`RuntimeSkip`.
+publishing. It imports nothing of clsact.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-
-from clsact.deploy.runtimes import RuntimeSkip
-
-
-def export(model_file: Path, params_file: Path, timeout: float = 600.0) -> bytes:
-    """The ONNX bytes of the model (opset 13, ``deploy_backend="onnxruntime"``).
-
-    Raises:
-        RuntimeSkip: paddle2onnx is 2.x, rejects the model, crashes or times out.
-    """
-    with tempfile.TemporaryDirectory(prefix="clsact-onnx-") as tmp:
-        out = Path(tmp) / "model.onnx"
-        try:
-            proc = subprocess.run([sys.executable, "-m", __name__, str(model_file),
-                                   str(params_file), str(out)], capture_output=True,
-                                  text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise RuntimeSkip(f"paddle2onnx did not finish converting the model within "
-                              f"{timeout:.0f} s") from None
-        if proc.returncode < 0:
-            name = signal.Signals(-proc.returncode).name
-            raise RuntimeSkip(f"paddle2onnx crashed ({name}) converting the model "
-                              "(a model it does not support)")
-        if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
-            lines = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()]
-            raise RuntimeSkip(lines[-1][:300] if lines else "paddle2onnx produced no model")
-        return out.read_bytes()
 
 
 def main(argv: list[str]) -> int:

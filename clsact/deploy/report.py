@@ -19,8 +19,11 @@ from typing import Any
 
 from clsact.deploy import machine
 from clsact.deploy.bench import Measurement, bench_model, format_table
-from clsact.deploy.runtimes import ModelFiles, cpu_count
+from clsact.deploy.runtimes import ModelFiles
 from clsact.plotting import figure
+from clsact.process import cpu_count
+from clsact.runconfig import Global
+from clsact.storage.s3session import S3Settings
 
 log = logging.getLogger(__name__)
 
@@ -190,30 +193,31 @@ def write_serving_files(results: list[Measurement], model_dir: Path, names: tupl
     return out
 
 
-def measure_run(out_dir: Path, baseline_dir: Path, compressed_dir: Path, g: dict[str, Any],
+def measure_run(out_dir: Path, baseline_dir: Path, compressed_dir: Path, g: Global,
                 val_samples: list, metrics: dict[str, Any] | None, *,
-                budget_s: float, serving_dir: Path | None = None) -> dict[str, Any]:
+                budget_s: float, serving_dir: Path | None = None,
+                s3: S3Settings | None = None) -> dict[str, Any]:
     """Benchmark the baseline and the compressed model of a run (every runtime that can run
     them here; batch 1 and 32; one thread and all; accuracy on the validation set) and
     write the report into ``out_dir``. Returns the report. With ``serving_dir``, the
     compressed model goes there too in the forms the runtimes served it from
-    (:func:`write_serving_files`).
+    (:func:`write_serving_files`). The images are read with ``s3`` (default ``g.s3()``).
 
     Raises:
         ClsactError: a model cannot be loaded or run, or the data cannot be read.
     """
     from clsact.data.build import make_loader
 
-    names = (g["model_filename"], g["params_filename"])
+    names = (g.model_filename, g.params_filename)
     m = metrics or {}
     threads = tuple(dict.fromkeys((1, cpu_count())))
     results: list[Measurement] = []
     for name, where, ref in (("baseline", baseline_dir, (m.get("baseline") or {}).get("top1")),
                              ("compressed", compressed_dir,
                               (m.get("compressed") or {}).get("top1"))):
-        loader = make_loader(g, val_samples, train=False, batch_size=32)
+        loader = make_loader(g, val_samples, train=False, batch_size=32, s3=s3)
         try:
-            results += bench_model(name, ModelFiles.of(where, *names), g["img_size"],
+            results += bench_model(name, ModelFiles.of(where, *names), g.img_size,
                                    threads=threads, budget_s=budget_s,
                                    val_batches=lambda loader=loader: loader.epoch(0),
                                    reference_top1=ref)

@@ -49,14 +49,6 @@ class RuntimeSkip(Exception):
     """This runtime cannot run this model here (the message says why, in one line)."""
 
 
-def cpu_count() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's size)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 QDQ_OPS = ("quantize_linear", "dequantize_linear")
 # ``onnx_format: false`` (paddleslim's older format): activations through a fake quantize
 # op, int8-valued weights, and the op's *output* dequantized with the weight scales
@@ -213,6 +205,38 @@ OPENVINO_MODEL = "inference.openvino.pdmodel"
 _OPENVINO: dict[Path, Path] = {}
 
 
+def onnx_bytes(model_file: Path, params_file: Path, timeout: float = 600.0) -> bytes:
+    """The ONNX bytes of the model (opset 13, ``deploy_backend="onnxruntime"``), converted
+    by paddle2onnx in a child process (:mod:`clsact.deploy.onnx_export`): a crash there
+    becomes a :class:`RuntimeSkip`.
+
+    Raises:
+        RuntimeSkip: paddle2onnx is 2.x, rejects the model, crashes or times out.
+    """
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="clsact-onnx-") as tmp:
+        out = Path(tmp) / "model.onnx"
+        try:
+            proc = subprocess.run([sys.executable, "-m", "clsact.deploy.onnx_export",
+                                   str(model_file), str(params_file), str(out)],
+                                  capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeSkip(f"paddle2onnx did not finish converting the model within "
+                              f"{timeout:.0f} s") from None
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            raise RuntimeSkip(f"paddle2onnx crashed ({name}) converting the model "
+                              "(a model it does not support)")
+        if proc.returncode != 0 or not out.exists() or out.stat().st_size == 0:
+            lines = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()]
+            raise RuntimeSkip(lines[-1][:300] if lines else "paddle2onnx produced no model")
+        return out.read_bytes()
+
+
 def serving_onnx(files: ModelFiles, observers: bool = True) -> bytes:
     """The ONNX the onnxruntime runtime serves (cached per file): the model exported by
     paddle2onnx 1.x in a child process (:mod:`clsact.deploy.onnx_export`), observer pairs
@@ -228,13 +252,13 @@ def serving_onnx(files: ModelFiles, observers: bool = True) -> bytes:
     if key not in _ONNX:
         import tempfile
 
-        from clsact.deploy import onnx_export, qdq
+        from clsact.deploy import qdq
 
         if observers:
-            _ONNX[key] = onnx_export.export(files.model_file, files.params_file)
+            _ONNX[key] = onnx_bytes(files.model_file, files.params_file)
         else:
             with tempfile.TemporaryDirectory(prefix="clsact-serving-") as tmp:
-                _ONNX[key] = onnx_export.export(*qdq.rewritten_copy(
+                _ONNX[key] = onnx_bytes(*qdq.rewritten_copy(
                     files.model_file, files.params_file, Path(tmp), qdq.strip_observers))
     return _ONNX[key]
 

@@ -1,6 +1,7 @@
 """Render a compression config + launch values into Kubernetes objects (no cluster needed).
 
-The templates live in ``k8s/`` (``*.yaml.j2``, shipped in the wheel as ``clsact/k8s``). The
+The templates are package data, ``clsact/launch/templates/*.yaml.j2`` (read one way, through
+:mod:`importlib.resources`); ``k8s/`` holds rendered examples a user applies by hand. The
 result is a :class:`Rendered`: the ConfigMap holding the resolved config, then the PaddleJob
 of the chosen operator, both labelled with ``app.kubernetes.io/*`` and the run id, and the
 job annotated with a hash of the whole spec (how ``submit`` recognises a resubmission).
@@ -12,13 +13,14 @@ import copy
 import json
 import posixpath
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
-import clsact
+from clsact import __version__
 from clsact import config as config_mod
 from clsact.errors import ConfigError
 from clsact.gpuarch import node_affinity_terms
@@ -26,7 +28,7 @@ from clsact.launch.names import config_map_name, job_name, short_hash
 from clsact.launch.operators import OPERATORS, Operator
 from clsact.launch.values import LaunchValues
 from clsact.storage import is_uri
-from clsact.storage.s3 import CREDENTIALS_DIR_ENV
+from clsact.storage.s3session import CREDENTIALS_DIR_ENV
 
 CONFIG_MOUNT_DIR = "/etc/clsact"
 CONFIG_FILE_NAME = "config.yaml"
@@ -62,13 +64,16 @@ class Rendered:
 
 
 def templates_dir() -> Path:
-    """``k8s/`` of a source checkout, else the copy packaged as ``clsact/k8s``."""
-    pkg = Path(clsact.__file__).resolve().parent
-    for candidate in (pkg.parent / "k8s", pkg / "k8s"):
-        if (candidate / "paddlejob.yaml.j2").is_file():
-            return candidate
-    raise ConfigError(f"clsact's Kubernetes templates are missing (looked in {pkg.parent / 'k8s'} "
-                      f"and {pkg / 'k8s'}); reinstall clsact")
+    """The templates' folder, ``clsact/launch/templates`` (package data).
+
+    Raises:
+        ConfigError: the installation lacks them.
+    """
+    folder = Path(str(resources.files("clsact.launch") / "templates"))
+    if not (folder / "paddlejob.yaml.j2").is_file():
+        raise ConfigError(f"clsact's Kubernetes templates are missing from {folder}; "
+                          "reinstall clsact")
+    return folder
 
 
 def _to_json(value: Any) -> str:
@@ -137,8 +142,7 @@ def resolve_config(config_path: str | Path, overrides: list[str], values: Launch
     if not save_dir:
         raise ConfigError("no save dir: pass --save-dir s3://bucket/prefix (or Global.output_dir)")
     check_pod_location(save_dir, "the save dir (--save-dir / Global.output_dir)", mounts)
-    cfg.globals["output_dir"] = save_dir
-    return cfg, save_dir
+    return cfg.with_global(output_dir=save_dir), save_dir
 
 
 def container_command(values: LaunchValues, save_dir: str, run_id: str) -> list[str]:
@@ -183,7 +187,7 @@ def standard_labels(name: str, user: dict[str, str]) -> dict[str, str]:
     """The user's labels plus ``app.kubernetes.io/*`` and the run id (ours win)."""
     return {**user, "app.kubernetes.io/name": "clsact", "app.kubernetes.io/instance": name,
             "app.kubernetes.io/component": "compress", "app.kubernetes.io/managed-by": "clsact",
-            "app.kubernetes.io/version": clsact.__version__, RUN_ID_LABEL: name}
+            "app.kubernetes.io/version": __version__, RUN_ID_LABEL: name}
 
 
 def render(config_path: str | Path, overrides: list[str], values: LaunchValues,
@@ -253,7 +257,7 @@ def write_dir(objects: list[dict[str, Any]], directory: str | Path) -> list[Path
 
 
 def render_rbac(namespace: str, service_account: str, secret: str | None) -> list[dict]:
-    """The ServiceAccount, Role and RoleBinding a submitter needs (see ``k8s/rbac.yaml.j2``)."""
+    """The ServiceAccount, Role and RoleBinding a submitter needs (``templates/rbac.yaml.j2``)."""
     labels = {"app.kubernetes.io/name": "clsact", "app.kubernetes.io/component": "submitter",
               "app.kubernetes.io/managed-by": "clsact"}
     return render_template("rbac.yaml.j2", {"namespace": namespace, "labels": labels,

@@ -16,15 +16,18 @@ from pathlib import Path
 from clsact.errors import StorageError
 from clsact.storage.base import AlreadyExists, Store, VersionConflict
 from clsact.storage.local import LocalStore
-from clsact.storage.s3 import S3Settings, S3Store, configure
+from clsact.storage.s3 import S3Store
+from clsact.storage.s3session import S3Settings
 from clsact.storage.uri import check_location, is_uri, parse_s3
 
 __all__ = ["AlreadyExists", "LocalStore", "S3Settings", "S3Store", "Store", "check_location",
-           "VersionConflict", "configure", "input_dir", "is_uri", "open_store"]
+           "VersionConflict", "input_dir", "is_uri", "open_store"]
 
 
-def open_store(location: str | os.PathLike[str], what: str) -> Store:
-    """The Store rooted at ``location`` (a local path or ``s3://bucket/prefix``).
+def open_store(location: str | os.PathLike[str], what: str,
+               s3: S3Settings | None = None) -> Store:
+    """The Store rooted at ``location`` (a local path or ``s3://bucket/prefix``, reached with
+    ``s3``: default :class:`S3Settings`, i.e. the environment's endpoint).
 
     Raises:
         StorageError: the location is malformed or uses an unsupported scheme.
@@ -32,11 +35,12 @@ def open_store(location: str | os.PathLike[str], what: str) -> Store:
     location = os.fspath(location)
     check_location(location, what)
     if is_uri(location):
-        return S3Store(parse_s3(location, what))
+        return S3Store(parse_s3(location, what), s3 or S3Settings())
     return LocalStore(location)
 
 
-def input_dir(location: str, what: str, files: list[str], scratch: Path) -> Path:
+def input_dir(location: str, what: str, files: list[str], scratch: Path,
+              s3: S3Settings | None = None) -> Path:
     """A local directory holding ``files`` of ``location``, for reading only.
 
     A local directory is returned as is; from S3 the files are downloaded into ``scratch``
@@ -46,7 +50,7 @@ def input_dir(location: str, what: str, files: list[str], scratch: Path) -> Path
         StorageError: the location is malformed, unreachable, or not a directory; or one of
             ``files`` is missing there.
     """
-    store = open_store(location, what)
+    store = open_store(location, what, s3)
     if isinstance(store, LocalStore):
         if not store.root.is_dir():
             raise StorageError(f"{what} {location} is not an existing directory")

@@ -29,68 +29,22 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from clsact.errors import StorageError
 from clsact.storage.base import AlreadyExists, Store, VersionConflict
+from clsact.storage.s3session import (
+    _MISSING_KEY_CODES,
+    S3Settings,
+    backoff,
+    env_endpoint,
+    error_message,
+    make_session,
+)
 from clsact.storage.uri import S3Location
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """How clsact talks to S3; the process default is set by :func:`configure`."""
-
-    endpoint_url: str | None = None
-    max_attempts: int = 6
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    io_threads: int = 16
-    multipart_threshold: int = 64 * 1024 * 1024
-    multipart_chunksize: int = 16 * 1024 * 1024
-
-
-_settings = S3Settings()
-
-
-def configure(**changes: Any) -> S3Settings:
-    """Change the process-wide S3 settings (None values are ignored); returns them."""
-    global _settings
-    _settings = replace(_settings, **{k: v for k, v in changes.items() if v is not None})
-    return _settings
-
-
-def settings() -> S3Settings:
-    """The process-wide S3 settings."""
-    return _settings
-
-
-_CRED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-               "InvalidClientTokenId", "TokenRefreshRequired", "AuthorizationHeaderMalformed"}
-_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
-
-
-def error_message(code: str, status: int, op: str, uri: str, message: str,
-                  attempts: int | None) -> str:
-    """The one-line message for an S3 error response (pure; used by :func:`translate`)."""
-    if code == "NoSuchBucket":
-        return f"{uri}: the bucket does not exist (check the bucket name and the endpoint)"
-    if code in _CRED_CODES:
-        return (f"{uri}: S3 rejected the credentials ({code}); check AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role in use")
-    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
-        return (f"{uri}: access denied ({op}); the credentials in use lack permission for "
-                "this bucket/prefix (S3 also answers 403 for a missing object when "
-                "s3:ListBucket is not granted)")
-    if code in ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-                "503") or status >= 500:
-        tries = f" after {attempts} attempts" if attempts else ""
-        return (f"{uri}: S3 {op} kept failing{tries} ({code}: {message}); the store is "
-                "unavailable or throttling; retry later or raise Global.s3_max_attempts")
-    return f"{uri}: S3 {op} failed ({code}: {message})"
 
 
 def translate(exc: Exception, op: str, uri: str, conf: S3Settings) -> Exception:
@@ -117,7 +71,7 @@ def translate(exc: Exception, op: str, uri: str, conf: S3Settings) -> Exception:
     if isinstance(exc, bx.ProfileNotFound):
         return StorageError(f"{uri}: {exc}; fix AWS_PROFILE")
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
-        where = conf.endpoint_url or _env_endpoint() or "the default AWS endpoint"
+        where = conf.endpoint_url or env_endpoint() or "the default AWS endpoint"
         return StorageError(f"{uri}: cannot connect to {where} ({type(exc).__name__}); check "
                             "--s3-endpoint / AWS_ENDPOINT_URL and the network")
     if isinstance(exc, (bx.ConnectionClosedError, bx.ReadTimeoutError, bx.HTTPClientError)):
@@ -138,11 +92,6 @@ def _body_errors() -> tuple[type[BaseException], ...]:
             ux.ProtocolError, ux.ReadTimeoutError, ConnectionError)
 
 
-def backoff(attempt: int, base: float = 0.25, cap: float = 20.0) -> float:
-    """Full-jitter exponential backoff before retry number ``attempt`` (0-based)."""
-    return random.random() * min(cap, base * 2**attempt)
-
-
 # opt-out of the conditional-write probe (a store known to ignore the headers, risk accepted)
 UNCONDITIONAL_ENV = "CLSACT_S3_UNCONDITIONAL"
 _CONDITIONAL_OK: set[tuple[str | None, str]] = set()  # (endpoint, bucket) probed and fine
@@ -151,9 +100,9 @@ _CONDITIONAL_OK: set[tuple[str | None, str]] = set()  # (endpoint, bucket) probe
 class S3Store(Store):
     """Objects under ``s3://bucket/prefix``."""
 
-    def __init__(self, loc: S3Location, conf: S3Settings | None = None) -> None:
+    def __init__(self, loc: S3Location, conf: S3Settings) -> None:
         self.loc = loc
-        self.conf = conf or settings()
+        self.conf = conf
 
     def __repr__(self) -> str:
         return f"S3Store({self.loc.uri()!r})"
@@ -339,7 +288,7 @@ class S3Store(Store):
             StorageError: a condition was ignored (unless ``CLSACT_S3_UNCONDITIONAL=1``
                 accepts the risk), or the probe could not be written.
         """
-        key = (self.conf.endpoint_url or _env_endpoint(), self.loc.bucket)
+        key = (self.conf.endpoint_url or env_endpoint(), self.loc.bucket)
         if key in _CONDITIONAL_OK or os.environ.get(UNCONDITIONAL_ENV, "") == "1":
             return
         probe = f".clsact-conditional-check-{random.getrandbits(48):012x}"
@@ -392,16 +341,17 @@ def _unwrap_transfer(exc: Exception, op: str, uri: str, conf: S3Settings) -> Exc
 
 # A Store is unpickled afresh for every loader task: clients (slow to build: they load the
 # service model) and fetch threads are kept per process instead.
-_CLIENTS: dict[S3Settings, Any] = {}
+_CLIENTS: dict[tuple[S3Settings, str | None], Any] = {}
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 
 
 def _process_client(conf: S3Settings):
+    key = (conf, env_endpoint())  # the environment's endpoint applies when conf names none
     with _LOCK:
-        if conf not in _CLIENTS:
-            _CLIENTS[conf] = make_client(conf)
-        return _CLIENTS[conf]
+        if key not in _CLIENTS:
+            _CLIENTS[key] = make_client(conf)
+        return _CLIENTS[key]
 
 
 def _process_pool(threads: int) -> ThreadPoolExecutor:
@@ -409,60 +359,6 @@ def _process_pool(threads: int) -> ThreadPoolExecutor:
         if threads not in _POOLS:
             _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="clsact-s3")
         return _POOLS[threads]
-
-
-CREDENTIALS_DIR_ENV = "CLSACT_S3_CREDENTIALS_DIR"
-_KEY_FILES = {"AWS_ACCESS_KEY_ID": "aws_access_key_id",
-              "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
-              "AWS_SESSION_TOKEN": "aws_session_token"}
-
-
-def credentials_from_dir(path: str) -> dict[str, str]:
-    """boto3 session keywords from the key files in ``path`` (a mounted Secret).
-
-    Raises:
-        StorageError: the folder or one of the two required files is missing or unreadable.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise StorageError(f"{CREDENTIALS_DIR_ENV}={path} is not a folder (the S3 Secret's "
-                           "mount): check the pod's s3-credentials volume")
-    out = {}
-    for name, key in _KEY_FILES.items():
-        file = folder / name
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            if name == "AWS_SESSION_TOKEN":
-                continue
-            raise StorageError(f"{CREDENTIALS_DIR_ENV}={path} has no {name}: the S3 Secret "
-                               f"must hold the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                               ) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StorageError(f"{file} cannot be read ({type(exc).__name__})") from None
-        out[key] = value
-    return out
-
-
-def make_session():
-    """The boto3 session whose credentials every client uses: the keys in
-    ``CLSACT_S3_CREDENTIALS_DIR`` when set, else boto3's chain.
-
-    Raises:
-        StorageError: the AWS profile named by AWS_PROFILE does not exist, or the credentials
-            folder named by CLSACT_S3_CREDENTIALS_DIR is incomplete.
-    """
-    import os
-
-    import boto3
-    from botocore.exceptions import ProfileNotFound
-
-    folder = os.environ.get(CREDENTIALS_DIR_ENV)
-    keys = credentials_from_dir(folder) if folder else {}
-    try:
-        return boto3.session.Session(**keys)
-    except ProfileNotFound as exc:
-        raise StorageError(f"{exc}; fix AWS_PROFILE") from None
 
 
 def make_client(conf: S3Settings):
@@ -474,7 +370,7 @@ def make_client(conf: S3Settings):
     from botocore.config import Config
 
     session = make_session()
-    custom = conf.endpoint_url is not None or _env_endpoint() is not None
+    custom = conf.endpoint_url is not None or env_endpoint() is not None
     config = Config(
         retries={"mode": "standard", "total_max_attempts": conf.max_attempts},
         connect_timeout=conf.connect_timeout, read_timeout=conf.read_timeout,
@@ -485,7 +381,3 @@ def make_client(conf: S3Settings):
     return session.client("s3", endpoint_url=conf.endpoint_url, config=config)
 
 
-def _env_endpoint() -> str | None:
-    import os
-
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

@@ -18,7 +18,7 @@ It keeps boto3's behaviour:
 * retries: 5xx, throttling, timeouts and dropped connections, ``max_attempts`` in all, with
   jittered exponential backoff (250 ms doubling up to 20 s); a body that breaks off is
   retried here like in :mod:`clsact.storage.s3`;
-* errors: the same one-line messages (:func:`clsact.storage.s3.error_message`).
+* errors: the same one-line messages (:func:`clsact.storage.s3session.error_message`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from datetime import timedelta
 from typing import Any
 
 from clsact.errors import StorageError
-from clsact.storage.s3 import S3Settings, _env_endpoint, backoff, error_message, make_session
+from clsact.storage.s3session import S3Settings, backoff, env_endpoint, error_message, make_session
 
 READER_ENV = "CLSACT_S3_READER"
-_STORES: dict[tuple[S3Settings, str], Any] = {}
+_STORES: dict[tuple[S3Settings, str | None, str], Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -65,7 +65,7 @@ def enabled() -> bool:
 def _store(conf: S3Settings, bucket: str):
     """This process's obstore S3Store for ``bucket`` (built once)."""
     with _LOCK:
-        key = (conf, bucket)
+        key = (conf, env_endpoint(), bucket)
         if key not in _STORES:
             _STORES[key] = _make_store(conf, bucket)
         return _STORES[key]
@@ -76,7 +76,7 @@ def _make_store(conf: S3Settings, bucket: str):
     from obstore.store import S3Store as ObStore
 
     session = make_session()
-    endpoint = conf.endpoint_url or _env_endpoint()
+    endpoint = conf.endpoint_url or env_endpoint()
     options: dict[str, Any] = {
         "connect_timeout": f"{conf.connect_timeout}s", "timeout": f"{conf.read_timeout}s",
         "pool_max_idle_per_host": str(conf.io_threads + 4)}
@@ -109,7 +109,7 @@ def _summary(text: str) -> str:
 def translate(exc: BaseException, uri: str, conf: S3Settings) -> Exception:
     """The clsact exception for an obstore error: FileNotFoundError for a missing object,
     else StorageError with the one-line message boto3's path gives
-    (:func:`clsact.storage.s3.error_message`)."""
+    (:func:`clsact.storage.s3session.error_message`)."""
     from obstore import exceptions as ox
 
     text = str(exc)
@@ -130,7 +130,7 @@ def translate(exc: BaseException, uri: str, conf: S3Settings) -> Exception:
     if isinstance(exc, ox.PermissionDeniedError):
         return StorageError(error_message("AccessDenied", 403, "get_object", uri, "", None))
     if "Connection refused" in text or "dns error" in text:
-        where = conf.endpoint_url or _env_endpoint() or "the default AWS endpoint"
+        where = conf.endpoint_url or env_endpoint() or "the default AWS endpoint"
         return StorageError(f"{uri}: cannot connect to {where} ({_summary(text)}); check "
                             "--s3-endpoint / AWS_ENDPOINT_URL and the network")
     return StorageError(f"{uri}: S3 get_object failed after {conf.max_attempts} attempts: "

@@ -1,4 +1,4 @@
-{{/* The worker pod template of both operators (k8s/_pod.yaml.j2): the training container
+{{/* The worker pod template of both operators (clsact/launch/templates/_pod.yaml.j2): the training container
      comes first (paddle-operator injects its env into containers[0]). Takes
      (dict "root" $ "container" NAME). */}}
 {{- define "clsact.podTemplate" -}}

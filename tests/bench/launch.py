@@ -1,7 +1,7 @@
 """Launcher latency, side by side in one run on a real kube-apiserver 1.20.2 + etcd (loopback):
 render (in process and as a command), submit (new job / unchanged resubmit), status, cancel.
 
-Run: ``python -m tests.bench_launch --output bench-results/launch.json`` (``make bench``).
+Run: ``python -m tests.bench.launch --output bench-results/launch.json`` (``make bench``).
 """
 
 from __future__ import annotations

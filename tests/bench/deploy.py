@@ -47,7 +47,7 @@ def build_fp32(work: Path) -> tuple[Path, Path]:
     import paddle
     from paddle.vision.models import MobileNetV3Large
 
-    from clsact.demo import build_digits_dataset
+    from clsact.demo.digits import build_digits_dataset
 
     data = work / "data"
     build_digits_dataset(data)
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(False)
 
     from clsact.deploy import bench, machine, profile, report
-    from clsact.deploy.runtimes import RUNTIMES, ModelFiles, cpu_count
+    from clsact.deploy.runtimes import RUNTIMES, ModelFiles
+    from clsact.process import cpu_count
 
     with tempfile.TemporaryDirectory(prefix="clsact-bench-deploy-") as tmp:
         work = Path(tmp)

@@ -1,14 +1,5 @@
-"""clsact: compress image classifiers (QAT + distillation) and run them on Kubernetes.
-
-Commands: ``compress``, ``eval``, ``verify``, ``gate``, ``history``, ``dataset pack``,
-``demo``, ``doctor``, and the launcher's
-``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``, ``rbac``
-(:mod:`clsact.launch.cli`).
-
-User mistakes (:class:`~clsact.errors.ClsactError`) end with one ``clsact: error: ...`` line
-on stderr and exit code 2; the exit codes are :mod:`clsact.exitcodes`; anything else is a
-bug and keeps its traceback.
-"""
+"""The job's commands: ``compress``, ``eval``, ``verify``, ``dataset pack``, ``demo``,
+``doctor``. Errors are :class:`~clsact.errors.ClsactError`: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -17,11 +8,21 @@ import json
 import sys
 from pathlib import Path
 
-from clsact import __version__, compat, exitcodes, logs
-from clsact.deploy import cli as deploy_cli
-from clsact.errors import EXIT_USER_ERROR, ClsactError
-from clsact.launch import cli as launch_cli
-from clsact.runtime import unwind_on_sigterm
+from clsact import exitcodes
+from clsact.cli.common import add_s3_endpoint, s3_settings
+from clsact.errors import ClsactError
+
+
+def add_parsers(sub) -> None:
+    """Add the job's commands to the subcommands ``sub``."""
+    _add_compress(sub)
+    _add_eval(sub)
+    _add_verify(sub)
+    _add_dataset(sub)
+    _add_demo(sub)
+    p = sub.add_parser("doctor", help="what this installation runs on: versions, the GPUs "
+                       "the installed Paddle has kernels for, the GPUs visible here")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_compress(sub) -> None:
@@ -42,12 +43,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--gate", nargs="?", const="", metavar="PREFIX", help="after publishing, "
                    "run `clsact gate` on the run against PREFIX (default Gate.against); the "
                    "exit code is the gate's (0 blessed, 1 not blessed)")
-    _add_s3_endpoint(p)
-
-
-def _add_s3_endpoint(p) -> None:
-    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph "
-                   "RGW, ...); default Global.s3_endpoint, then AWS_ENDPOINT_URL, then AWS")
+    add_s3_endpoint(p)
 
 
 def _add_eval(sub) -> None:
@@ -69,7 +65,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--output", help="also write the JSON result to this file")
-    _add_s3_endpoint(p)
+    add_s3_endpoint(p)
 
 
 def _add_verify(sub) -> None:
@@ -77,64 +73,7 @@ def _add_verify(sub) -> None:
                        description="Exit 0 when LOCATION holds _SUCCESS and every file of "
                        "manifest.json with the right size and sha256; 1 otherwise.")
     p.add_argument("location", metavar="LOCATION", help="a save dir: path or s3://bucket/prefix")
-    _add_s3_endpoint(p)
-
-
-def add_threshold_flags(p) -> None:
-    """The gate's threshold flags (they override the run config's ``Gate`` section)."""
-    for name, text in (("min-top1", "floor on the compressed top-1 (fraction, 0.75 = 75%%)"),
-                       ("max-regression", "largest top-1 drop against the last blessed run "
-                        "(absolute fraction, 0.005 = half a point)"),
-                       ("max-regression-relative", "largest top-1 drop against the last "
-                        "blessed run as a fraction of its top-1"),
-                       ("max-drop-vs-fp32", "largest drop below the run's own fp32 top-1")):
-        p.add_argument(f"--{name}", type=float, metavar="X", help=text)
-
-
-def threshold_flags(args: argparse.Namespace) -> dict[str, float | None]:
-    """The threshold flags given (None: not given).
-
-    Raises:
-        ClsactError: a value outside [0, 1].
-    """
-    out = {k: getattr(args, k) for k in ("min_top1", "max_regression",
-                                         "max_regression_relative", "max_drop_vs_fp32")}
-    for key, value in out.items():
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise ClsactError(f"--{key.replace('_', '-')} is a top-1 fraction in [0, 1] (0.75 = "
-                              f"75%), got {value}")
-    return out
-
-
-def _add_gate(sub) -> None:
-    p = sub.add_parser("gate", help="bless a published run if it may replace the last "
-                       "blessed one (PREFIX/latest)",
-                       description="Check RUN against the last blessed run named by "
-                       "PREFIX/latest and the thresholds of its config's Gate section (or the "
-                       "flags); record blessing.json in RUN and, if blessed, move "
-                       "PREFIX/latest to it (compare-and-swap). Exit 0 blessed, 1 not "
-                       "blessed, 2 error.")
-    p.add_argument("run", metavar="RUN", help="a published run: path or s3://bucket/prefix")
-    p.add_argument("--against", metavar="PREFIX", help="where the latest pointer lives "
-                   "(default: the run config's Gate.against)")
-    add_threshold_flags(p)
-    p.add_argument("--regate", action="store_true", help="gate a run that holds a verdict "
-                   "again (default: report its verdict)")
-    p.add_argument("--json", action="store_true", help="print blessing.json's content")
-    _add_s3_endpoint(p)
-
-
-def _add_history(sub) -> None:
-    p = sub.add_parser("history", help="every finished run under a prefix: accuracy, gate "
-                       "verdict, latest", description="List the finished runs under PREFIX "
-                       "(oldest first) with their fp32 and compressed accuracy, the gate's "
-                       "verdict and the run PREFIX/latest names.")
-    p.add_argument("prefix", metavar="PREFIX", help="path or s3://bucket/prefix")
-    p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw top-1 over the runs")
-    p.add_argument("--floor", type=float, help="the floor drawn (default: the last gate's "
-                   "min_top1)")
-    _add_s3_endpoint(p)
+    add_s3_endpoint(p)
 
 
 def _add_dataset(sub) -> None:
@@ -160,7 +99,7 @@ def _add_dataset(sub) -> None:
     pk.add_argument("--quality", type=int, default=95, help="JPEG quality of resized images "
                     "(default 95)")
     pk.add_argument("--workers", type=int, help="processes resizing (default: the CPUs, <= 8)")
-    _add_s3_endpoint(pk)
+    add_s3_endpoint(pk)
 
 
 def _add_demo(sub) -> None:
@@ -171,32 +110,11 @@ def _add_demo(sub) -> None:
     p.add_argument("--epochs", type=int, default=5, help="baseline training epochs")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``clsact`` command."""
-    parser = argparse.ArgumentParser(prog="clsact", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"clsact {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_compress(sub)
-    _add_eval(sub)
-    _add_verify(sub)
-    _add_gate(sub)
-    _add_history(sub)
-    deploy_cli.add_parsers(sub, _add_s3_endpoint)
-    _add_dataset(sub)
-    _add_demo(sub)
-    p = sub.add_parser("doctor", help="what this installation runs on: versions, the GPUs "
-                       "the installed Paddle has kernels for, the GPUs visible here")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    launch_cli.add_parsers(sub)
-    return parser
-
-
 def cmd_compress(args: argparse.Namespace) -> int:
     """``clsact compress``."""
     from clsact import config
     from clsact.compress import compress
-    from clsact.runtime import rank_info
+    from clsact.process import rank_info
 
     cfg = config.load(args.config, [*args.overrides,
                                      *(["Global.report=false"] if args.no_report else [])])
@@ -219,51 +137,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     print(f"results in {metrics['save_dir']} (run {metrics['run_id']})")
     if args.gate is None or rank_info().rank != 0:
         return 0
-    return run_gate(metrics["save_dir"], args.gate or None, {})
+    from clsact.cli.registry import run_gate
 
-
-def run_gate(run: str, against: str | None, flags: dict[str, float | None], *,
-             regate: bool = False, as_json: bool = False) -> int:
-    """Gate ``run`` and print the report; returns the gate's exit code (0 or 1).
-
-    Raises:
-        ClsactError: see :func:`clsact.gate.gate`.
-    """
-    from clsact.gate import blessing_document, format_outcome, gate
-
-    out = gate(run, against, flags, regate=regate)
-    if as_json:
-        print(json.dumps(blessing_document(out), indent=2))
-    else:
-        print(format_outcome(out))
-    return out.exit_code
-
-
-def cmd_gate(args: argparse.Namespace) -> int:
-    """``clsact gate``: 0 blessed, 1 not blessed."""
-    from clsact import storage
-
-    storage.configure(endpoint_url=args.s3_endpoint)
-    return run_gate(args.run, args.against, threshold_flags(args), regate=args.regate,
-                    as_json=args.json)
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    """``clsact history``."""
-    from clsact import history, storage
-
-    storage.configure(endpoint_url=args.s3_endpoint)
-    if args.floor is not None and not 0.0 <= args.floor <= 1.0:
-        raise ClsactError(f"--floor is a top-1 fraction in [0, 1], got {args.floor}")
-    prefix, rows = history.history(args.prefix)
-    if args.json:
-        print(json.dumps(history.to_json(rows), indent=2))
-    else:
-        print(history.table(rows))
-    if args.plot:
-        history.plot(rows, Path(args.plot), args.floor, title=f"top-1 of {prefix.describe()}")
-        print(f"plot written to {args.plot}", file=sys.stderr)
-    return 0
+    return run_gate(metrics["save_dir"], args.gate or None, {},
+                    s3=cfg.globals.s3(args.s3_endpoint))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -272,37 +149,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from clsact import config, storage
     from clsact.data.build import make_loader, read_samples
-    from clsact.evalsettings import check_model_input, plan
     from clsact.evaluate import evaluate_model_dir
     from clsact.modelio import inspect_model, model_paths
-    from clsact.runtime import select_device
+    from clsact.process import select_device
+    from clsact.registry.settings import check_model_input, plan
 
-    storage.configure(endpoint_url=args.s3_endpoint)
+    s3 = s3_settings(args)
     chosen = plan({"model_dir": args.model_dir, "data_dir": args.data_dir,
                    "val_list": args.val_list, "img_size": args.img_size,
                    "resize_size": args.resize_size, "model_filename": args.model_filename,
-                   "params_filename": args.params_filename})
+                   "params_filename": args.params_filename}, s3)
     g = config.complete_global(
         {**chosen.settings, "batch_size": args.batch_size, "num_workers": args.num_workers,
          "device": args.device}, chosen.run_config or "clsact eval")
-    samples = read_samples(g, "val")
+    samples = read_samples(g, "val", s3)
     with tempfile.TemporaryDirectory(prefix="clsact-eval-") as scratch:
-        model_dir = storage.input_dir(g["model_dir"], "--model-dir",
-                                      [g["model_filename"], g["params_filename"]],
-                                      Path(scratch) / "model")
-        model_file, _ = model_paths(model_dir, g["model_filename"], g["params_filename"])
-        info = inspect_model(model_file, g["input_name"])
-        check_model_input(info.input_shape, g["img_size"], g["model_dir"])
-        select_device(g["device"])
-        loader = make_loader(g, samples, train=False, batch_size=g["batch_size"])
+        model_dir = storage.input_dir(g.model_dir, "--model-dir",
+                                      [g.model_filename, g.params_filename],
+                                      Path(scratch) / "model", s3)
+        model_file, _ = model_paths(model_dir, g.model_filename, g.params_filename)
+        info = inspect_model(model_file, g.input_name)
+        check_model_input(info.input_shape, g.img_size, g.model_dir)
+        select_device(g.device)
+        loader = make_loader(g, samples, train=False, batch_size=g.batch_size, s3=s3)
         try:
-            result = evaluate_model_dir(model_dir, loader, model_filename=g["model_filename"],
-                                        params_filename=g["params_filename"],
-                                        input_name=g["input_name"])
+            result = evaluate_model_dir(model_dir, loader, model_filename=g.model_filename,
+                                        params_filename=g.params_filename,
+                                        input_name=g.input_name)
         finally:
             loader.close()
-    result["settings"] = {"from": chosen.run_config or "flags", "img_size": g["img_size"],
-                          "resize_size": g["resize_size"], "val_list": g["val_list"]}
+    result["settings"] = {"from": chosen.run_config or "flags", "img_size": g.img_size,
+                          "resize_size": g.resize_size, "val_list": g.val_list}
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
@@ -315,8 +192,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from clsact import storage
     from clsact.storage.publish import verify
 
-    storage.configure(endpoint_url=args.s3_endpoint)
-    result = verify(storage.open_store(args.location, "LOCATION"))
+    result = verify(storage.open_store(args.location, "LOCATION", s3_settings(args)))
     for problem in result.problems:
         print(f"clsact: verify: {result.location}: {problem}", file=sys.stderr)
     if not result.ok:
@@ -329,7 +205,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     """``clsact dataset pack``."""
-    from clsact import storage
     from clsact.data.build import default_workers
     from clsact.data.shards import index_name, pack
 
@@ -340,8 +215,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
                           "config's Global.resize_size (e.g. 256)")
     if not 1 <= args.quality <= 100 or (args.workers is not None and args.workers < 1):
         raise ClsactError("--quality must be in 1..100 and --workers >= 1")
-    storage.configure(endpoint_url=args.s3_endpoint)
-    for st in pack(args.src, args.dst, args.lists, shard_bytes=int(args.shard_mb * 2**20),
+    for st in pack(args.src, args.dst, args.lists, s3_settings(args),
+                   shard_bytes=int(args.shard_mb * 2**20),
                    seed=args.seed, overwrite=args.overwrite, max_missing=args.max_missing,
                    resize_short=args.resize_short, quality=args.quality,
                    workers=args.workers or default_workers()):
@@ -356,7 +231,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``clsact demo``."""
-    from clsact.demo import run_demo
+    from clsact.demo.run import run_demo
 
     return run_demo(Path(args.workdir), config_path=args.config, epochs=args.epochs)
 
@@ -364,7 +239,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """``clsact doctor``."""
     from clsact import doctor
-    from clsact.runtime import visible_gpus
+    from clsact.process import visible_gpus
 
     facts = doctor.report(visible_gpus())
     print(json.dumps(facts, indent=2) if args.json else doctor.table(facts))
@@ -372,26 +247,4 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "verify": cmd_verify,
-            "gate": cmd_gate, "history": cmd_history, **deploy_cli.COMMANDS,
-            "dataset": cmd_dataset, "demo": cmd_demo, "doctor": cmd_doctor,
-            **launch_cli.COMMANDS}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    compat.quiet_native_output()
-    logs.setup(args.verbose)
-    unwind_on_sigterm()
-    try:
-        return COMMANDS[args.command](args)
-    except ClsactError as exc:
-        print(f"clsact: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        from clsact.storage.publish import published
-
-        done = published()
-        print(f"clsact: interrupted after publishing to {', '.join(done)} (complete)" if done
-              else "clsact: interrupted; nothing was published", file=sys.stderr)
-        return exitcodes.INTERRUPTED
+            "dataset": cmd_dataset, "demo": cmd_demo, "doctor": cmd_doctor}

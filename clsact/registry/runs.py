@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from clsact.errors import StorageError
-from clsact.storage import Store, is_uri, open_store
+from clsact.storage import S3Settings, Store, is_uri, open_store
 from clsact.storage.publish import SUCCESS
 
 LATEST = "latest"
@@ -41,14 +41,15 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def open_location(location: str, what: str) -> Store:
+def open_location(location: str, what: str, s3: S3Settings | None = None) -> Store:
     """The Store of ``location`` with a local path made absolute (the pointer records runs
-    by location, which must not depend on the directory a command ran in).
+    by location, which must not depend on the directory a command ran in), reached with
+    ``s3``.
 
     Raises:
         StorageError: the location is malformed or uses an unsupported scheme.
     """
-    return open_store(location if is_uri(location) else os.path.abspath(location), what)
+    return open_store(location if is_uri(location) else os.path.abspath(location), what, s3)
 
 
 @dataclass
@@ -188,7 +189,7 @@ def parent_location(location: str) -> str | None:
     return head
 
 
-def blessed_here(location: str, levels: int = 2) -> str | None:
+def blessed_here(location: str, levels: int = 2, s3: S3Settings | None = None) -> str | None:
     """The ``latest`` pointer that names the run at ``location`` as blessed, if one does,
     looking ``levels`` folders up (``PREFIX/<run>`` and ``PREFIX/runs/<run>``, where
     ``clsact gate --against PREFIX`` and the nightly keep it).
@@ -201,7 +202,7 @@ def blessed_here(location: str, levels: int = 2) -> str | None:
     for _level in range(levels):
         if parent is None:
             return None
-        prefix = open_location(parent, "the save dir's parent")
+        prefix = open_location(parent, "the save dir's parent", s3)
         try:
             data = json.loads(prefix.read_bytes(LATEST))
         except (FileNotFoundError, ValueError):
@@ -213,14 +214,15 @@ def blessed_here(location: str, levels: int = 2) -> str | None:
     return None
 
 
-def read_pointed_run(pointer: Pointer) -> RunRecord:
-    """The run ``pointer`` names, checked against what the pointer recorded.
+def read_pointed_run(pointer: Pointer, s3: S3Settings | None = None) -> RunRecord:
+    """The run ``pointer`` names (reached with ``s3``), checked against what the pointer
+    recorded.
 
     Raises:
         StorageError: the run is gone or unfinished, or its ``metrics.json`` changed since it
             was blessed.
     """
-    rec = read_run(open_location(pointer.run, "the latest pointer's run"))
+    rec = read_run(open_location(pointer.run, "the latest pointer's run", s3))
     data = pointer.data or {}
     if not rec.finished:
         raise StorageError(f"the latest pointer names {pointer.run}, which holds no finished "

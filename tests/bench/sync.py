@@ -43,8 +43,8 @@ FLOAT_BYTES = 4
 
 def prepare(root: Path) -> tuple[Path, Path]:
     """The model and a small ImageNet-shaped dataset under ``root``; (model dir, data dir)."""
-    from clsact.bench import make_images
-    from clsact.bench_graph import export
+    from tests.bench.graph import export
+    from tests.bench.loader import make_images
 
     model = root / "model"
     model.mkdir()

@@ -1,10 +1,10 @@
 """The launcher's commands: ``render``, ``submit``, ``status``, ``list``, ``logs``, ``cancel``,
 ``rbac``. Registered on the ``clsact`` parser by :func:`add_parsers`.
 
-Exit codes: 0 success; 1 the job failed; 2 a user error (one ``clsact: error:`` line);
-3 ``submit --nightly`` refused: an earlier night is still running; 124 ``submit --wait`` timed
-out (the job was cancelled, except a nightly's, which goes on). With ``submit --wait --gate``,
-a run that succeeded but is not blessed exits 1 too.
+Exit codes (:mod:`clsact.exitcodes`): 0 success; 1 ``submit --wait --gate``: the run
+succeeded but was not blessed; 2 a user error (one ``clsact: error:`` line); 4 the job failed;
+5 ``submit --nightly`` refused: an earlier night is still running; 124 ``submit --wait`` timed
+out (the job was cancelled, except a nightly's, which goes on).
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from clsact.exitcodes import JOB_FAILED as EXIT_JOB_FAILED
-from clsact.exitcodes import NIGHT_BUSY as EXIT_NIGHT_BUSY
-from clsact.exitcodes import TIMEOUT as EXIT_TIMEOUT
+from clsact import exitcodes
 from clsact.launch.operators import OPERATORS
 
 
@@ -92,7 +90,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="render and validate only; print "
                    "what would be submitted")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 "
-                   "if it succeeded, 1 if it failed, 124 on timeout (job cancelled)")
+                   "if it succeeded, 4 if it failed, 124 on timeout (job cancelled)")
     p.add_argument("--timeout", type=parse_duration, default=parse_duration("24h"),
                    help="with --wait: give up and cancel after this long (90s, 45m, 2h; "
                    "default 24h)")
@@ -169,7 +167,7 @@ def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any],
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     """A section of the config as read (with the overrides), {} when absent or malformed
     (render's validation names a malformed one)."""
-    from clsact.runs import as_dict
+    from clsact.registry.runs import as_dict
 
     return as_dict(as_dict(raw).get(name))
 
@@ -281,7 +279,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                                           args.night, rendered.name)
         except nightly.NightBusy as exc:
             print(f"clsact: error: {exc}", file=sys.stderr)
-            return EXIT_NIGHT_BUSY
+            return exitcodes.NIGHT_BUSY
     outcome = jobs.submit(cluster, rendered, replace=args.replace, warn=lambda m: _note(
         f"warning: {m}"))
     ref = f"{rendered.operator.kind} {outcome.namespace}/{outcome.name}"
@@ -305,16 +303,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if state is None and args.nightly:
         print(f"clsact: error: {ref} did not finish within {args.timeout:.0f}s; it goes on "
               "(the next night is refused until it ends)", file=sys.stderr)
-        return EXIT_TIMEOUT
+        return exitcodes.TIMEOUT
     if state is None:
         jobs.delete_job(cluster, rendered.operator, outcome.namespace, outcome.name)
         print(f"clsact: error: {ref} did not finish within {args.timeout:.0f}s; cancelled it "
               "(job and ConfigMap deleted)", file=sys.stderr)
-        return EXIT_TIMEOUT
+        return exitcodes.TIMEOUT
     if state.outcome == "failed":
         print(f"clsact: error: {ref} {state.phase}{': ' + state.message if state.message else ''}"
               f"; see `clsact logs {outcome.name} -n {outcome.namespace}`", file=sys.stderr)
-        return EXIT_JOB_FAILED
+        return exitcodes.JOB_FAILED
     print(f"{ref} {state.phase}")
     if gate_prefix is None:
         return 0
@@ -350,13 +348,13 @@ def _gate_run(run: str, prefix: str, endpoint: str | None, *, plot: bool) -> int
     Raises:
         ClsactError: the gate failed (unreadable store, broken pointer).
     """
-    from clsact import storage
-    from clsact.cli import run_gate
+    from clsact.cli.registry import run_gate
+    from clsact.storage import S3Settings
 
-    storage.configure(endpoint_url=endpoint)
-    code = run_gate(run, prefix, {})
+    s3 = S3Settings(endpoint_url=endpoint)
+    code = run_gate(run, prefix, {}, s3=s3)
     if plot:
-        _write_history_plot(prefix)
+        _write_history_plot(prefix, s3)
     return code
 
 
@@ -368,26 +366,26 @@ def _gate_earlier_nights(prefix: str, endpoint: str | None) -> None:
     Raises:
         ClsactError: the prefix cannot be read, or a gate failed.
     """
-    from clsact import storage
-    from clsact.cli import run_gate
-    from clsact.gate import never_gated
+    from clsact.cli.registry import run_gate
+    from clsact.registry.gate import never_gated
+    from clsact.storage import S3Settings
 
-    storage.configure(endpoint_url=endpoint)
-    for run in never_gated(prefix):
+    s3 = S3Settings(endpoint_url=endpoint)
+    for run in never_gated(prefix, s3):
         _note(f"gating {run}: it finished after its submitter stopped following it")
-        run_gate(run, prefix, {})
+        run_gate(run, prefix, {}, s3=s3)
 
 
-def _write_history_plot(prefix: str) -> None:
+def _write_history_plot(prefix: str, s3) -> None:
     """``PREFIX/history.png``: top-1 over the nights (a failure is only a warning)."""
     import tempfile
     from pathlib import Path
 
-    from clsact import history
     from clsact.errors import ClsactError
+    from clsact.registry import history
 
     try:
-        store, rows = history.history(prefix)
+        store, rows = history.history(prefix, s3)
         with tempfile.TemporaryDirectory(prefix="clsact-history-") as tmp:
             png = Path(tmp) / "history.png"
             history.plot(rows, png, title=f"top-1 of {store.describe()}")
@@ -415,7 +413,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  pods:     {len(pods)}")
     for pod in pods:
         print(f"    {pod.metadata.name}  {pod.status.phase if pod.status else '?'}")
-    return EXIT_JOB_FAILED if state.outcome == "failed" else 0
+    return exitcodes.JOB_FAILED if state.outcome == "failed" else 0
 
 
 def _age(created: str | None) -> str:

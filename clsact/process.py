@@ -1,4 +1,5 @@
-"""The process's place in a run: device (CPU/GPU) and rank within the job."""
+"""The process's place in a run: device (CPU/GPU), the CPUs it may use, and its rank within
+the job."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ class RankInfo:
     def is_publisher(self) -> bool:
         """Only rank 0 writes results."""
         return self.rank == 0
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's size)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def rank_info(env: dict[str, str] | None = None) -> RankInfo:

@@ -19,8 +19,8 @@ import yaml
 
 from clsact import config
 from clsact.errors import ConfigError, StorageError
-from clsact.runs import parent_location
-from clsact.storage import open_store
+from clsact.registry.runs import parent_location
+from clsact.storage import S3Settings, open_store
 
 RUN_CONFIG = "config.yaml"
 RUN_MANIFEST = "manifest.json"
@@ -41,7 +41,8 @@ class EvalPlan:
     run_config: str | None = None
 
 
-def find_run(model_dir: str, what: str = "--model-dir") -> tuple[str, str, dict[str, Any]] | None:
+def find_run(model_dir: str, what: str = "--model-dir", s3: S3Settings | None = None
+             ) -> tuple[str, str, dict[str, Any]] | None:
     """(run location, model location, the run's ``Global``) when ``model_dir`` is a
     published run or its ``model/`` folder; None for a bare model directory (or a run whose
     files this reader may not see: the model files' own reads then say why). ``what`` names
@@ -56,7 +57,7 @@ def find_run(model_dir: str, what: str = "--model-dir") -> tuple[str, str, dict[
     if parent is not None:  # a model at the top of a disk or bucket (/opt) has no run above
         candidates.append((parent, model_dir))
     for run, model in candidates:
-        store = open_store(run, what)
+        store = open_store(run, what, s3)
         try:
             text = store.read_bytes(RUN_CONFIG)
             store.read_bytes(RUN_MANIFEST)
@@ -68,20 +69,21 @@ def find_run(model_dir: str, what: str = "--model-dir") -> tuple[str, str, dict[
 
 def _run_global(text: bytes, where: str) -> dict[str, Any]:
     try:
-        return config.validate(config.load_yaml(text), source=where).globals
+        return config.validate(config.load_yaml(text), source=where).data["Global"]
     except (yaml.YAMLError, ConfigError, AttributeError) as exc:
         raise ConfigError(f"{where} is not a readable clsact config ({exc}); pass the "
                           "model folder itself with the size flags") from None
 
 
-def plan(flags: dict[str, Any]) -> EvalPlan:
-    """Settle the evaluation settings from the eval flags (None: not given).
+def plan(flags: dict[str, Any], s3: S3Settings | None = None) -> EvalPlan:
+    """Settle the evaluation settings from the eval flags (None: not given; a run's files
+    read with ``s3``).
 
     Raises:
         ConfigError: a flag disagrees with the run's config, or no data dir is known.
         StorageError: a location is malformed or cannot be read.
     """
-    found = find_run(flags["model_dir"])
+    found = find_run(flags["model_dir"], s3=s3)
     given = {k: v for k, v in flags.items() if v is not None}
     if found is None:
         settings = {**DEFAULTS, **given}

@@ -130,20 +130,20 @@ def s3_rows(root: Path, samples: list[Sample], workers: int) -> list[tuple]:
     """Upload the images to a loopback S3 server, pack them, time both readers."""
     from clsact import storage
     from clsact.data.shards import ShardReader, pack_list, read_index
-    from clsact.s3server import DEMO_CREDENTIALS, LocalS3Server
+    from clsact.demo.s3server import DEMO_CREDENTIALS, LocalS3Server
     from clsact.storage.s3read import READER_ENV
 
     os.environ.update(DEMO_CREDENTIALS)
     rows = []
     with LocalS3Server() as server:
-        storage.configure(endpoint_url=server.endpoint)
+        s3 = storage.S3Settings(endpoint_url=server.endpoint)
         server.client().create_bucket(Bucket="bench")
-        raw = storage.open_store("s3://bench/raw", "bench")
+        raw = storage.open_store("s3://bench/raw", "bench", s3)
         for s in samples:
             raw.put_file(root / s.path, s.path)
         (root / "list.txt").write_text("".join(f"{s.path} {s.label}\n" for s in samples))
         raw.put_file(root / "list.txt", "list.txt")
-        packed = storage.open_store("s3://bench/packed", "bench")
+        packed = storage.open_store("s3://bench/packed", "bench", s3)
         pack_list(raw, "list.txt", packed, shard_bytes=8 * 2**20)
         shard_samples = read_index(packed, "list.shards.json")
         pid = server._proc.pid if server._proc else 0

@@ -1,6 +1,6 @@
 """An S3-compatible server on loopback (moto server) for the demo, the benchmark and tests.
 
-It runs in its own process (``python -m clsact.s3server``), so its CPU use does not steal
+It runs in its own process (``python -m clsact.demo.s3server``), so its CPU use does not steal
 the GIL from the job, just as a real object store would not. Production runs talk to a real
 store (AWS S3, MinIO, Ceph RGW) instead; nothing in clsact depends on this module.
 
@@ -44,7 +44,7 @@ class LocalS3Server:
         env = {**os.environ, **DEMO_CREDENTIALS}
         if self.auth_after is not None:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.auth_after)
-        self._proc = subprocess.Popen([sys.executable, "-m", "clsact.s3server"], env=env,
+        self._proc = subprocess.Popen([sys.executable, "-m", "clsact.demo.s3server"], env=env,
                                       stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
         if not line.startswith("http://"):

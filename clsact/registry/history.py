@@ -15,8 +15,8 @@ from typing import Any
 
 from clsact.errors import StorageError
 from clsact.plotting import figure
-from clsact.runs import as_dict, as_list, finished_records, open_location, read_latest
-from clsact.storage import Store
+from clsact.registry.runs import as_dict, as_list, finished_records, open_location, read_latest
+from clsact.storage import S3Settings, Store
 
 
 @dataclass
@@ -125,13 +125,13 @@ def plot(rows: list[Row], path: Path, floor: float | None = None, title: str = "
         ax.legend(fontsize=8, loc="best")
 
 
-def history(prefix_location: str) -> tuple[Store, list[Row]]:
+def history(prefix_location: str, s3: S3Settings | None = None) -> tuple[Store, list[Row]]:
     """The prefix's store and its rows (see :func:`collect`).
 
     Raises:
         StorageError: the prefix is malformed, unreachable, or its pointer is broken.
     """
-    prefix = open_location(prefix_location, "PREFIX")
+    prefix = open_location(prefix_location, "PREFIX", s3)
     if not prefix.list():
         raise StorageError(f"{prefix.describe()} holds nothing: no run was published under "
                            "it (check the PREFIX)")

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
+from clsact.cli.common import add_s3_endpoint, s3_settings
 from clsact.errors import ClsactError
 
 
-def add_parsers(sub, add_s3_endpoint: Callable) -> None:
+def add_parsers(sub) -> None:
     """Add ``bench``, ``report`` and ``export`` to the subcommands ``sub``."""
-    _add_bench(sub, add_s3_endpoint)
-    _add_report(sub, add_s3_endpoint)
-    _add_export(sub, add_s3_endpoint)
+    _add_bench(sub)
+    _add_report(sub)
+    _add_export(sub)
 
 
-def _add_bench(sub, add_s3_endpoint) -> None:
+def _add_bench(sub) -> None:
     from clsact.deploy.runtimes import RUNTIMES
 
     p = sub.add_parser("bench", help="latency and accuracy of models as served, through each "
@@ -59,7 +59,7 @@ def _add_bench(sub, add_s3_endpoint) -> None:
     add_s3_endpoint(p)
 
 
-def _add_report(sub, add_s3_endpoint) -> None:
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="measure a published run's baseline and compressed "
                        "model as served again: report.{json,md,png}",
                        description="Benchmark the run's baseline (Global.model_dir of its "
@@ -79,7 +79,7 @@ def _add_report(sub, add_s3_endpoint) -> None:
     add_s3_endpoint(p)
 
 
-def _add_export(sub, add_s3_endpoint) -> None:
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="the compressed model for a deployment target "
                        "(arm: a Paddle Lite .nb)",
                        description="Optimise a published run's compressed model (RUN/model) "
@@ -101,7 +101,7 @@ def _thread_counts(values: list[str]) -> tuple[int, ...]:
     Raises:
         ClsactError: a value is neither a positive integer nor ``all``.
     """
-    from clsact.deploy.runtimes import cpu_count
+    from clsact.process import cpu_count
 
     out: list[int] = []
     for v in values:
@@ -117,11 +117,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``clsact bench``."""
     import tempfile
 
-    from clsact import storage
     from clsact.deploy import bench, machine, profile
     from clsact.deploy.runtimes import RUNTIMES
 
-    storage.configure(endpoint_url=args.s3_endpoint)
     if any(b < 1 for b in args.batch) or args.budget <= 0 or args.diff_images < 1:
         raise ClsactError("--batch sizes and --diff-images must be >= 1 and --budget > 0")
     refs = args.reference_top1 or []
@@ -201,29 +199,30 @@ def _bench_target(args: argparse.Namespace, location: str, scratch: Path) -> dic
     from clsact.data.build import make_loader, read_samples
     from clsact.deploy.bench import local_model
     from clsact.deploy.runtimes import ModelFiles
-    from clsact.evalsettings import check_model_input, find_run, plan
     from clsact.modelio import inspect_model
+    from clsact.registry.settings import check_model_input, find_run, plan
 
+    s3 = s3_settings(args)
     chosen = plan({"model_dir": location, "data_dir": args.data_dir, "val_list": args.val_list,
                    "img_size": args.img_size, "resize_size": args.resize_size,
-                   "model_filename": None, "params_filename": None}) if (
-        args.data_dir or find_run(location)) else None
+                   "model_filename": None, "params_filename": None}, s3) if (
+        args.data_dir or find_run(location, s3=s3)) else None
     settings = chosen.settings if chosen else {
         "model_dir": location, "data_dir": ".", "img_size": args.img_size or 224,
         "resize_size": args.resize_size or 256}
     g = config.complete_global({**settings, "batch_size": 32, "device": "cpu"},
                                chosen.run_config if chosen and chosen.run_config else "bench")
-    model_dir = local_model(g["model_dir"], scratch, (g["model_filename"], g["params_filename"]))
-    files = ModelFiles.of(model_dir, g["model_filename"], g["params_filename"])
-    check_model_input(inspect_model(files.model_file, g["input_name"]).input_shape,
-                      g["img_size"], location)
+    model_dir = local_model(g.model_dir, scratch, (g.model_filename, g.params_filename), s3)
+    files = ModelFiles.of(model_dir, g.model_filename, g.params_filename)
+    check_model_input(inspect_model(files.model_file, g.input_name).input_shape,
+                      g.img_size, location)
     loader = None
     if chosen is not None and not args.no_accuracy:
-        loader = make_loader(g, read_samples(g, "val"), train=False, batch_size=32)
+        loader = make_loader(g, read_samples(g, "val", s3), train=False, batch_size=32, s3=s3)
     return {"name": location.rstrip("/").rsplit("/", 1)[-1] if chosen is None or
             not chosen.run_config else _run_name(chosen.run_config),
-            "files": files, "img_size": g["img_size"], "loader": loader,
-            "reference": _reference_top1(chosen)}
+            "files": files, "img_size": g.img_size, "loader": loader,
+            "reference": _reference_top1(chosen, s3)}
 
 
 def _run_name(run_config: str) -> str:
@@ -232,7 +231,7 @@ def _run_name(run_config: str) -> str:
     return run.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _reference_top1(chosen) -> float | None:
+def _reference_top1(chosen, s3) -> float | None:
     """The run's own compressed top-1 (metrics.json) for a run's model, else None."""
     if chosen is None or not chosen.run_config:
         return None
@@ -240,7 +239,7 @@ def _reference_top1(chosen) -> float | None:
 
     run = chosen.run_config.rsplit("/", 1)[0]
     try:
-        metrics = json.loads(storage.open_store(run, "--model-dir").read_bytes("metrics.json"))
+        metrics = json.loads(storage.open_store(run, "--model-dir", s3).read_bytes("metrics.json"))
     except (OSError, ValueError, ClsactError):
         return None
     value = (metrics.get("compressed") or {}).get("top1")
@@ -251,22 +250,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``clsact report``: regenerate a run's deploy report."""
     import tempfile
 
-    from clsact import storage
+    from clsact import config, storage
     from clsact.compress import MODEL_SUBDIR
     from clsact.data.build import read_samples
     from clsact.deploy import report
-    from clsact.evalsettings import find_run
+    from clsact.registry.settings import find_run
     from clsact.storage.publish import add_to_run
 
-    storage.configure(endpoint_url=args.s3_endpoint)
+    s3 = s3_settings(args)
     if args.budget <= 0:
         raise ClsactError("--budget must be > 0 seconds")
-    found = find_run(args.run, "RUN")
+    found = find_run(args.run, "RUN", s3)
     if found is None:
         raise ClsactError(f"{args.run} is not a published clsact run (no config.yaml and "
                           "manifest.json); pass a run's save dir")
-    run_loc, model_loc, g = found
-    run = storage.open_store(run_loc, "RUN")
+    run_loc, model_loc, section = found
+    g = config.complete_global(section, f"{run_loc}/config.yaml")
+    run = storage.open_store(run_loc, "RUN", s3)
     try:
         metrics = json.loads(run.read_bytes("metrics.json"))
     except FileNotFoundError:
@@ -274,22 +274,23 @@ def cmd_report(args: argparse.Namespace) -> int:
                           "publishing") from None
     except ValueError as exc:
         raise ClsactError(f"{run.describe('metrics.json')} is not JSON ({exc})") from None
-    names = [g["model_filename"], g["params_filename"]]
+    names = [g.model_filename, g.params_filename]
     if args.publish and "report" in metrics:
         raise ClsactError(f"{run.describe()} was published with its report (in manifest.json); "
                           "write a new one elsewhere with --output DIR")
     with tempfile.TemporaryDirectory(prefix="clsact-report-") as tmp:
         work = Path(tmp)
-        baseline = storage.input_dir(args.baseline_dir or g["model_dir"], "--baseline-dir",
-                                     names, work / "baseline")
+        baseline = storage.input_dir(args.baseline_dir or g.model_dir, "--baseline-dir",
+                                     names, work / "baseline", s3)
         compressed = storage.input_dir(model_loc, "RUN/model", names,
-                                       work / "compressed")
+                                       work / "compressed", s3)
         out = work / "out" if args.publish else Path(
             args.output or f"report-{metrics.get('run_id', 'run')}")
         serving = work / "serving"
         serving.mkdir()
-        report.measure_run(out, baseline, compressed, g, read_samples(g, "val"), metrics,
-                           budget_s=args.budget, serving_dir=serving if args.publish else None)
+        report.measure_run(out, baseline, compressed, g, read_samples(g, "val", s3), metrics,
+                           budget_s=args.budget, serving_dir=serving if args.publish else None,
+                           s3=s3)
         if args.publish:  # the report, and the forms the runtimes served the model from
             add_to_run(run, "report", {**{name: (out / name).read_bytes()
                                           for name in report.REPORT_FILES},
@@ -309,17 +310,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from clsact import storage
     from clsact.deploy import export
-    from clsact.evalsettings import find_run
+    from clsact.registry.settings import find_run
 
-    storage.configure(endpoint_url=args.s3_endpoint)
+    s3 = s3_settings(args)
     opt = export.lite_optimizer(export.find_lite_python(args.lite_python))
-    found = find_run(args.run, "RUN")
+    found = find_run(args.run, "RUN", s3)
     model_loc = found[1] if found else args.run
     names = ([found[2]["model_filename"], found[2]["params_filename"]] if found else
              ["inference.pdmodel", "inference.pdiparams"])
     name = args.name or (found[0].rstrip("/").rsplit("/", 1)[-1] if found else "model")
     with tempfile.TemporaryDirectory(prefix="clsact-export-") as tmp:
-        local = storage.input_dir(model_loc, "RUN", names, Path(tmp) / "model")
+        local = storage.input_dir(model_loc, "RUN", names, Path(tmp) / "model", s3)
         nb = export.export_arm(local / names[0], local / names[1], Path(args.output) / name, opt)
     print(f"{nb} ({nb.stat().st_size:,d} bytes): Paddle Lite {export.LITE_VERSION} naive "
           "buffer for ARM CPUs; run it with paddlelite's MobileConfig.set_model_from_file")

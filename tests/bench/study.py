@@ -86,7 +86,7 @@ class Case:
 
 def dataset(cache: Path, size: int) -> Path:
     """sklearn's digits rendered for ``size``-pixel inputs (cached)."""
-    from clsact.demo import build_digits_dataset
+    from clsact.demo.digits import build_digits_dataset
 
     root = cache / f"digits-{size + PAD}"
     if not (root / "val_list.txt").is_file():
@@ -121,7 +121,7 @@ def baseline(cache: Path, arch: str, size: int) -> tuple[Path, float]:
     from paddle.vision import models
 
     from clsact import config
-    from clsact.demo import train_baseline
+    from clsact.demo.digits import train_baseline
 
     paddle.disable_static()
     paddle.seed(0)
@@ -329,7 +329,7 @@ def run_study(cases: list[Case], cache: Path, steps: int, eval_every: int, jobs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m clsact.study", description=__doc__.split(
+    ap = argparse.ArgumentParser(prog="python -m tests.bench.study", description=__doc__.split(
         "\n\n")[0])
     ap.add_argument("--archs", default="mobilenet_v1,mobilenet_v3_small")
     ap.add_argument("--sizes", default="32,48")

@@ -1,8 +1,8 @@
 """``clsact gate RUN --against PREFIX``: bless a run only if it may replace the last one.
 
-The baseline is the last *blessed* run, named by ``PREFIX/latest`` (:mod:`clsact.runs`), not
-simply the previous night. Checks (:func:`evaluate`), every accuracy a fraction, higher is
-better:
+The baseline is the last *blessed* run, named by ``PREFIX/latest``
+(:mod:`clsact.registry.runs`), not simply the previous night. Checks (:func:`evaluate`),
+every accuracy a fraction, higher is better:
 
 * ``thresholds``: at least one threshold is configured (``Gate`` section or flags), and at
   least one of them applied to this run; otherwise nothing is blessed by accident;
@@ -38,7 +38,7 @@ import yaml
 from clsact import __version__, exitcodes
 from clsact import config as config_mod
 from clsact.errors import ConfigError, StorageError
-from clsact.runs import (
+from clsact.registry.runs import (
     BLESSING,
     BLESSING_ADDENDUM,
     LATEST,
@@ -53,11 +53,10 @@ from clsact.runs import (
     read_pointed_run,
     read_run,
 )
-from clsact.storage import Store, VersionConflict
+from clsact.storage import S3Settings, Store, VersionConflict
 from clsact.storage.publish import SUCCESS, add_to_run, verify
 
 log = logging.getLogger(__name__)
-EXIT_BLESSED, EXIT_NOT_BLESSED = exitcodes.OK, exitcodes.CHECK_FAILED
 BLESSING_FORMAT = "clsact-blessing/1"
 CAS_ATTEMPTS = 10
 EPS = 1e-9  # accuracies are ratios of counts: compare them without float noise
@@ -254,7 +253,7 @@ class Outcome:
     @property
     def exit_code(self) -> int:
         """0 blessed, 1 not blessed."""
-        return EXIT_BLESSED if self.blessed else EXIT_NOT_BLESSED
+        return exitcodes.OK if self.blessed else exitcodes.CHECK_FAILED
 
 
 def blessing_document(out: Outcome) -> dict[str, Any]:
@@ -312,8 +311,10 @@ def _same_run(pointer: Pointer, run: RunRecord) -> bool:
 
 
 def gate(run_location: str, against: str | None = None,
-         flags: dict[str, float | None] | None = None, *, regate: bool = False) -> Outcome:
-    """Gate the published run at ``run_location`` against ``PREFIX/latest``.
+         flags: dict[str, float | None] | None = None, *, regate: bool = False,
+         s3: S3Settings | None = None) -> Outcome:
+    """Gate the published run at ``run_location`` against ``PREFIX/latest`` (stores reached
+    with ``s3``).
 
     ``against`` defaults to the run config's ``Gate.against``; ``flags`` override its
     thresholds. A run that already holds a verdict keeps it (a retried gate answers the same;
@@ -324,7 +325,7 @@ def gate(run_location: str, against: str | None = None,
         StorageError: a location cannot be read or written, or the pointer (or the run it
             names) is broken.
     """
-    store = open_location(run_location, "RUN")
+    store = open_location(run_location, "RUN", s3)
     if not store.exists(SUCCESS) and not store.list():
         raise StorageError(f"{store.describe()} holds nothing: no run was published there; "
                            "check the RUN location")
@@ -334,7 +335,7 @@ def gate(run_location: str, against: str | None = None,
     if not prefix_location:
         raise ConfigError(f"no prefix to gate {store.describe()} against: pass --against "
                           "PREFIX (where the latest pointer lives) or set Gate.against")
-    prefix = open_location(prefix_location, "--against")
+    prefix = open_location(prefix_location, "--against", s3)
     for _attempt in range(CAS_ATTEMPTS):
         run = read_run(store)
         pointer = read_latest(prefix)
@@ -344,7 +345,7 @@ def gate(run_location: str, against: str | None = None,
             done = _previous_verdict(run, prefix, pointer)
             if done is not None:
                 return done
-        base = read_pointed_run(pointer) if pointer.data is not None else None
+        base = read_pointed_run(pointer, s3) if pointer.data is not None else None
         problems = verify(store).problems
         checks = evaluate(run, problems, base, th)
         out = Outcome(run, prefix.describe(), base, checks, blessed(checks), "unchanged", th)
@@ -366,14 +367,14 @@ def gate(run_location: str, against: str | None = None,
                        f"{store.describe()} ({CAS_ATTEMPTS} attempts); run the gate again")
 
 
-def never_gated(prefix_location: str) -> list[str]:
+def never_gated(prefix_location: str, s3: S3Settings | None = None) -> list[str]:
     """The finished runs under ``prefix_location`` that hold no verdict yet, oldest first
     (nights that finished after their submitter stopped following them).
 
     Raises:
         StorageError: the prefix cannot be listed or read.
     """
-    prefix = open_location(prefix_location, "--against")
+    prefix = open_location(prefix_location, "--against", s3)
     return [rec.location for rec in finished_records(prefix) if rec.blessing is None]
 
 

@@ -1,0 +1,1 @@
+"""The ``clsact`` command line: the only place argparse lives; nothing imports it."""
