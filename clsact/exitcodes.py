@@ -1,4 +1,5 @@
-"""clsact's exit codes: one table, each code with one meaning (README "Exit codes").
+"""clsact's exit codes: one table, each code with one meaning (the README's "Exit codes"
+section is generated from it).
 
 A wrapper (a CronJob, CI, a shell script) can tell from the code alone what happened.
 """

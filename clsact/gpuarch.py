@@ -272,7 +272,7 @@ def missing(matrix: dict[str, Any], wanted: Iterable[str]) -> list[str]:
 def build_help() -> str:
     """How to get an image for GPUs the default one cannot run (for error lines)."""
     return ("build an image from a Paddle 2.6 GPU wheel compiled for it: make image "
-            "PADDLE_GPU=<wheel file or URL> GPU_ARCHS=<e.g. 80,90> (README: Images)")
+            "PADDLE_GPU=<wheel file or URL> GPU_ARCHS=<e.g. 80,90> (docs/images.md)")
 
 
 # ---------------------------------------------------------------- runs and schedules

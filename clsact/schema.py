@@ -68,7 +68,7 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     # index under data_dir, or selection_holdout train images held out of training
     "selection_list": ("str|null", None),
     "selection_holdout": ("int", 0),
-    # QAT convergence (clsact additions; docs in README "QAT that converges"): the step
+    # QAT convergence (clsact additions; docs in docs/convergence.md): the step
     # from which the student's batch-norm statistics are frozen (normalising with the
     # running mean/variance as the deployed model does; null = never, upstream), and which
     # state is published: null = average with the guard, else last; average = the mean of
@@ -243,3 +243,79 @@ OLD_QUANT = "Quantization"
 def all_sections() -> dict[str, dict[str, tuple[str, Any]]]:
     """Every section name clsact accepts in a config file, with its key schema."""
     return {"Global": GLOBAL, **STRATEGIES, "TrainConfig": TRAIN_CONFIG, "Gate": GATE}
+
+
+# What each section is, and what each key of clsact's own sections means: the config
+# reference (docs/config.md) is generated from these tables.
+SECTION_DOCS: dict[str, str] = {
+    "Global": "Where the model and data are, how the data is read, and how the run behaves.",
+    "QuantAware": "Quantization-aware training (paddleslim's `QuantAware`; upstream's old "
+                  "name `Quantization` is renamed with a warning).",
+    "Distillation": "Distillation from the original model (or `teacher_model_dir`); needed "
+                    "by every strategy that trains.",
+    "MultiTeacherDistillation": "Distillation from several teachers.",
+    "HyperParameterOptimization": "Refused: paddleslim pip-installs `smac` at run time.",
+    "QuantPost": "Post-training quantization.",
+    "ChannelPrune": "Structured channel pruning.",
+    "ASPPrune": "2:4 semi-structured sparsity (ASP).",
+    "TransformerPrune": "Head/neuron pruning of transformers.",
+    "UnstructurePrune": "Unstructured sparsity.",
+    "TrainConfig": "ACT's training loop, passed to paddleslim as written (it fills its own "
+                   "defaults); `epochs` or `train_iter` is required.",
+    "Gate": "clsact's own: which runs `clsact gate` (and `compress --gate`) may bless. "
+            "Accuracies are fractions (0.75 = 75 %); a gate without any threshold refuses.",
+}
+
+KEY_DOCS: dict[str, dict[str, str]] = {
+    "Global": {
+        "model_dir": "the inference model to compress (path or s3://)",
+        "model_filename": "its program file",
+        "params_filename": "its parameters file",
+        "input_name": "the model's image input (null: its only input)",
+        "data_dir": "the dataset: list files and images, or packed shards (path or s3://)",
+        "train_list": "training list file or packed index, relative to data_dir",
+        "val_list": "validation list file or packed index, relative to data_dir",
+        "batch_size": "training batch per rank",
+        "eval_batch_size": "evaluation batch (null: batch_size)",
+        "img_size": "crop fed to the model",
+        "resize_size": "short side before the evaluation center crop",
+        "crop_scale": "random resized crop: area range",
+        "crop_ratio": "random resized crop: aspect range",
+        "random_flip": "random horizontal flip in training",
+        "mean": "RGB mean after scaling to [0, 1]",
+        "std": "RGB std after scaling to [0, 1]",
+        "num_workers": "decode processes per loader (null: usable CPUs, at most 8; 0 in-process)",
+        "max_bad_fraction": "corrupt images tolerated (skipped, counted) before failing",
+        "seed": "shuffling, augmentation and holdout seed",
+        "device": "where training runs",
+        "decode": "where JPEGs are decoded (gpu: nvJPEG, needs a GPU device)",
+        "output_dir": "save dir when --save-dir is not given (path or s3://)",
+        "s3_endpoint": "S3-compatible endpoint (--s3-endpoint wins; else AWS_ENDPOINT_URL)",
+        "s3_max_attempts": "attempts per S3 request before one error line",
+        "io_threads": "parallel object fetches per loader worker",
+        "scratch_dir": "local folder for scratch copies (S3 models, staging)",
+        "lr_scaling": "linear: learning rate x world size; none: as written",
+        "collective_timeout": "seconds a rank waits for the others before exiting 3",
+        "rank_sync": "gradients (all-reduce in the program), state (averaged), auto",
+        "checkpoint": "checkpoint to <save-dir>/_checkpoint/ for --run-id resume",
+        "selection_list": "what ACT's evaluations select on (null: the validation list)",
+        "selection_holdout": "train images held out for that selection (0: none)",
+        "freeze_bn_after": "step from which batch-norm statistics are frozen (null: never)",
+        "final_model": "the published state (null: average with the guard, else last)",
+        "lr_guard": "the learning-rate guard (docs/convergence.md)",
+        "lr_guard_window": "steps per guard window (2 windows calibrate at rate 0)",
+        "lr_guard_threshold": "a window fails above this x the untrained student's loss",
+        "checkpoint_every_steps": "also checkpoint every N steps (null: no step cadence)",
+        "checkpoint_every_minutes": "also checkpoint every M minutes (null: no time cadence)",
+        "report": "publish the deploy report (report.{json,md,png}) with the run",
+        "report_budget": "seconds per latency measurement in the report",
+        "report_timeout": "seconds the other ranks wait for rank 0's report and upload",
+    },
+    "Gate": {
+        "against": "where the latest pointer lives (clsact gate --against wins)",
+        "min_top1": "floor on the compressed top-1",
+        "max_regression": "largest top-1 drop against the last blessed run (absolute)",
+        "max_regression_relative": "largest drop as a fraction of the last blessed top-1",
+        "max_drop_vs_fp32": "largest drop below the run's own fp32 top-1",
+    },
+}

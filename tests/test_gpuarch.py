@@ -106,7 +106,7 @@ def test_a_gpu_this_paddle_cannot_run_is_refused_before_any_work(tmp_path, clas_
             "clsact: error: GPU NVIDIA H100 80GB HBM3 (compute capability 9.0) cannot run "
             "this image's Paddle (paddlepaddle-gpu: kernels for 6.1, 7.0, 7.5, 8.0, 8.6, 8.9); "
             "build an image from a Paddle 2.6 GPU wheel compiled for it: make image "
-            "PADDLE_GPU=<wheel file or URL> GPU_ARCHS=<e.g. 80,90> (README: Images)")
+            "PADDLE_GPU=<wheel file or URL> GPU_ARCHS=<e.g. 80,90> (docs/images.md)")
         assert not save.exists(), "nothing claimed, nothing fetched"
     gpuarch.check_gpus([("NVIDIA L4", (8, 9)), ("NVIDIA A100", (8, 0))],
                        json.loads(record.read_text()))

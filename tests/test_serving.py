@@ -33,8 +33,7 @@ def val(compressed_run):
     from clsact import config
     from clsact.data.build import make_loader, read_samples
 
-    g = config.load(compressed_run / "config.yaml").data["Global"]
-    g = {**g, "num_workers": 0}
+    g = config.load(compressed_run / "config.yaml").globals.replace(num_workers=0)
     loader = make_loader(g, read_samples(g, "val"), train=False, batch_size=32)
     try:
         batches = [types.SimpleNamespace(images=np.array(b.images, copy=True),

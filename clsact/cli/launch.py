@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -133,73 +134,76 @@ def add_parsers(sub: Any) -> None:
                    "(get on that name only); '' for none")
 
 
-def _nightly_flags(args: argparse.Namespace, file_values: dict[str, Any],
-                   raw: dict[str, Any]) -> dict[str, Any]:
-    """The name, save dir and labels of tonight's job (``submit --nightly``).
+@dataclass
+class Launch:
+    """One launch, planned once from the flags, the values file and the validated config."""
+
+    rendered: Any                  # clsact.launch.render.Rendered
+    checked: list[str]             # the validations passed
+    values: Any                    # clsact.launch.values.LaunchValues, resolved
+    night: Any = None              # clsact.launch.nightly.NightPlan (submit --nightly)
+    gpu_nodes_unknown: bool = False
+
+    @property
+    def s3_endpoint(self) -> str | None:
+        """The run's S3 endpoint (the launch values' s3Endpoint, else Global.s3_endpoint)."""
+        return self.rendered.config.globals.s3_endpoint
+
+    @property
+    def gate_against(self) -> str | None:
+        """The config's Gate.against."""
+        return (self.rendered.config.data.get("Gate") or {}).get("against")
+
+
+def _night(args: argparse.Namespace, file_values: dict[str, Any], raw: dict[str, Any]):
+    """Tonight's plan (``submit --nightly``).
 
     Raises:
-        ConfigError: unknown time zone, bad stamp or keep count, no save dir.
+        ConfigError: see :func:`clsact.launch.nightly.plan`.
     """
     import os
     from pathlib import Path
 
-    from clsact.errors import ConfigError
     from clsact.launch import nightly
-
-    if args.keep_jobs < 1:
-        raise ConfigError(f"--keep-jobs must be >= 1, got {args.keep_jobs}")
-    night = nightly.night(args.nightly, args.time_zone, args.stamp,
-                          os.environ.get(nightly.SCHEDULED_JOB_ENV))
-    base = args.name or file_values.get("name") or Path(args.config).stem
-    save = args.save_dir or file_values.get("saveDir") or _section(raw, "Global").get(
-        "output_dir")
-    if not save:
-        raise ConfigError("no save dir: pass --save-dir s3://bucket/prefix (or saveDir in "
-                          "--values, or Global.output_dir); each night goes to <it>/runs/"
-                          "<stamp>/")
-    labels = dict(file_values.get("labels") or {})
-    labels[nightly.NIGHTLY_LABEL] = args.nightly
-    args.night = night
-    args.night_prefix = save
-    return {"name": night.job_base(base), "saveDir": night.save_dir(save), "labels": labels}
-
-
-def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
-    """A section of the config as read (with the overrides), {} when absent or malformed
-    (render's validation names a malformed one)."""
     from clsact.registry.runs import as_dict
 
-    return as_dict(as_dict(raw).get(name))
+    save = args.save_dir or file_values.get("saveDir") or as_dict(
+        as_dict(raw).get("Global")).get("output_dir")   # as written: no default dir
+    return nightly.plan(args.nightly, args.time_zone, args.stamp, args.keep_jobs,
+                        args.name or file_values.get("name") or Path(args.config).stem, save,
+                        dict(file_values.get("labels") or {}),
+                        os.environ.get(nightly.SCHEDULED_JOB_ENV))
 
 
-def _spec(args: argparse.Namespace):
+def _spec(args: argparse.Namespace) -> Launch:
+    """Plan the launch: read the config once (with the --set overrides), resolve the values,
+    render and validate the objects.
+
+    Raises:
+        ConfigError: an invalid config, values file, flag or rendered object.
+    """
     from clsact import config as config_mod
     from clsact.launch import render, validate, values
 
-    # the config is read once, with the --set overrides; everything below uses this copy
     raw = config_mod.read_yaml(args.config)
     config_mod.apply_overrides(raw, args.overrides)
-    args.raw_config = raw
     file_values = values.read_values_file(args.values) if args.values else {}
-    night_flags = _nightly_flags(args, file_values, raw) if getattr(args, "nightly", None) \
-        else {}
+    night = _night(args, file_values, raw) if getattr(args, "nightly", None) else None
     flags = {"workers": args.workers, "gpusPerWorker": args.gpus_per_worker,
              "image": args.image, "operator": args.operator, "name": args.name,
              "namespace": args.namespace, "saveDir": args.save_dir,
              "s3Endpoint": args.s3_endpoint}
     if args.s3_secret is not None:
         flags["s3Secret"] = args.s3_secret
-    flags.update(night_flags)
+    flags.update(night.values if night else {})
     v = values.resolve(file_values, flags, src=args.values or "launch values")
-    args.resolved = v
     rendered = render.render(args.config, [], v, raw=raw)
     crds = [validate.load_crd(path) for path in args.crd]
     checked = validate.validate_objects(rendered.objects, crds,
                                         args.k8s_version or validate.DEFAULT_K8S_VERSION)
-    # said once the launch is done (an error stays the only line of a failed one)
-    args.gpu_nodes_unknown = bool(v["gpusPerWorker"] and not v["gpuCompute"] and
-                                  file_values.get("gpuCompute", "auto") == "auto")
-    return rendered, checked
+    return Launch(rendered, checked, v, night, gpu_nodes_unknown=bool(
+        v["gpusPerWorker"] and not v["gpuCompute"]
+        and file_values.get("gpuCompute", "auto") == "auto"))
 
 
 def _print_checked(checked: list[str]) -> None:
@@ -208,9 +212,9 @@ def _print_checked(checked: list[str]) -> None:
         _note(f"valid: {line}")
 
 
-def _note_gpu_nodes(args: argparse.Namespace) -> None:
+def _note_gpu_nodes(launch: Launch) -> None:
     """After a launch: say when its GPU pods are not kept to GPUs the image runs."""
-    if getattr(args, "gpu_nodes_unknown", False):
+    if launch.gpu_nodes_unknown:
         _note("note: GPU nodes: any (gpuCompute auto, and this is not the image): the pods "
               "may land on GPUs the image cannot run; set gpuCompute to the list `clsact "
               "doctor` prints in the image")
@@ -224,14 +228,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     """``clsact render``."""
     from clsact.launch.render import to_yaml, write_dir
 
-    rendered, checked = _spec(args)
+    launch = _spec(args)
     if args.output:
-        for path in write_dir(rendered.objects, args.output):
+        for path in write_dir(launch.rendered.objects, args.output):
             print(path)
     else:
-        sys.stdout.write(to_yaml(rendered.objects))
-    _print_checked(checked)
-    _note_gpu_nodes(args)
+        sys.stdout.write(to_yaml(launch.rendered.objects))
+    _print_checked(launch.checked)
+    _note_gpu_nodes(launch)
     return 0
 
 
@@ -258,9 +262,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         from clsact.errors import ConfigError
 
         raise ConfigError("--gate needs --wait (the run is gated once it has succeeded)")
-    rendered, checked = _spec(args)
-    gate_prefix = _gate_prefix(args) if args.gate is not None else None
-    _print_checked(checked)
+    launch = _spec(args)
+    rendered = launch.rendered
+    gate_prefix = _gate_prefix(args, launch) if args.gate is not None else None
+    _print_checked(launch.checked)
     if args.dry_run:
         sys.stdout.write(to_yaml(rendered.objects))
         _note(f"dry run: nothing submitted ({rendered.operator.kind} {rendered.namespace}/"
@@ -268,15 +273,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     cluster = _connect(args)
     if args.nightly and gate_prefix is not None:
-        _gate_earlier_nights(gate_prefix, _s3_endpoint(args))
+        _gate_earlier_nights(gate_prefix, launch.s3_endpoint)
     if args.nightly:
         from clsact.launch import nightly
 
-        _note(f"nightly {args.nightly}: night {args.night.stamp} (scheduled "
-              f"{args.night.scheduled.isoformat()})")
+        _note(f"nightly {args.nightly}: night {launch.night.night.stamp} (scheduled "
+              f"{launch.night.night.scheduled.isoformat()})")
         try:
             nightly.check_no_active_night(cluster, rendered.operator, rendered.namespace,
-                                          args.night, rendered.name)
+                                          launch.night.night, rendered.name)
         except nightly.NightBusy as exc:
             print(f"clsact: error: {exc}", file=sys.stderr)
             return exitcodes.NIGHT_BUSY
@@ -289,7 +294,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(f"{ref} {outcome.action} ({rendered.operator.api_version}, spec "
               f"{rendered.spec_hash}) on {cluster.host}")
-        _note_gpu_nodes(args)
+        _note_gpu_nodes(launch)
     if args.nightly:
         nightly.prune(cluster, rendered.operator, rendered.namespace, args.nightly,
                       args.keep_jobs, _note)
@@ -316,16 +321,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"{ref} {state.phase}")
     if gate_prefix is None:
         return 0
-    return _gate_run(args.resolved["saveDir"], gate_prefix, _s3_endpoint(args),
+    return _gate_run(launch.values["saveDir"], gate_prefix, launch.s3_endpoint,
                      plot=bool(args.nightly))
 
 
-def _s3_endpoint(args: argparse.Namespace) -> str | None:
-    """The S3 endpoint of the run: the launch values' s3Endpoint, else the config's."""
-    return args.resolved["s3Endpoint"] or _section(args.raw_config, "Global").get("s3_endpoint")
-
-
-def _gate_prefix(args: argparse.Namespace) -> str:
+def _gate_prefix(args: argparse.Namespace, launch: Launch) -> str:
     """Where ``submit --gate`` gates against: the flag, the nightly's save dir, Gate.against.
 
     Raises:
@@ -333,8 +333,8 @@ def _gate_prefix(args: argparse.Namespace) -> str:
     """
     from clsact.errors import ConfigError
 
-    prefix = args.gate or getattr(args, "night_prefix", None) or _section(
-        args.raw_config, "Gate").get("against")
+    prefix = args.gate or (launch.night.prefix if launch.night else None) \
+        or launch.gate_against
     if not prefix:
         raise ConfigError("--gate: no prefix to gate against; pass --gate PREFIX or set "
                           "Gate.against in the config")

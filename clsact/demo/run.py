@@ -83,10 +83,11 @@ def run_demo(workdir: Path, config_path: str | None = None, epochs: int = 5) -> 
     import os
 
     from clsact import config as config_mod
-    from clsact import history, storage
+    from clsact import storage
     from clsact.compress import compress, new_run_id
     from clsact.demo.digits import build_digits_dataset, train_baseline
     from clsact.demo.s3server import DEMO_CREDENTIALS, LocalS3Server
+    from clsact.registry import history
     from clsact.registry.gate import format_outcome, gate
     from clsact.storage.publish import verify
 

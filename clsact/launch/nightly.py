@@ -97,6 +97,38 @@ def night(release: str, time_zone: str, stamp_format: str, job_name: str | None,
     return Night(release, stamp, when)
 
 
+@dataclass(frozen=True)
+class NightPlan:
+    """Tonight's launch: the night, the prefix every night of the release goes under (what
+    its gate moves ``latest`` in), and the launch values it sets."""
+
+    night: Night
+    prefix: str
+    values: dict[str, Any]
+
+
+def plan(release: str, time_zone: str, stamp_format: str, keep_jobs: int, base_name: str,
+         save_dir: str | None, labels: dict[str, str], job_name: str | None = None,
+         now: datetime | None = None) -> NightPlan:
+    """Plan tonight's job of ``release``: its name ``<base_name>-<stamp>``, its save dir
+    ``<save_dir>/runs/<stamp>/`` and the release label (``job_name``: the CronJob's Job, whose
+    name carries the scheduled time).
+
+    Raises:
+        ConfigError: ``keep_jobs`` < 1, unknown time zone, bad stamp format, no save dir.
+    """
+    if keep_jobs < 1:
+        raise ConfigError(f"--keep-jobs must be >= 1, got {keep_jobs}")
+    tonight = night(release, time_zone, stamp_format, job_name, now)
+    if not save_dir:
+        raise ConfigError("no save dir: pass --save-dir s3://bucket/prefix (or saveDir in "
+                          "--values, or Global.output_dir); each night goes to <it>/runs/"
+                          "<stamp>/")
+    return NightPlan(tonight, save_dir, {
+        "name": tonight.job_base(base_name), "saveDir": tonight.save_dir(save_dir),
+        "labels": {**labels, NIGHTLY_LABEL: release}})
+
+
 def _created(obj: dict[str, Any]) -> str:
     return obj["metadata"].get("creationTimestamp") or ""
 

@@ -53,6 +53,7 @@ class Rendered:
     objects: list[dict[str, Any]]
     spec_hash: str
     secret: str | None = None   # the S3 Secret the pods mount (S3_CREDENTIALS_DIR)
+    config: config_mod.Config | None = None   # the validated config the ConfigMap holds
 
     @property
     def job(self) -> dict[str, Any]:
@@ -223,7 +224,7 @@ def render(config_path: str | Path, overrides: list[str], values: LaunchValues,
     objects[-1]["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash
     return Rendered(name=name, namespace=values["namespace"], operator=operator,
                     objects=objects, spec_hash=spec_hash,
-                    secret=values["s3Secret"])
+                    secret=values["s3Secret"], config=cfg)
 
 
 class _Dumper(yaml.SafeDumper):

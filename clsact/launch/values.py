@@ -59,7 +59,8 @@ VALUES: dict[str, tuple[str, Any]] = {
     "clsactBin": ("str", "/usr/local/bin/clsact"),  # the console script inside the image
     "python": ("str", "python"),
     # what the pods may reach beyond the S3 Secret; refused unless allowed here (whoever may
-    # create pods in a namespace can read its Secrets through them: see README, Permissions)
+    # create pods in a namespace can read its Secrets through them: docs/kubernetes.md,
+    # Permissions)
     "allow": ("dict", {}),
 }
 ALLOW: dict[str, tuple[str, Any]] = {
@@ -161,7 +162,8 @@ def _check_access(v: dict[str, Any], src: str) -> dict[str, Any]:
     """
     allow = check_section("allow", v["allow"], ALLOW, src)
     allow = {k: allow.get(k, default) for k, (_t, default) in ALLOW.items()}
-    how = "in the values if submitters of this namespace may do that (README: Permissions)"
+    how = ("in the values if submitters of this namespace may do that (docs/kubernetes.md: "
+           "Permissions)")
     for i, vol in enumerate(v["volumes"]):
         if isinstance(vol, dict) and "hostPath" in vol and not allow["hostPath"]:
             raise ConfigError(f"{src}: volumes[{i}] mounts the node's path "

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.bench.provenance import header, write_result
+
 TARGET_VNNI, TARGET_AVX2 = 1.5, 1.15  # paired speedup over the fastest fp32/bf16 deployment
 QAT_DEFAULT = {"use_pact": False, "onnx_format": True,
                "quantize_op_types": ["conv2d", "depthwise_conv2d"]}
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   (base_key, fp32_calls[base_key]))
     where = machine.describe()
     target = TARGET_VNNI if machine.has_vnni() else TARGET_AVX2
-    print(f"measured on {machine.headline(where)}")
+    print(header())
     print(bench.format_table(results))
     best, ref = summary["fastest"], summary["baseline_fastest"]
     print(f"\nbatch 1, 1 thread: compressed through {best['runtime']} {best['p50_ms']:.2f} ms "
@@ -175,17 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     print(profile.format_anatomy(anatomy))
     if variants:
         print("\n" + format_sweep(variants))
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": "MobileNetV3Large x1.0, 224 px", "qat_steps": args.steps,
+    write_result(args.output, {"model": "MobileNetV3Large x1.0, 224 px", "qat_steps": args.steps,
                                "build_seconds": round(build_s, 1), "machine": where,
                                "target": target, "summary": summary,
                                "side_by_side": paired, "levers": lever_rows,
                                "emulated_cpus": older,
                                "arm_nb_bytes": sizes, "measurements": bench.to_json(results),
-                               "where_time_goes": anatomy, "variants": variants},
-                              indent=2) + "\n")
-    print(f"written to {out}")
+                               "where_time_goes": anatomy, "variants": variants})
+    print(f"written to {args.output}")
     return 0
 
 

@@ -12,11 +12,12 @@ writes JSON (``--output``). Both variants must build programs with the same ops 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from tests.bench.provenance import header, write_result
 
 MODELS = {"MobileNetV3Small x0.5 (32 px)": ("MobileNetV3Small", 0.5, 32),
           "MobileNetV3Large x1.0 (224 px)": ("MobileNetV3Large", 1.0, 224)}
@@ -103,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     from clsact import compat
 
     compat.quiet_native_output()  # before paddle imports tqdm
+    print(header())
     out = run(args.repeats)
     print(format_report(out))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.output, out)
     return 0
 
 

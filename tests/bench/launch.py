@@ -7,7 +7,6 @@ Run: ``python -m tests.bench.launch --output bench-results/launch.json`` (``make
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from clsact.launch import jobs, render, values
 from clsact.launch.cluster import connect
 from clsact.launch.names import job_name
 from tests import kubeserver
+from tests.bench.provenance import header, write_result
 from tests.conftest import REPO, SHARED
 
 CONFIG = REPO / "configs" / "mbv3_qat_dis.yaml"
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--output", default="bench-results/launch.json")
     args = parser.parse_args(argv)
+    print(header())
     results = run(args.repeat)
     print(f"{'launcher operation':<42} {'median ms':>10}")
     for key, ms in results.items():
@@ -108,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                          results["clsact render (command)"])
     print(f"\nclsact submit command = {submit / render_ms:.2f}x clsact render; importing the "
           f"kubernetes client alone takes {results[KUBE_IMPORT]:.0f} ms of it")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"median_ms": results, "repeat": args.repeat}, indent=2) + "\n")
-    print(f"written to {out}")
+    write_result(args.output, {"median_ms": results, "repeat": args.repeat})
+    print(f"written to {args.output}")
     return 0
 
 

@@ -28,7 +28,6 @@ the decoders for the same cores (a real store runs elsewhere): the table reports
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -41,6 +40,7 @@ from clsact.data.listfile import Sample
 from clsact.data.loader import BatchLoader
 from clsact.data.transforms import TransformSpec
 from clsact.storage import LocalStore
+from tests.bench.provenance import header, write_result
 
 
 def make_images(root: Path, n: int, seed: int = 0) -> list[Sample]:
@@ -272,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 readers")
     parser.add_argument("--output", default="bench-results/loader.json")
     args = parser.parse_args(argv)
+    print(header())
     out = run(args.images, args.workers, with_s3=not args.no_s3)
     print(format_report(out))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    write_result(args.output, out)
     print(f"written {args.output}")
     return 0
 

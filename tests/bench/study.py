@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.bench.provenance import header, write_result
+
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "mbv3_qat_dis.yaml"
 CLASSES = 10
 PAD = 8  # rendered images are this much larger than the input; eval resizes to side+4
@@ -343,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default="bench-results/study.json")
     ap.add_argument("--plot", default="bench-results/study.png")
     a = ap.parse_args(argv)
-    from clsact.deploy.machine import describe, headline
 
     cases = [Case(arch, int(size), int(seed), variant)
              for arch in a.archs.split(",") for size in a.sizes.split(",")
@@ -355,15 +356,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    print(f"study: {len(cases)} runs of {a.steps} steps on {headline(describe())}", flush=True)
+    print(f"study: {len(cases)} runs of {a.steps} steps; {header()}", flush=True)
     rows = run_study(cases, cache, a.steps, a.eval_every, a.jobs,
                      log=lambda m: print(m, flush=True))
     summary = summarize(rows, a.tolerance)
     print(format_table(summary, a.tolerance))
-    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.output).write_text(json.dumps({"steps": a.steps, "eval_every": a.eval_every,
-                                          "tolerance": a.tolerance, "machine": describe(),
-                                          "summary": summary, "runs": rows}, indent=1))
+    write_result(a.output, {"steps": a.steps, "eval_every": a.eval_every,
+                            "tolerance": a.tolerance, "summary": summary, "runs": rows})
     plot(rows, Path(a.plot))
     print(f"wrote {a.output} and {a.plot}")
     return 0

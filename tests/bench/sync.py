@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.bench.provenance import header, write_result
+
 STEPS = 12
 BATCH = 8
 MODES = ("state", "gradients")
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("bench-results/sync.json"))
     args = parser.parse_args(argv)
+    print(header())
     with tempfile.TemporaryDirectory(prefix="clsact-bench-sync-") as tmp:
         root = Path(tmp)
         model, data = prepare(root)
@@ -151,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
            "step_ratio": runs["state"]["step_ms"] / runs["gradients"]["step_ms"],
            "cost_model": cost_model(**sizes)}
     print(format_report(out))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=2))
+    write_result(args.output, out)
     return 0
 
 
