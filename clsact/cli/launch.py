@@ -14,10 +14,15 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clsact import exitcodes
 from clsact.launch.operators import OPERATORS
+
+if TYPE_CHECKING:  # the launcher's heavier modules load with the command that needs them
+    from clsact.launch.nightly import NightPlan
+    from clsact.launch.render import Rendered
+    from clsact.launch.values import LaunchValues
 
 
 def parse_duration(text: str) -> float:
@@ -138,10 +143,10 @@ def add_parsers(sub: Any) -> None:
 class Launch:
     """One launch, planned once from the flags, the values file and the validated config."""
 
-    rendered: Any                  # clsact.launch.render.Rendered
+    rendered: Rendered
     checked: list[str]             # the validations passed
-    values: Any                    # clsact.launch.values.LaunchValues, resolved
-    night: Any = None              # clsact.launch.nightly.NightPlan (submit --nightly)
+    values: LaunchValues           # resolved: flags over the values file over defaults
+    night: NightPlan | None = None   # submit --nightly
     gpu_nodes_unknown: bool = False
 
     @property
