@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.bench.provenance import header, write_result
+from tests.bench.provenance import REPO, header, write_result
 
 TARGET_VNNI, TARGET_AVX2 = 1.5, 1.15  # paired speedup over the fastest fp32/bf16 deployment
 QAT_DEFAULT = {"use_pact": False, "onnx_format": True,
@@ -213,8 +213,10 @@ def emulated(fp32: Path, compressed: Path) -> dict[str, dict]:
         if flag not in flags or isa == "AVX512_CORE_VNNI" and not (
                 machine.has_bf16(flags) or "amx_int8" in flags):
             continue  # not above it: the real rows are this ISA already
-        proc = subprocess.run([sys.executable, "-m", __name__, "--isa-child", str(fp32),
-                               str(compressed)], capture_output=True, text=True, timeout=1800,
+        # by its import name: run as `python -m tests.bench.deploy`, __name__ is __main__
+        proc = subprocess.run([sys.executable, "-m", "tests.bench.deploy", "--isa-child",
+                               str(fp32), str(compressed)], capture_output=True, text=True,
+                              timeout=1800, cwd=REPO,
                               env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa})
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines:
