@@ -67,6 +67,11 @@ def test_image_contents_and_contract(cpu_image):
 
     proc = dockerhost.run(cpu_image, "--version", network="none")
     assert proc.returncode == 0 and proc.stdout.strip() == f"clsact {clsact.__version__}"
+    # the launcher's templates ship as package data in the installed (non-editable) package
+    proc = dockerhost.run(cpu_image, "rbac", "-n", "ml", network="none")
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert [d["kind"] for d in yaml.safe_load_all(proc.stdout)] == [
+        "ServiceAccount", "Role", "RoleBinding"]
 
     probe = """
 import importlib.metadata as md, json, os, shutil, subprocess, sys
