@@ -250,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``clsact report``: regenerate a run's deploy report."""
     import tempfile
 
-    from clsact import config, storage
+    from clsact import storage
     from clsact.compress import MODEL_SUBDIR
     from clsact.data.build import read_samples
     from clsact.deploy import report
@@ -264,8 +264,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if found is None:
         raise ClsactError(f"{args.run} is not a published clsact run (no config.yaml and "
                           "manifest.json); pass a run's save dir")
-    run_loc, model_loc, section = found
-    g = config.complete_global(section, f"{run_loc}/config.yaml")
+    run_loc, model_loc, g = found
     run = storage.open_store(run_loc, "RUN", s3)
     try:
         metrics = json.loads(run.read_bytes("metrics.json"))
@@ -316,7 +315,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     opt = export.lite_optimizer(export.find_lite_python(args.lite_python))
     found = find_run(args.run, "RUN", s3)
     model_loc = found[1] if found else args.run
-    names = ([found[2]["model_filename"], found[2]["params_filename"]] if found else
+    names = ([found[2].model_filename, found[2].params_filename] if found else
              ["inference.pdmodel", "inference.pdiparams"])
     name = args.name or (found[0].rstrip("/").rsplit("/", 1)[-1] if found else "model")
     with tempfile.TemporaryDirectory(prefix="clsact-export-") as tmp:

@@ -20,6 +20,7 @@ import yaml
 from clsact import config
 from clsact.errors import ConfigError, StorageError
 from clsact.registry.runs import parent_location
+from clsact.runconfig import Global
 from clsact.storage import S3Settings, open_store
 
 RUN_CONFIG = "config.yaml"
@@ -42,7 +43,7 @@ class EvalPlan:
 
 
 def find_run(model_dir: str, what: str = "--model-dir", s3: S3Settings | None = None
-             ) -> tuple[str, str, dict[str, Any]] | None:
+             ) -> tuple[str, str, Global] | None:
     """(run location, model location, the run's ``Global``) when ``model_dir`` is a
     published run or its ``model/`` folder; None for a bare model directory (or a run whose
     files this reader may not see: the model files' own reads then say why). ``what`` names
@@ -67,9 +68,9 @@ def find_run(model_dir: str, what: str = "--model-dir", s3: S3Settings | None = 
     return None
 
 
-def _run_global(text: bytes, where: str) -> dict[str, Any]:
+def _run_global(text: bytes, where: str) -> Global:
     try:
-        return config.validate(config.load_yaml(text), source=where).data["Global"]
+        return config.validate(config.load_yaml(text), source=where).globals
     except (yaml.YAMLError, ConfigError, AttributeError) as exc:
         raise ConfigError(f"{where} is not a readable clsact config ({exc}); pass the "
                           "model folder itself with the size flags") from None
@@ -91,7 +92,8 @@ def plan(flags: dict[str, Any], s3: S3Settings | None = None) -> EvalPlan:
             raise ConfigError("--data-dir is required for a model that is not a published "
                               "clsact run")
         return EvalPlan(flags["model_dir"], settings)
-    run, model, g = found
+    run, model, typed = found
+    g = typed.to_section()  # as config.yaml has it (lists), what the eval settings take
     for key in FROM_RUN:
         if key in given and given[key] != g[key]:
             flag = "--" + key.replace("_", "-")
