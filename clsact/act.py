@@ -87,6 +87,8 @@ class _RankSync:
         self.dirty = False
         self.weight = 1.0
         self.syncs = 0
+        self.masks: dict[str, str] = {}  # pruning mask -> the weight it masks
+        self.mask_checks = 0
 
     def _scope_and_place(self):
         import paddle
@@ -109,7 +111,33 @@ class _RankSync:
                          len(names), sum(scope.find_var(n).get_tensor()._numel()
                                          for n in names), self.group.world)
             self.names = names
+            self.masks = compat.pruning_masks(names)
         return self.names
+
+    def averaged_names(self) -> list[str]:
+        """The state the ranks average: all but the pruning masks, which every rank derives
+        from its (identical) weights and :meth:`check_masks` compares."""
+        return [n for n in self.ensure_names() if n not in self.masks]
+
+    def check_masks(self) -> None:
+        """Every rank holds the same pruning masks (a collective; no-op without masks or
+        with one rank).
+
+        Raises:
+            DistributedError: the ranks' masks differ.
+        """
+        if not self.masks or not self.group.active:
+            return
+        scope, _ = self._scope_and_place()
+        digests = self.group.gather_object(state_digest(scope, sorted(self.masks)),
+                                           "comparing the pruning masks")
+        self.mask_checks += 1
+        if len(set(digests)) > 1:
+            raise DistributedError(
+                f"the ranks' pruning masks differ ({len(set(digests))} distinct over "
+                f"{len(digests)} ranks): their weights drifted apart; report this with the "
+                "config and rank logs (Global.rank_sync: state keeps every rank's weights "
+                "identical)")
 
     def sizes(self) -> dict[str, int]:
         """Values in the synchronised state and in the student's trainable parameters (=
@@ -131,7 +159,7 @@ class _RankSync:
             self.dirty = False
             return False
         scope, place = self._scope_and_place()
-        average_state(self.group, scope, self.ensure_names(), place, self.weight)
+        average_state(self.group, scope, self.averaged_names(), place, self.weight)
         self.dirty = False
         self.syncs += 1
         return True
@@ -206,6 +234,8 @@ class RunState:
     recent: list[tuple[int, dict[str, np.ndarray]]] = field(default_factory=list)  # averaged
     averaged: list[int] | None = None  # steps whose states the published model averages
     observed: int = 0  # losses the guard has seen
+    stage: int = 0  # this ACT run's stage in a chain (clsact.strategy.plan)
+    stages_done: list[dict[str, Any]] = field(default_factory=list)  # the earlier stages
 
     @property
     def step(self) -> int:
@@ -217,7 +247,8 @@ def _snapshot(run: RunState, run_id: str, sync: _RankSync,
               fingerprint: dict[str, Any]) -> checkpoint.Checkpoint:
     return checkpoint.Checkpoint(run_id, run.step, run.earlier + [h["top1"] for h in run.history],
                                  sync.state(), fingerprint,
-                                 run.guard.snapshot() if run.guard is not None else None)
+                                 run.guard.snapshot() if run.guard is not None else None,
+                                 run.stage, run.stages_done)
 
 
 def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
@@ -231,6 +262,7 @@ def _eval_callback(group: Group, sync: _RankSync, run: RunState, select_loader,
             return baseline_top1
         started = time.perf_counter()
         sync.sync()
+        sync.check_masks()
         mine = evaluate_program(exe, program, input_name, fetch_targets[0], select_loader)
         result = aggregate_eval(group, mine, "an evaluation")
         # decided once: rank 0's number, on every rank (equal anyway: summed integer counts)
@@ -291,8 +323,12 @@ def _average_states(run: RunState, sync: _RankSync) -> None:
     """Load the mean of the recent healthy states (every float state variable: weights,
     quantizer scales, batch-norm statistics) into the scope: the model ACT saves."""
     states = [state for _, state in run.recent]
-    sync.restore({name: np.mean([s[name] for s in states], axis=0).astype(states[0][name].dtype)
-                  for name in states[0]})
+    mean = {name: np.mean([s[name] for s in states], axis=0).astype(states[0][name].dtype)
+            for name in states[0]}
+    for mask, weight in sync.masks.items():  # the last masks hold: masked weights stay zero
+        mean[mask] = states[-1][mask]
+        mean[weight] = mean[weight] * mean[mask]
+    sync.restore(mean)
     run.averaged = [run.offset + step for step, _ in run.recent]
     log.info("the published model averages the states of steps %s (Global.final_model: "
              "average)", ", ".join(map(str, run.averaged)))
@@ -463,7 +499,8 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             resume: checkpoint.Checkpoint | None = None,
             checkpointer: checkpoint.Checkpointer | None = None,
             fingerprint: dict[str, Any] | None = None, mode: str = "state",
-            checkpoint_on: bool = False) -> dict[str, Any]:
+            checkpoint_on: bool = False, stage: int = 0,
+            stages_done: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
 
     The compressed model lands in ``act_dir`` (on rank 0: ACT saves there only). ACT's
@@ -471,7 +508,8 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
     checkpoint (state, data position); ``checkpointer`` (enabled on rank 0) writes one after
     every evaluation and at its cadence; ``checkpoint_on`` says on every rank whether the
     run checkpoints (the ranks then agree on the points between evaluations). ``mode`` is how
-    the ranks synchronise (:func:`clsact.distributed.sync_mode`).
+    the ranks synchronise (:func:`clsact.distributed.sync_mode`). ``stage`` and
+    ``stages_done`` place this ACT run in a chain of stages (saved with each checkpoint).
 
     Raises:
         ClsactError: the ranks or the checkpoint do not match the training program.
@@ -490,7 +528,8 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
     sync = _RankSync(group, per_step=not collective)
     coverage: dict[str, Any] | None = None
     run = RunState(offset=resume.steps if resume else 0,
-                   earlier=list(resume.evaluations) if resume else [])
+                   earlier=list(resume.evaluations) if resume else [], stage=stage,
+                   stages_done=list(stages_done or []))
     g = cfg.globals
     if g.lr_guard:
         run.guard = LossGuard(window=g.lr_guard_window, threshold=g.lr_guard_threshold)
@@ -563,7 +602,10 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             "bn_layers": run.bn_layers, "averaged_steps": run.averaged,
             "lr_guard": run.guard.record() if run.guard is not None else None,
             "loss_curve": loss_curve(run.losses, run.offset),
-            "rank_syncs": sync.syncs, "checkpoints": checkpointer.summary(),
+            "rank_syncs": sync.syncs, "pruning_masks": {
+                "count": len(sync.masks), "rank_checks": sync.mask_checks,
+                "identical_across_ranks": True if sync.mask_checks else None}
+            if sync.masks else None, "checkpoints": checkpointer.summary(),
             "rank_sync": {**run.timing(mode, group.world), **sync.sizes(),
                           "allreduce": coverage},
             "state_digests_last_eval": history[-1].get("state_digests") if history else None}

@@ -64,6 +64,8 @@ class Checkpoint:
     state: dict[str, np.ndarray] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     guard: dict[str, Any] | None = None  # the learning-rate guard's state (clsact.guard)
+    stage: int = 0  # the stage of a chain (clsact.strategy.plan) this state belongs to
+    stages_done: list[dict[str, Any]] = field(default_factory=list)  # finished stages
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -128,10 +130,65 @@ def encode(ckpt: Checkpoint) -> tuple[bytes, dict[str, Any]]:
     np.savez(buf, **ckpt.state)
     data = buf.getvalue()
     progress = {"run_id": ckpt.run_id, "steps": ckpt.steps, "evaluations": ckpt.evaluations,
-                "state": f"{DIR}/state-{ckpt.steps:09d}.npz",
+                "state": f"{DIR}/state-{ckpt.stage}-{ckpt.steps:09d}.npz",
                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                "fingerprint": ckpt.fingerprint, "guard": ckpt.guard}
+                "fingerprint": ckpt.fingerprint, "guard": ckpt.guard, "stage": ckpt.stage,
+                "stages_done": ckpt.stages_done}
     return data, progress
+
+
+def stage_dir(stage: int) -> str:
+    """Where the model a finished stage produced is kept (under the save dir)."""
+    return f"{DIR}/stage-{stage}"
+
+
+def save_stage(store: Store, run_id: str, stage: int, model_dir: Path, files: list[str],
+               record: dict[str, Any], done: list[dict[str, Any]],
+               fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Keep the model stage ``stage`` produced (files first, with their sha256) and mark the
+    run as at the start of the next stage (the marker last): a restart continues there.
+    Returns ``record`` with the kept files' sha256.
+
+    Raises:
+        StorageError: a write failed (the previous checkpoint stays valid).
+    """
+    old = _read_progress(store)
+    sums = {}
+    for name in files:
+        store.put_file(model_dir / name, f"{stage_dir(stage)}/{name}")
+        sums[name] = sha256_file(model_dir / name)
+    kept = {**record, "files": sums}
+    progress = {"run_id": run_id, "steps": 0, "evaluations": [], "state": None,
+                "fingerprint": fingerprint, "guard": None, "stage": stage + 1,
+                "stages_done": [*done, kept]}
+    store.put_bytes(PROGRESS, (json.dumps(progress) + "\n").encode())
+    if old and old.get("run_id") == run_id and old.get("state"):
+        store.delete(old["state"])
+    log.info("stage %d done: its model is kept in %s; a restart continues with stage %d",
+             stage + 1, store.describe(stage_dir(stage)), stage + 2)
+    return kept
+
+
+def load_stage_model(store: Store, ckpt: Checkpoint, dest: Path) -> Path:
+    """Download the model the stage before ``ckpt.stage`` produced into ``dest``.
+
+    Raises:
+        ClsactError: a file is missing or does not match its recorded sha256.
+        StorageError: the store cannot be read.
+    """
+    stage = ckpt.stage - 1
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, digest in ckpt.stages_done[stage]["files"].items():
+        try:
+            store.get_file(f"{stage_dir(stage)}/{name}", dest / name)
+        except FileNotFoundError:
+            raise ClsactError(f"the checkpoint's stage {stage + 1} model file "
+                              f"{store.describe(stage_dir(stage))}/{name} is missing: start "
+                              "over with --overwrite") from None
+        if sha256_file(dest / name) != digest:
+            raise ClsactError(f"the checkpoint's stage {stage + 1} model file {name} is "
+                              "damaged (sha256): start over with --overwrite")
+    return dest
 
 
 def save(store: Store, ckpt: Checkpoint) -> None:
@@ -186,6 +243,10 @@ def load(store: Store, run_id: str, expected: dict[str, Any]) -> Checkpoint | No
             f"the checkpoint of run {run_id} in {store.describe(DIR)} was made with other "
             f"settings ({shown}): resume with the settings it was made with, or start over "
             "with --overwrite (discards it) or another --save-dir")
+    stage, done = int(progress.get("stage", 0)), list(progress.get("stages_done") or [])
+    if progress.get("state") is None:  # between two stages of a chain
+        return Checkpoint(run_id, 0, [], {}, progress.get("fingerprint") or {}, None, stage,
+                          done)
     try:
         data = store.read_bytes(progress["state"])
     except FileNotFoundError:
@@ -199,7 +260,8 @@ def load(store: Store, run_id: str, expected: dict[str, Any]) -> Checkpoint | No
     with np.load(io.BytesIO(data)) as npz:
         state = {name: npz[name] for name in npz.files}
     return Checkpoint(run_id, int(progress["steps"]), list(progress.get("evaluations", [])),
-                      state, progress.get("fingerprint") or {}, progress.get("guard"))
+                      state, progress.get("fingerprint") or {}, progress.get("guard"), stage,
+                      done)
 
 
 def clear(store: Store) -> None:
@@ -249,6 +311,10 @@ class Checkpointer:
         if self.every_steps and step - self.last_step >= self.every_steps:
             return True
         return bool(self.every_seconds and self.clock() - self.last_time >= self.every_seconds)
+
+    def new_stage(self) -> None:
+        """Count steps from 0 again: the next stage of a chain starts its own loop."""
+        self.last_step, self.last_time = 0, self.clock()
 
     @property
     def poll_steps(self) -> int:

@@ -273,6 +273,31 @@ PADDLE_CUDA_DLOPEN_NAMES = (
 )
 
 
+def drop_self_scales(model_file: str | Path) -> int:
+    """Remove the identity ``scale`` ops that write the variable they read; returns how many.
+
+    ``paddle.static.save_inference_model`` appends ``scale(x, 1.0)`` to every fetch target
+    as ``save_infer_model/scale_0.tmp_0``; the name generator restarts with each process, so
+    a model saved by ACT from a model that paddle saved before gets a second scale op that
+    reads and writes that same variable. Training such a model again (a chain's second stage)
+    with another model as teacher makes paddleslim's QAT export fail with "Generated graph
+    shouldn't contain cycle"; the op computes nothing, so dropping it changes no output.
+    ``tests/test_compat.py`` shows the doubled op appear and its removal keep the outputs;
+    the chains of ``tests/test_pruning.py`` fail with that error without it.
+    """
+    program = load_program(model_file)
+    dropped = 0
+    for block in program.blocks:
+        loops = [i for i, op in enumerate(block.ops) if op.type == "scale"
+                 and op.input("X") == op.output("Out") and op.attr("scale") == 1.0
+                 and op.attr("bias") == 0.0]
+        remove_ops(block, loops)
+        dropped += len(loops)
+    if dropped:
+        Path(model_file).write_bytes(program.desc.serialize_to_string())
+    return dropped
+
+
 def remove_ops(block, indices: list[int]) -> None:
     """Remove the ops at ``indices`` from a static ``Block`` (descending, so the indices
     stay valid). Relies on ``Block._remove_op(index)`` (private in Paddle 2.6: it removes
@@ -480,3 +505,23 @@ def _scaled_scheduler(inner):
             return float(self.inner.get_lr()) * self.clsact_factor
 
     return Scaled()
+
+
+ASP_MASK_SUFFIX = ".asp_mask"  # paddle.incubate.asp: ASPHelper._get_mask_name
+UNSTRUCTURED_MASK_SUFFIX = "_mask"  # paddleslim UnstructuredPruner._apply_masks
+
+
+def pruning_masks(names: list[str]) -> dict[str, str]:
+    """The pruning masks among a program's state variable ``names``, each mapped to the
+    weight it masks: Paddle's ASP names a 2:4 mask ``<weight>.asp_mask``, paddleslim's
+    unstructured pruner ``<weight>_mask`` (both private conventions; ``tests/test_compat.py``
+    builds both pruners and checks them)."""
+    known = set(names)
+    out = {}
+    for name in names:
+        if name.endswith(ASP_MASK_SUFFIX) and name[:-len(ASP_MASK_SUFFIX)] in known:
+            out[name] = name[:-len(ASP_MASK_SUFFIX)]
+        elif name.endswith(UNSTRUCTURED_MASK_SUFFIX) \
+                and name[:-len(UNSTRUCTURED_MASK_SUFFIX)] in known:
+            out[name] = name[:-len(UNSTRUCTURED_MASK_SUFFIX)]
+    return out

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from clsact import __version__, checkpoint, compat, logs, optim, storage
+from clsact import __version__, checkpoint, compat, logs, optim, pruning, storage, strategy
 from clsact import config as config_mod
 from clsact.act import AVERAGE, LAST, ensure_evaluation, run_act
 from clsact.config import Config
@@ -232,7 +232,8 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     if g.decode == "gpu" and device != "gpu":
         raise DeviceError(f"Global.decode gpu, but this run's device is {device} (no GPU "
                           "here): set Global.decode: cpu")
-    mode = sync_mode(g.rank_sync, device, ranks.world)
+    mode = strategy.rank_sync_for(cfg.data, sync_mode(g.rank_sync, device, ranks.world),
+                                  g.rank_sync, ranks.world)
     optim.check_data_parallel(cfg, ranks.world, mode)
     work = Path(tempfile.mkdtemp(prefix="clsact-work-", dir=g.scratch_dir))
     group.scratch.append(work)
@@ -407,6 +408,124 @@ def _share_model(group: Group, model_dir: Path, g: Global) -> None:
             (model_dir / name).write_bytes(blob)
 
 
+def _stage_configs(cfg: Config, stages: list[strategy.Stage], steps_per_epoch: int,
+                   world: int, resume: checkpoint.Checkpoint | None
+                   ) -> tuple[list[Config], float, int]:
+    """Each stage's config with the run's adaptations (learning rate scaled to the ranks,
+    an evaluation inside ACT's loop, schedules filled, a resumed stage's position); the LR
+    factor and the first stage's planned steps. A single stage adapts ``cfg`` itself (its
+    ``config.yaml`` then shows what ran)."""
+    out, factor, planned = [], 1.0, 0
+    for i, stage in enumerate(stages):
+        scfg = cfg if len(stages) == 1 else cfg.for_stage(stage.sections, stage.train)
+        if strategy.gradual(scfg.data) and scfg.globals.lr_guard:
+            log.info("Global.lr_guard is off for %s: GMP raises the sparsity, and with it the "
+                     "distillation loss, by design; the published model is the last state",
+                     stage.name)
+            scfg.data["Global"].update(lr_guard=False, final_model=LAST if
+                                       scfg.globals.final_model == AVERAGE else
+                                       scfg.globals.final_model)
+            scfg.globals = Global.from_section(scfg.data["Global"])
+        factor = optim.scale_learning_rate(scfg, world)
+        total = ensure_evaluation(scfg, steps_per_epoch)
+        planned = planned or total
+        for filled in optim.complete_schedule(scfg.train, total):
+            log.info("set %s", filled)
+        if resume is not None and i == resume.stage and resume.steps:
+            # the planned steps (epochs may end the run before train_iter does)
+            scfg.train["train_iter"] = min(scfg.train.get("train_iter") or total, total)
+            optim.resume_position(scfg.train, resume.steps)
+            ensure_evaluation(scfg, steps_per_epoch)
+        out.append(scfg)
+    return out, factor, planned
+
+
+def _total_steps(train: dict[str, Any], steps_per_epoch: int) -> int:
+    epochs = train.get("epochs") or 100  # ACT's default
+    total = epochs * steps_per_epoch
+    return min(total, int(train["train_iter"])) if train.get("train_iter") else total
+
+
+def _gmp_overrides(cfg: Config, stages: list[strategy.Stage], stage_cfgs: list[Config],
+                   steps_per_epoch: int, resume: checkpoint.Checkpoint | None
+                   ) -> dict[str, Any]:
+    """The GMP schedule ACT's unstructured pruner gets: checked against the stage's
+    length, and continued at the resumed step (paddleslim keeps its position outside the
+    training state).
+
+    Raises:
+        ConfigError: the schedule reaches its ratio after the run ends.
+    """
+    for i, stage in enumerate(stages):
+        section = cfg.data.get("UnstructurePrune")
+        if stage.prune != "UnstructurePrune" or section.get("prune_strategy") != "gmp":
+            continue
+        done = resume.steps if resume is not None and resume.stage == i else 0
+        total = _total_steps(stage.train, steps_per_epoch)
+        try:
+            gmp = strategy.gmp_schedule(section, total)
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg.source}: {exc}") from None
+        gmp["resume_iteration"] = done - 1 if done else -1
+        return {"UnstructurePrune": {"gmp_config": gmp}}
+    return {}
+
+
+def _teacher_for(run: RunContext, stage: int, scfg: Config) -> dict[str, Any]:
+    """Distillation overrides of a stage after the first: the original model teaches (as in
+    ACT's own chain), unless the config names its teacher."""
+    if stage == 0 or run.teachers or "Distillation" not in scfg.data:
+        return {}
+    g = run.cfg.globals
+    teacher = run.work / "teacher-original"
+    if not teacher.exists():
+        copy_model(run.src_model, teacher, g.model_filename, g.params_filename)
+        compat.fix_dropout_mask(teacher / g.model_filename)
+    return {"Distillation": {"teacher_model_dir": str(teacher),
+                             "teacher_model_filename": g.model_filename,
+                             "teacher_params_filename": g.params_filename}}
+
+
+def _resumed_stage_model(run: RunContext) -> Path:
+    """The model the last finished stage produced, from the checkpoint (rank 0 reads it,
+    every rank gets it).
+
+    Raises:
+        ClsactError: the kept files are missing or damaged.
+    """
+    dest = run.work / "resumed-stage-model"
+
+    def fetch() -> None:
+        checkpoint.load_stage_model(run.checkpointer.store, run.resume, dest)
+
+    run.group.on_rank0(fetch, "reading the finished stage's model",
+                       "rank 0 could not read the finished stage's model; see its log")
+    _share_model(run.group, dest, run.cfg.globals)
+    log.info("resuming at stage %d with the model stage %d produced", run.resume.stage + 1,
+             run.resume.stage)
+    return dest
+
+
+def _keep_stage(run: RunContext, stage: int, model_dir: Path, record: dict[str, Any],
+                done: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0 keeps a finished stage's model with the checkpoint (a restart starts at the
+    next stage); returns the stage's record as checkpointed. A failed write is a warning (a
+    restart would redo the stage)."""
+    if not run.checkpointer.enabled:
+        return record
+    g = run.cfg.globals
+    try:
+        kept = checkpoint.save_stage(run.checkpointer.store, run.run_id, stage, model_dir,
+                                     [g.model_filename, g.params_filename], record, done,
+                                     run.fingerprint)
+        run.checkpointer.written += 1
+        return kept
+    except StorageError as exc:
+        log.warning("the stage %d model was not kept with the checkpoint (%s); a restart "
+                    "would redo that stage", stage + 1, exc)
+        return record
+
+
 def _run(run: RunContext) -> dict[str, Any]:
     """Steps 1 (the model's checks) to 4 of the module docstring on this rank; returns the
     metrics.
@@ -437,14 +556,12 @@ def _run(run: RunContext) -> dict[str, Any]:
         check_labels(select_samples, info.num_classes, "selection")
     select_loader = val_loader if select_samples is None else make_loader(
         g, select_samples, train=False, batch_size=g.eval_batch, **shard)
-    lr_factor = optim.scale_learning_rate(cfg, group.world)
-    total_steps = ensure_evaluation(cfg, len(train_loader))
-    for filled in optim.complete_schedule(cfg.train, total_steps):
-        log.info("set %s", filled)
-    if resume is not None:
-        cfg.train["train_iter"] = cfg.train.get("train_iter") or total_steps
-        optim.resume_position(cfg.train, resume.steps)
-        ensure_evaluation(cfg, len(train_loader))
+    stages = strategy.plan(cfg.data)
+    first = resume.stage if resume is not None else 0
+    stage_cfgs, lr_factor, total_steps = _stage_configs(cfg, stages, len(train_loader),
+                                                        group.world, resume)
+    prune_overrides = pruning.resolve(cfg.data, src_model, g)  # before any heavy work
+    prune_overrides.update(_gmp_overrides(cfg, stages, stage_cfgs, len(train_loader), resume))
     try:
         val_loader.record_digests = {}  # the validation set's fingerprint, for the gate
         baseline = _evaluate(group, src_model, val_loader, g, info.input_name,
@@ -457,9 +574,6 @@ def _run(run: RunContext) -> dict[str, Any]:
         check_origin_metric(cfg, baseline["top1"])
         t = timer.phase("baseline_eval", t)
 
-        student = copy_model(src_model, work / "input", g.model_filename, g.params_filename)
-        fixed = compat.fix_dropout_mask(student / g.model_filename)
-        act_dir = work / "act"
         select_top1 = baseline["top1"]
         act_overrides = dict(run.teachers)
         if select_samples is not None and cfg.train.get("origin_metric") is not None:
@@ -472,17 +586,49 @@ def _run(run: RunContext) -> dict[str, Any]:
             # ACT's early stop divides by the baseline metric (ZeroDivisionError)
             log.warning("the baseline top-1 is 0: ACT's origin_metric early stop is off")
             act_overrides["TrainConfig"] = {"origin_metric": None}
-        act_info = run_act(cfg, student, act_dir, train_loader, select_loader, info.input_name,
-                           group, act_overrides, run_id=run.run_id, baseline_top1=select_top1,
-                           resume=resume, checkpointer=run.checkpointer,
-                           fingerprint=run.fingerprint, mode=run.mode,
-                           checkpoint_on=bool(g.checkpoint))
+        stage_model = _resumed_stage_model(run) if first else src_model
+        kept = list(resume.stages_done) if resume is not None else []  # as checkpointed
+        fixed = 0
+        for i in range(first, len(stages)):
+            last = i == len(stages) - 1
+            if len(stages) > 1:
+                log.info("stage %d of %d: %s (%s)", i + 1, len(stages), stages[i].name,
+                         " + ".join(stages[i].sections))
+            student = copy_model(stage_model, work / f"input-{i}", g.model_filename,
+                                 g.params_filename)
+            fixed += compat.fix_dropout_mask(student / g.model_filename)
+            if i:  # a model ACT saved: its doubled output scale op breaks the QAT export
+                compat.drop_self_scales(student / g.model_filename)
+            overrides = {**act_overrides, **_teacher_for(run, i, stage_cfgs[i])}
+            if stages[i].prune:
+                overrides.update({k: v for k, v in prune_overrides.items()
+                                  if k == stages[i].prune})
+            act_dir = work / f"act-{i}"
+            run.checkpointer.new_stage()
+            in_stage = resume if resume is not None and i == first and resume.steps else None
+            act_info = run_act(stage_cfgs[i], student, act_dir, train_loader, select_loader,
+                               info.input_name, group, overrides, run_id=run.run_id,
+                               baseline_top1=select_top1, resume=in_stage,
+                               checkpointer=run.checkpointer, fingerprint=run.fingerprint,
+                               mode=run.mode, checkpoint_on=bool(g.checkpoint), stage=i,
+                               stages_done=kept)
+            out_model = staging / MODEL_SUBDIR if group.rank == 0 and last \
+                else work / f"stage-{i}-model"
+            if group.rank == 0:
+                copy_model(act_dir, out_model, g.model_filename, g.params_filename)
+            _share_model(group, out_model, g)
+            if last:
+                break
+            result = _evaluate(group, out_model, val_loader, g, info.input_name,
+                               f"the stage {i + 1} evaluation")
+            record = {"stage": i + 1, "name": stages[i].name, "top1": result["top1"],
+                      "top5": result["top5"], "train_steps": act_info["train_steps"],
+                      "evaluations": act_info["evaluations"]}
+            log.info("stage %d (%s): top1 %.4f top5 %.4f", i + 1, stages[i].name,
+                     result["top1"], result["top5"])
+            kept.append(_keep_stage(run, i, out_model, record, kept))
+            stage_model = out_model
         t = timer.phase("compress", t)
-
-        out_model = staging / MODEL_SUBDIR if group.rank == 0 else work / "shared-model"
-        if group.rank == 0:
-            copy_model(act_dir, out_model, g.model_filename, g.params_filename)
-        _share_model(group, out_model, g)
         compressed = _evaluate(group, out_model, val_loader, g, info.input_name,
                                "the final evaluation")
         compressed["quant_ops"] = count_ops(out_model / g.model_filename)
@@ -505,12 +651,37 @@ def _run(run: RunContext) -> dict[str, Any]:
                         "lr_scale": lr_factor, "lr_scaling": g.lr_scaling,
                         "steps_planned": total_steps},
         "resumed": ({"from_step": resume.steps, "earlier_evaluations": resume.evaluations,
+                     "stage": resume.stage + 1,
                      "note": "training state of the last checkpoint before the restart; "
                              "the final model is the last state, or (final_model: best) the "
                              "best evaluated after the restart"}
                     if resume is not None else None),
+        "stages": [*({k: v for k, v in r.items() if k != "files"} for r in kept),
+                   {"stage": len(stages), "name": stages[-1].name, "top1": compressed["top1"],
+                    "top5": compressed["top5"], "train_steps": act_info["train_steps"],
+                    "evaluations": act_info["evaluations"]}] if len(stages) > 1 else None,
+        "pruning": _pruning_record(cfg, prune_overrides, src_model, out_model),
         "selection": _selection_record(run.selection_info, act_info),
         "compat": {"dropout_masks_fixed": fixed},
         "model_dir": MODEL_SUBDIR, "versions": versions(),
     }
+    act_info["strategies"] = [stage.name for stage in stages]
     return _assemble_metrics(cfg, baseline, compressed, act_info, extra)
+
+
+def _pruning_record(cfg: Config, overrides: dict[str, Any], src_model: Path,
+                    out_model: Path) -> dict[str, Any] | None:
+    """What the pruning section did, measured from the model files (None without one)."""
+    section = strategy.prune_section(cfg.data)
+    if section is None:
+        return None
+    g = cfg.globals
+    targets = pruning.targets(section, {**cfg.data[section], **overrides.get(section, {})},
+                              src_model, g)
+    before = pruning.measure(src_model, g, targets)
+    after = pruning.measure(out_model, g, targets)
+    return {"strategy": section, "weights": targets, "baseline": before, "compressed": after,
+            "flops_ratio": round(before["flops"] / after["flops"], 4) if after["flops"] else None,
+            "params_ratio": round(before["params"] / after["params"], 4),
+            "file_bytes_ratio": round(before["file_bytes"] / after["file_bytes"], 4),
+            "sparse_kernels_needed": section != "ChannelPrune"}

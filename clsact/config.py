@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from clsact import schema
+from clsact import schema, strategy
 from clsact.errors import ConfigError, StorageError
 from clsact.runconfig import Global
 from clsact.storage import check_location, is_uri
@@ -58,9 +58,12 @@ class Config:
     def act_config(self) -> dict[str, Any]:
         """A deep copy of what paddleslim's ``AutoCompression(config=...)`` takes.
 
-        ACT mutates the dict it is given (it pops ``TrainConfig``), hence the copy.
+        ACT mutates the dict it is given (it pops ``TrainConfig``), hence the copy. Keys that
+        clsact adds to ACT's sections (:data:`schema.CLSACT_ONLY_KEYS`) are left out.
         """
         out = copy.deepcopy(self.strategies())
+        for section, key in schema.CLSACT_ONLY_KEYS:  # resolved by clsact, unknown to ACT
+            (out.get(section) or {}).pop(key, None)
         out["TrainConfig"] = copy.deepcopy(self.train)
         return out
 
@@ -68,6 +71,14 @@ class Config:
         """A copy whose ``Global`` has ``changes`` (in ``data`` and ``globals`` alike)."""
         data = copy.deepcopy(self.data)
         data["Global"].update(changes)
+        return Config(data=data, source=self.source, warnings=list(self.warnings))
+
+    def for_stage(self, sections: tuple[str, ...], train: dict[str, Any]) -> Config:
+        """A copy holding only the strategy sections ``sections``, with ``train`` as its
+        ``TrainConfig``: one stage of a chain (:func:`clsact.strategy.plan`)."""
+        data = {k: copy.deepcopy(v) for k, v in self.data.items()
+                if k not in schema.STRATEGIES or k in sections}
+        data["TrainConfig"] = copy.deepcopy(train)
         return Config(data=data, source=self.source, warnings=list(self.warnings))
 
     def to_yaml(self) -> str:
@@ -482,6 +493,7 @@ def _check_strategies(data: dict[str, Any], src: str) -> None:
         raise ConfigError(f"{src}: set Distillation or MultiTeacherDistillation, not both")
     needs_distill = [s for s in ("QuantAware", "ChannelPrune", "ASPPrune", "TransformerPrune",
                                  "UnstructurePrune") if s in present]
+    strategy.check(data, src)
     if needs_distill and not distill:
         raise ConfigError(f"{src}: {needs_distill[0]} needs a Distillation section (ACT trains "
                           "the compressed model by distillation from the original); add "

@@ -161,9 +161,10 @@ STRATEGIES: dict[str, dict[str, tuple[str, Any]]] = {
         "activation_bits": ("int", 8),
     },
     "ChannelPrune": {
-        "pruned_ratio": ("float", REQUIRED),
+        "pruned_ratio": ("float|list", REQUIRED),
         "prune_params_name": ("list|null", None),
         "criterion": ("str", "l1_norm"),
+        "prune_params_type": ("str|null", None),
     },
     "ASPPrune": {"prune_params_name": ("list|null", None)},
     "TransformerPrune": {"pruned_ratio": ("float", REQUIRED)},
@@ -173,10 +174,14 @@ STRATEGIES: dict[str, dict[str, tuple[str, Any]]] = {
         "threshold": ("float", 0.01),
         "ratio": ("float", 0.55),
         "gmp_config": ("dict|null", None),
-        "prune_params_type": ("str", "conv1x1_only"),
+        "prune_params_type": ("str|null", "conv1x1_only"),
         "local_sparsity": ("bool", False),
     },
 }
+
+# Keys clsact adds to ACT's sections: resolved before the run (clsact.pruning), never handed
+# to paddleslim (whose classes take no such argument).
+CLSACT_ONLY_KEYS = (("ChannelPrune", "prune_params_type"),)
 
 TRAIN_CONFIG: dict[str, tuple[str, Any]] = {
     "epochs": ("int|null", None),
@@ -231,6 +236,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 REFUSED_STRATEGIES: dict[str, str] = {
     "HyperParameterOptimization": "it pip-installs 'smac' at run time; use QuantAware + "
     "Distillation (quantization-aware training) instead",
+    "TransformerPrune": "ACT's transformer pruner reads the labels from the evaluation data "
+    "loader, which clsact keeps to its own exact evaluation; use ChannelPrune",
 }
 
 # The PaddleClas-format data section (paddleclas mbv3_qat_dis.yaml) is translated into Global.
@@ -256,10 +263,13 @@ SECTION_DOCS: dict[str, str] = {
     "MultiTeacherDistillation": "Distillation from several teachers.",
     "HyperParameterOptimization": "Refused: paddleslim pip-installs `smac` at run time.",
     "QuantPost": "Post-training quantization.",
-    "ChannelPrune": "Structured channel pruning.",
-    "ASPPrune": "2:4 semi-structured sparsity (ASP).",
-    "TransformerPrune": "Head/neuron pruning of transformers.",
-    "UnstructurePrune": "Unstructured sparsity.",
+    "ChannelPrune": "Structured channel pruning (fewer channels: faster everywhere); with "
+                    "`QuantAware`, QAT follows on the pruned model (docs/strategies.md). "
+                    "clsact's `prune_params_type: conv1x1_only` picks the pointwise "
+                    "convolutions.",
+    "ASPPrune": "2:4 semi-structured sparsity (ASP): pays only with sparse kernels.",
+    "TransformerPrune": "Refused: it reads labels from ACT's evaluation loader.",
+    "UnstructurePrune": "Unstructured sparsity (GMP schedule): pays only with sparse kernels.",
     "TrainConfig": "ACT's training loop, passed to paddleslim as written (it fills its own "
                    "defaults); `epochs` or `train_iter` is required.",
     "Gate": "clsact's own: which runs `clsact gate` (and `compress --gate`) may bless. "

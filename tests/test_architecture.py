@@ -25,8 +25,9 @@ LAYERS: list[tuple[str, ...]] = [
      "clsact.checkpoint", "clsact.evaluate"),      # training under ACT, across ranks
     ("clsact.deploy", "clsact.registry"),          # the served model; published runs
     ("clsact.data",),                              # list files, shards, the loader
-    ("clsact.compat", "clsact.modelio", "clsact.process", "clsact.doctor"),
-    ("clsact.config", "clsact.runconfig"),         # the validated, typed config
+    ("clsact.compat", "clsact.modelio", "clsact.process", "clsact.doctor",
+     "clsact.pruning"),                            # paddle/paddleslim at model level
+    ("clsact.config", "clsact.runconfig", "clsact.strategy"),  # the validated, typed config
     ("clsact.storage",),                           # local paths and s3:// behind one API
     ("clsact", "clsact.errors", "clsact.exitcodes", "clsact.logs", "clsact.schema",
      "clsact.gpuarch", "clsact.plotting", "clsact.metrics"),   # the ground floor

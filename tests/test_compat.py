@@ -261,3 +261,93 @@ def test_a_compiled_program_keeps_the_program_it_was_made_from():
     source = inspect.getsource(executor)
     assert "lr_value = lr_scheduler()" in source
     assert "converted_program.lr_scheduler = inner_program.lr_scheduler" in source
+
+
+def _static_net():
+    """A static conv + linear program with a Momentum step, in fresh programs."""
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        x = paddle.static.data("x", [None, 4, 8, 8], "float32")
+        y = paddle.nn.functional.relu(paddle.static.nn.conv2d(x, 8, 1))
+        out = paddle.static.nn.fc(paddle.flatten(y, 1), 4)
+        loss = paddle.mean(out)
+    return main, startup, loss
+
+
+def test_pruning_mask_names_are_what_the_pruners_create():
+    """compat.pruning_masks reads Paddle's ASP and paddleslim's unstructured mask names."""
+    from paddle.incubate import asp
+    from paddleslim.prune.unstructured_pruner import UnstructuredPruner
+
+    from clsact.compat import pruning_masks
+    from clsact.distributed import state_names
+
+    paddle.enable_static()
+    try:
+        for kind in ("asp", "unstructured"):
+            main, startup, loss = _static_net()
+            scope = paddle.static.Scope()
+            with paddle.static.scope_guard(scope), paddle.static.program_guard(main, startup):
+                opt = paddle.optimizer.Momentum(0.1)
+                if kind == "asp":
+                    opt = asp.decorate(opt)
+                opt.minimize(loss)
+                exe = paddle.static.Executor(paddle.CPUPlace())
+                exe.run(startup)
+                if kind == "asp":
+                    asp.prune_model(main)
+                else:
+                    UnstructuredPruner(main, "ratio", ratio=0.5, scope=scope,
+                                       place=paddle.CPUPlace())
+                names = state_names(scope, main)
+            masks = pruning_masks(names)
+            assert {"conv2d_0.w_0", "fc_0.w_0"} <= set(masks.values()), (kind, sorted(names))
+            assert all(mask in names and weight in names for mask, weight in masks.items())
+    finally:
+        paddle.disable_static()
+
+
+def test_a_model_saved_again_gets_a_self_scale_that_drop_self_scales_removes(tmp_path,
+                                                                               clas_model):
+    """Saving an inference model in a new process adds ``scale`` on the fetch target under
+    the name it already has (what ACT does to every model it saves); the op is removed and
+    the outputs stay the same."""
+    import subprocess
+    import sys
+
+    from clsact.compat import drop_self_scales
+    from clsact.modelio import copy_model
+
+    again = tmp_path / "again"
+    script = (
+        "import paddle, sys; paddle.enable_static(); exe = paddle.static.Executor();"
+        f"p, f, t = paddle.static.load_inference_model('{clas_model}/inference', exe);"
+        "b = p.global_block(); paddle.static.save_inference_model("
+        f"'{again}/inference', [b.var(n) for n in f], t, exe, program=p)")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    model = again / "inference.pdmodel"
+
+    def loops(path):
+        return [op for op in load_program(path).global_block().ops if op.type == "scale"
+                and op.input("X") == op.output("Out")]
+
+    assert len(loops(model)) == 1 and not loops(clas_model / "inference.pdmodel")
+    before = _outputs(again)
+    copy_model(again, tmp_path / "fixed", "inference.pdmodel", "inference.pdiparams")
+    assert drop_self_scales(tmp_path / "fixed" / "inference.pdmodel") == 1
+    assert not loops(tmp_path / "fixed" / "inference.pdmodel")
+    np.testing.assert_array_equal(_outputs(tmp_path / "fixed"), before)
+
+
+def _outputs(model_dir: Path) -> np.ndarray:
+    paddle.enable_static()
+    try:
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            prog, feeds, fetches = paddle.static.load_inference_model(
+                str(model_dir / "inference"), exe)
+            x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+            return exe.run(prog, feed={feeds[0]: x}, fetch_list=fetches)[0]
+    finally:
+        paddle.disable_static()

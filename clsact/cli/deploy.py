@@ -309,6 +309,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from clsact import storage
     from clsact.deploy import export
+    from clsact.registry.runs import as_dict, open_location, read_run
     from clsact.registry.settings import find_run
 
     s3 = s3_settings(args)
@@ -318,11 +319,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     names = ([found[2].model_filename, found[2].params_filename] if found else
              ["inference.pdmodel", "inference.pdiparams"])
     name = args.name or (found[0].rstrip("/").rsplit("/", 1)[-1] if found else "model")
+    pruned = as_dict(read_run(open_location(found[0], "RUN", s3)).metrics).get("pruning") \
+        if found else None
+    sparse = as_dict(pruned).get("strategy") == "UnstructurePrune"
     with tempfile.TemporaryDirectory(prefix="clsact-export-") as tmp:
         local = storage.input_dir(model_loc, "RUN", names, Path(tmp) / "model", s3)
-        nb = export.export_arm(local / names[0], local / names[1], Path(args.output) / name, opt)
+        nb = export.export_arm(local / names[0], local / names[1], Path(args.output) / name, opt,
+                               sparse=sparse)
     print(f"{nb} ({nb.stat().st_size:,d} bytes): Paddle Lite {export.LITE_VERSION} naive "
-          "buffer for ARM CPUs; run it with paddlelite's MobileConfig.set_model_from_file")
+          "buffer for ARM CPUs" + (" with sparse 1x1 convolutions (the run's unstructured "
+                                   "sparsity)" if sparse else "")
+          + "; run it with paddlelite's MobileConfig.set_model_from_file")
     return 0
 
 

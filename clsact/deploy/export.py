@@ -104,8 +104,15 @@ def lite_optimizer(python: str) -> Path:
     return opt
 
 
-def export_arm(model_file: Path, params_file: Path, out_stem: Path, opt: Path) -> Path:
-    """Optimise the model for ARM CPUs into ``<out_stem>.nb``; returns that file.
+SPARSE_THRESHOLD = 0.5  # the least zero fraction of a 1x1 conv that Lite runs as sparse
+
+
+def export_arm(model_file: Path, params_file: Path, out_stem: Path, opt: Path,
+               sparse: bool = False) -> Path:
+    """Optimise the model for ARM CPUs into ``<out_stem>.nb``; returns that file. With
+    ``sparse`` (a run with unstructured sparsity) Paddle Lite's ``sparse_conv_detect_pass``
+    stores the 1x1 convolutions with at least :data:`SPARSE_THRESHOLD` zeros as sparse and
+    runs them with its sparse kernels.
 
     Raises:
         ClsactError: the optimizer rejected the model (its last line says why).
@@ -113,7 +120,10 @@ def export_arm(model_file: Path, params_file: Path, out_stem: Path, opt: Path) -
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([str(opt), f"--model_file={model_file}", f"--param_file={params_file}",
                            "--optimize_out_type=naive_buffer", f"--optimize_out={out_stem}",
-                           "--valid_targets=arm"], capture_output=True, text=True, timeout=1800)
+                           "--valid_targets=arm",
+                           *(["--sparse_model=true", f"--sparse_threshold={SPARSE_THRESHOLD}"]
+                             if sparse else [])],
+                          capture_output=True, text=True, timeout=1800)
     nb = out_stem.with_name(out_stem.name + ".nb")
     if proc.returncode != 0 or not nb.is_file() or nb.stat().st_size == 0:
         lines = (proc.stdout + proc.stderr).strip().splitlines() or ["(no output)"]

@@ -80,7 +80,50 @@ def summary(results: list[Measurement], baseline: str, compressed: str) -> dict[
         out["fastest_flagged"] = {**_entry(lossy), "flag": lossy[0].flag}
     if best and ref and best[1]["p50_ms"] > 0:
         out["speedup"] = round(ref[1]["p50_ms"] / best[1]["p50_ms"], 3)
+    out["per_runtime"] = per_runtime(results, baseline, compressed)
     return out
+
+
+def per_runtime(results: list[Measurement], baseline: str, compressed: str
+                ) -> dict[str, float]:
+    """The compressed model's speedup over the baseline on each runtime that served both
+    (batch 1, one thread): where channel pruning must show on every runtime."""
+    out = {}
+    for m in results:
+        if m.model != compressed or m.status != "measured":
+            continue
+        base = next((b for b in results if b.model == baseline and b.runtime == m.runtime
+                     and b.status == "measured"), None)
+        mine, theirs = _at(m, **HEADLINE), _at(base, **HEADLINE) if base else None
+        if mine and theirs and mine["p50_ms"] > 0:
+            out[m.runtime] = round(theirs["p50_ms"] / mine["p50_ms"], 3)
+    return out
+
+
+# What sparse weights need to pay: clsact's runtimes here run dense kernels.
+SPARSE_KERNELS = {
+    "UnstructurePrune": "unstructured zeros pay only on sparse kernels: Paddle Lite's ARM "
+                        "sparse 1x1 convolution (`clsact export --target arm` turns it on "
+                        "for this run); no runtime measured here has them, so their latency "
+                        "is the dense model's",
+    "ASPPrune": "2:4 sparsity pays only on sparse tensor cores (TensorRT on Ampere or newer "
+                "GPUs, from the ONNX with its 2:4 weights); no runtime measured here has "
+                "them, so their latency is the dense model's",
+}
+
+
+def pruning_summary(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """What the run's pruning did to the model (from ``metrics.json``) and what it needs to
+    pay at serving time; None for a run without pruning."""
+    p = metrics.get("pruning")
+    if not p:
+        return None
+    weights = p["compressed"].get("pruned_weights") or {}
+    groups = weights.get("groups_2of4")
+    return {"strategy": p["strategy"], "flops_ratio": p["flops_ratio"],
+            "params_ratio": p["params_ratio"], "zero_fraction": weights.get("zero_fraction"),
+            "all_2of4": (weights.get("groups_2of4_ok") == groups) if groups else None,
+            "needs": SPARSE_KERNELS.get(p["strategy"])}
 
 
 def build(results: list[Measurement], baseline: str, compressed: str,
@@ -92,6 +135,7 @@ def build(results: list[Measurement], baseline: str, compressed: str,
             "qat_top1": {"baseline": (m.get("baseline") or {}).get("top1"),
                          "compressed": (m.get("compressed") or {}).get("top1")},
             "summary": summary(results, baseline, compressed),
+            "pruning": pruning_summary(m),
             "measurements": [asdict(x) for x in results]}
 
 
@@ -116,9 +160,21 @@ def markdown(report: dict[str, Any], table: str) -> str:
     if lossy:
         lines.append(f"Faster but not counted: {lossy['label']} ({lossy['p50_ms']:.2f} ms) "
                      f"loses accuracy: {lossy['flag']}.")
+    if s.get("per_runtime"):
+        lines.append("Per runtime, compressed vs baseline (batch 1, 1 thread): " + ", ".join(
+            f"{r} {x:.2f}x" for r, x in s["per_runtime"].items()) + ".")
+    p = report.get("pruning")
+    if p:
+        zeros = (f"; {100 * p['zero_fraction']:.1f}% of the pruned weights are zero"
+                 if p["zero_fraction"] else "")
+        groups = "; every 2:4 group holds two zeros" if p["all_2of4"] else ""
+        lines.append(f"{p['strategy']}: {p['flops_ratio']:.2f}x fewer FLOPs, "
+                     f"{p['params_ratio']:.2f}x fewer parameters{zeros}{groups}"
+                     + (f". Sparse kernels: {p['needs']}." if p["needs"] else
+                        ": fewer channels, faster on every dense runtime."))
     q = report["qat_top1"]
     if q.get("compressed") is not None:
-        lines.append(f"QAT evaluation (training graph): baseline top-1 "
+        lines.append(f"ACT evaluation (training graph): baseline top-1 "
                      f"{100 * q['baseline']:.2f}%, compressed {100 * q['compressed']:.2f}%.")
     lines += ["", *(f"- FLAGGED {f}" for f in s["flagged"]),
               *(f"- FAILED {f}" for f in s["failed"]), "", "```", table, "```", ""]
