@@ -1,5 +1,7 @@
-"""Pruning against the model itself: which weights a pruning section names, whether
-paddleslim can prune them, and what a pruned model measures.
+"""Pruning against the model (weights checked, pruning tried, result measured).
+
+Which weights a pruning section names, whether paddleslim can prune them, and what a pruned
+model measures.
 
 Before any work (:func:`resolve`): ``ChannelPrune.prune_params_type: conv1x1_only`` becomes
 the list of the model's pointwise convolutions; every name in ``prune_params_name`` must be

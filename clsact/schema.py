@@ -321,6 +321,27 @@ KEY_DOCS: dict[str, dict[str, str]] = {
         "report_budget": "seconds per latency measurement in the report",
         "report_timeout": "seconds the other ranks wait for rank 0's report and upload",
     },
+    "ChannelPrune": {
+        "pruned_ratio": "fraction of each weight's output channels removed (or one per name)",
+        "prune_params_name": "the convolution weights to prune (checked against the model)",
+        "criterion": "which channels go: l1_norm, bn_scale or geometry_median",
+        "prune_params_type": "clsact: conv1x1_only prunes every pointwise convolution "
+                             "(null: every ungrouped one, unless names are given)",
+    },
+    "ASPPrune": {
+        "prune_params_name": "the weights made 2:4 sparse (null: every ungrouped convolution "
+                             "and matmul whose input size is a multiple of 4)",
+    },
+    "UnstructurePrune": {
+        "prune_strategy": "gmp: gradual magnitude pruning; null: prune once",
+        "prune_mode": "ratio (a fraction of zeros) or threshold (below a magnitude)",
+        "threshold": "the magnitude below which weights become zero (prune_mode: threshold)",
+        "ratio": "the fraction of zeros reached",
+        "gmp_config": "GMP's schedule in steps (null: derived from the run's length)",
+        "prune_params_type": "conv1x1_only: the 1x1 convolutions; null: every weight but "
+                             "norms and biases",
+        "local_sparsity": "every weight at the ratio (else the ratio over all of them)",
+    },
     "Gate": {
         "against": "where the latest pointer lives (clsact gate --against wins)",
         "min_top1": "floor on the compressed top-1",

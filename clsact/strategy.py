@@ -1,6 +1,7 @@
-"""The compression strategies of a config: which combinations run, in which stages, and
-the checks of their settings that need nothing but the config (and, for the GMP schedule,
-the run's length).
+"""Strategy combinations, the stages of a chain, and the pruning settings' checks.
+
+Which combinations run, in which stages, and the checks of their settings that need nothing
+but the config (and, for the GMP schedule, the run's length).
 
 ACT chains strategies itself: a pruning section with ``QuantAware`` prunes first and then
 runs QAT on the pruned model, its ``TrainConfig`` applying to the pruning and the QAT stage

@@ -42,12 +42,12 @@ def test_checkpoint_round_trip_and_guards(tmp_path):
     save(store, Checkpoint("r1", 10, [0.5], state, fp))
     save(store, Checkpoint("r1", 20, [0.5, 0.6], state, fp))
     assert [p for p, _ in store.list("_checkpoint")] == ["_checkpoint/progress.json",
-                                                         "_checkpoint/state-000000020.npz"]
+                                                         "_checkpoint/state-0-000000020.npz"]
     got = load(store, "r1", fp)
     assert got.steps == 20 and got.evaluations == [0.5, 0.6]
     assert np.array_equal(got.state["w"], state["w"])
     assert load(store, "other-run", fp) is None
-    (tmp_path / "store" / "_checkpoint" / "state-000000020.npz").write_bytes(b"broken")
+    (tmp_path / "store" / "_checkpoint" / "state-0-000000020.npz").write_bytes(b"broken")
     assert load(store, "r1", fp) is None, "a damaged state is not loaded"
     train = {"train_iter": 60, "learning_rate": {"type": "CosineAnnealingDecay",
                                                  "learning_rate": 0.1, "T_max": 60}}
@@ -136,7 +136,7 @@ def test_a_run_that_lost_its_claim_stops_checkpointing(tmp_path, caplog):
     assert mine.summary()["claim_lost"] is True
     # and save() itself never deletes another run's state file
     save(store, Checkpoint("run-a", 9, [], state))
-    assert (tmp_path / "_checkpoint" / "state-000000005.npz").exists()
+    assert (tmp_path / "_checkpoint" / "state-0-000000005.npz").exists()
 
 
 def test_a_slow_upload_does_not_hold_up_training(tmp_path):
