@@ -64,11 +64,12 @@ lint: $(STAMP) ## ruff, and the import contract (layers, no circles: docs/archit
 	$(VENV)/bin/ruff check clsact tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
-bench: $(STAMP) kube ## loader throughput vs upstream, QAT graph building, launcher latency, int8 vs fp32 through each runtime, rank sync cost; tables + bench-results/*.json
+bench: $(STAMP) kube ## loader throughput vs upstream, QAT graph building, launcher latency, int8 vs fp32 through each runtime, pruned + int8 vs fp32, rank sync cost; tables + bench-results/*.json
 	$(PY) -m tests.bench.loader --output bench-results/loader.json
 	$(PY) -m tests.bench.graph --output bench-results/graph.json
 	$(PY) -m tests.bench.launch --output bench-results/launch.json
 	$(PY) -m tests.bench.deploy --output bench-results/deploy.json
+	$(PY) -m tests.bench.prune --output bench-results/prune.json
 	$(PY) -m tests.bench.sync --output bench-results/sync.json
 
 study: $(STAMP) ## does the shipped QAT recipe converge on models it was not tuned on? architectures x sizes x seeds, upstream vs shipped [STUDY_ARGS=]; table + bench-results/study.{json,png}

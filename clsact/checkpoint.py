@@ -7,8 +7,11 @@ S3) at every ACT evaluation and, between evaluations, every
 (at a point where every rank holds the same state). The state is copied synchronously and
 uploaded by a background thread (:class:`Checkpointer`), so a slow store never stalls the
 other ranks' collectives; a failed upload is a warning, and the next checkpoint tries again.
-Files: ``state-<step>.npz``, then ``progress.json`` naming it with its sha256 (the marker),
-then the previous state file is deleted.
+Files: ``state-<stage>-<step>.npz``, then ``progress.json`` naming it with its sha256 (the
+marker), then the previous state file is deleted. A chain of stages (pruning, then QAT:
+:mod:`clsact.strategy`) keeps each finished stage's model in ``stage-<i>/`` with its sha256
+(:func:`save_stage`), and the marker then names the next stage at step 0: a restart starts
+there with that model (:func:`load_stage_model`).
 
 A run restarted with the same ``--run-id`` loads it (:func:`load`) only when the
 :func:`fingerprint` of what determines training — the resolved config, the world size, the
