@@ -410,12 +410,12 @@ def _share_model(group: Group, model_dir: Path, g: Global) -> None:
 
 def _stage_configs(cfg: Config, stages: list[strategy.Stage], steps_per_epoch: int,
                    world: int, resume: checkpoint.Checkpoint | None
-                   ) -> tuple[list[Config], float, int]:
+                   ) -> tuple[list[Config], float, list[int]]:
     """Each stage's config with the run's adaptations (learning rate scaled to the ranks,
     an evaluation inside ACT's loop, schedules filled, a resumed stage's position); the LR
-    factor and the first stage's planned steps. A single stage adapts ``cfg`` itself (its
+    factor and each stage's planned steps. A single stage adapts ``cfg`` itself (its
     ``config.yaml`` then shows what ran)."""
-    out, factor, planned = [], 1.0, 0
+    out, factor, planned = [], 1.0, []
     for i, stage in enumerate(stages):
         scfg = cfg if len(stages) == 1 else cfg.for_stage(stage.sections, stage.train)
         if strategy.gradual(scfg.data) and scfg.globals.lr_guard:
@@ -428,7 +428,7 @@ def _stage_configs(cfg: Config, stages: list[strategy.Stage], steps_per_epoch: i
             scfg.globals = Global.from_section(scfg.data["Global"])
         factor = optim.scale_learning_rate(scfg, world)
         total = ensure_evaluation(scfg, steps_per_epoch)
-        planned = planned or total
+        planned.append(total)
         for filled in optim.complete_schedule(scfg.train, total):
             log.info("set %s", filled)
         if resume is not None and i == resume.stage and resume.steps:
@@ -440,15 +440,8 @@ def _stage_configs(cfg: Config, stages: list[strategy.Stage], steps_per_epoch: i
     return out, factor, planned
 
 
-def _total_steps(train: dict[str, Any], steps_per_epoch: int) -> int:
-    epochs = train.get("epochs") or 100  # ACT's default
-    total = epochs * steps_per_epoch
-    return min(total, int(train["train_iter"])) if train.get("train_iter") else total
-
-
-def _gmp_overrides(cfg: Config, stages: list[strategy.Stage], stage_cfgs: list[Config],
-                   steps_per_epoch: int, resume: checkpoint.Checkpoint | None
-                   ) -> dict[str, Any]:
+def _gmp_overrides(cfg: Config, stages: list[strategy.Stage], planned: list[int],
+                   resume: checkpoint.Checkpoint | None) -> dict[str, Any]:
     """The GMP schedule ACT's unstructured pruner gets: checked against the stage's
     length, and continued at the resumed step (paddleslim keeps its position outside the
     training state).
@@ -461,9 +454,8 @@ def _gmp_overrides(cfg: Config, stages: list[strategy.Stage], stage_cfgs: list[C
         if stage.prune != "UnstructurePrune" or section.get("prune_strategy") != "gmp":
             continue
         done = resume.steps if resume is not None and resume.stage == i else 0
-        total = _total_steps(stage.train, steps_per_epoch)
         try:
-            gmp = strategy.gmp_schedule(section, total)
+            gmp = strategy.gmp_schedule(section, planned[i])
         except ConfigError as exc:
             raise ConfigError(f"{cfg.source}: {exc}") from None
         gmp["resume_iteration"] = done - 1 if done else -1
@@ -558,10 +550,10 @@ def _run(run: RunContext) -> dict[str, Any]:
         g, select_samples, train=False, batch_size=g.eval_batch, **shard)
     stages = strategy.plan(cfg.data)
     first = resume.stage if resume is not None else 0
-    stage_cfgs, lr_factor, total_steps = _stage_configs(cfg, stages, len(train_loader),
-                                                        group.world, resume)
+    stage_cfgs, lr_factor, planned = _stage_configs(cfg, stages, len(train_loader),
+                                                    group.world, resume)
     prune_overrides = pruning.resolve(cfg.data, src_model, g)  # before any heavy work
-    prune_overrides.update(_gmp_overrides(cfg, stages, stage_cfgs, len(train_loader), resume))
+    prune_overrides.update(_gmp_overrides(cfg, stages, planned, resume))
     try:
         val_loader.record_digests = {}  # the validation set's fingerprint, for the gate
         baseline = _evaluate(group, src_model, val_loader, g, info.input_name,
@@ -649,7 +641,7 @@ def _run(run: RunContext) -> dict[str, Any]:
                         "rank_sync": run.mode if group.active else None,
                         "global_batch": g.batch_size * group.world,
                         "lr_scale": lr_factor, "lr_scaling": g.lr_scaling,
-                        "steps_planned": total_steps},
+                        "steps_planned": planned[0] if len(planned) == 1 else planned},
         "resumed": ({"from_step": resume.steps, "earlier_evaluations": resume.evaluations,
                      "stage": resume.stage + 1,
                      "note": "training state of the last checkpoint before the restart; "

@@ -108,6 +108,17 @@ def compressed_run(tmp_path_factory, clas_model, small_digits_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lite_python() -> str:
+    """A Python 3.8-3.10 for Paddle Lite's optimizer (pyenv here), or the test skips."""
+    from clsact.deploy import export
+
+    try:
+        return export.find_lite_python()
+    except export.ExportRefused as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto server) on loopback for the whole session."""
     from clsact.demo.s3server import LocalS3Server

@@ -310,10 +310,7 @@ def test_the_average_is_the_mean_of_the_window_end_states(tmp_path, clas_model,
 def test_ranks_follow_rank_0_s_guard(tmp_path, clas_model, small_digits_dir):
     """Two ranks, each with its own losses: every window's decision is rank 0's (one
     broadcast), so both ranks log the same restores and rates and end with equal states."""
-    import subprocess
-    import sys
-
-    from tests.test_distributed import CLSACT, clean_env, dist_config, worker_logs
+    from tests.test_distributed import dist_config, run_one_pod
 
     cfg = dist_config(tmp_path, clas_model, small_digits_dir, rank_sync="state",
                       lr_guard=True, lr_guard_window=2, final_model="last")
@@ -321,11 +318,7 @@ def test_ranks_follow_rank_0_s_guard(tmp_path, clas_model, small_digits_dir):
     raw["TrainConfig"].update(train_iter=12, eval_iter=12, learning_rate=2.0)
     cfg.write_text(yaml.safe_dump(raw))
     save = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
-                           "2", "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
-                           "--config", str(cfg), "--save-dir", str(save)], env=clean_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
+    run_one_pod(tmp_path, cfg, save)
     m = json.loads((save / "metrics.json").read_text())
     events = m["act"]["lr_guard"]["events"]
     assert any(e["action"] != CALIBRATE for e in events), events

@@ -236,6 +236,18 @@ def worker_logs(tmp_path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("pod*/workerlog.*")))
 
 
+def run_one_pod(tmp_path: Path, cfg: Path, save: Path, world: int = 2
+                ) -> subprocess.CompletedProcess:
+    """``clsact compress`` on ``world`` ranks of one pod (paddle.distributed.launch); asserts
+    it succeeded (the workers' logs otherwise)."""
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+                           str(world), "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
+                           "--config", str(cfg), "--save-dir", str(save)], env=clean_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
+    return proc
+
+
 def check_published_run(save: Path, small_digits_dir: Path, mode: str = "state",
                         world: int = 2) -> dict:
     m = json.loads((save / "metrics.json").read_text())
@@ -273,11 +285,7 @@ def test_ranks_in_one_pod(tmp_path, clas_model, small_digits_dir, mode, world):
     cfg = dist_config(tmp_path, clas_model, small_digits_dir, rank_sync=mode,
                       checkpoint_every_steps=1)
     save = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
-                           str(world), "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
-                           "--config", str(cfg), "--save-dir", str(save)], env=clean_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
+    run_one_pod(tmp_path, cfg, save, world)
     m = check_published_run(save, small_digits_dir, mode, world)
     assert yaml.safe_load((save / "config.yaml").read_text())["TrainConfig"][
         "learning_rate"] == pytest.approx(0.0005 * world), "the resolved config: the scaled LR"

@@ -25,13 +25,15 @@ from tests.test_compress import small_config
 
 
 def prune_config(tmp_path: Path, model: Path, data: Path, section: dict, qat: bool = False,
-                 **train) -> Path:
-    """The short test config with a pruning section (and QAT after it with ``qat``)."""
+                 glob: dict | None = None, **train) -> Path:
+    """The short test config with a pruning section (and QAT after it with ``qat``), its
+    ``Global`` updated by ``glob``."""
     path = small_config(tmp_path, model, data, **train)
     raw = yaml.safe_load(path.read_text())
     if not qat:
         raw.pop("QuantAware")
     raw.update(section)
+    raw["Global"].update(glob or {})
     raw["Distillation"] = {"alpha": 1.0, "loss": "l2", "node": ["softmax_0.tmp_0"]}
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -124,18 +126,13 @@ def test_ranks_with_different_pruning_masks_stop_the_run(monkeypatch):
 def test_two_ranks_keep_identical_masks(tmp_path, clas_model, small_digits_dir, mode):
     """The unstructured pruner recomputes its masks on each rank from that rank's weights:
     compared at every evaluation, never averaged."""
-    from tests.test_distributed import CLSACT, clean_env, worker_logs
+    from tests.test_distributed import run_one_pod
 
-    cfg = prune_config(tmp_path, clas_model, small_digits_dir, GMP, train_iter=30, eval_iter=10)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["Global"].update(batch_size=8, num_workers=1, collective_timeout=120, rank_sync=mode)
-    cfg.write_text(yaml.safe_dump(raw))
+    cfg = prune_config(tmp_path, clas_model, small_digits_dir, GMP, train_iter=30, eval_iter=10,
+                       glob={"batch_size": 8, "num_workers": 1, "collective_timeout": 120,
+                             "rank_sync": mode})
     save = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
-                           "2", "--log_dir", str(tmp_path / "pod0"), CLSACT, "compress",
-                           "--config", str(cfg), "--save-dir", str(save)], env=clean_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, worker_logs(tmp_path)[-4000:]
+    run_one_pod(tmp_path, cfg, save)
     m = json.loads((save / "metrics.json").read_text())
     masks = m["act"]["pruning_masks"]
     assert masks["count"] > 0 and masks["rank_checks"] == len(m["act"]["evaluations"]) == 3
@@ -143,6 +140,43 @@ def test_two_ranks_keep_identical_masks(tmp_path, clas_model, small_digits_dir, 
     digests = m["act"]["state_digests_last_eval"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert m["pruning"]["compressed"]["pruned_weights"]["zero_fraction"] >= 0.74
+    assert run_cli("verify", str(save)).returncode == 0
+
+
+def killed_and_resumed(cfg: Path, save: Path, stage: int, steps: int) -> tuple[int, dict]:
+    """Run ``cfg``, SIGKILL it once its checkpoint reaches ``steps`` steps of ``stage``
+    (0-based), restart it with the same run id; returns (the killed checkpoint's steps, the
+    published metrics)."""
+    cmd = [sys.executable, "-m", "clsact", "compress", "--config", str(cfg), "--save-dir",
+           str(save), "--run-id", "killed-1"]
+    done = _kill_when(cmd, save / "_checkpoint" / "progress.json", stage, steps)
+    assert not (save / "_SUCCESS").exists()
+    assert (save / "_checkpoint" / "stage-0" / "inference.pdmodel").exists() == (stage == 1)
+    again = run_cli(*cmd[3:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (save / "_checkpoint").exists(), "the checkpoint is removed once published"
+    assert run_cli("verify", str(save)).returncode == 0
+    return done, json.loads((save / "metrics.json").read_text())
+
+
+def test_two_ranks_run_a_chain_with_gradients_all_reduced(tmp_path, clas_model,
+                                                         small_digits_dir):
+    """Both stages on two ranks through fleet's in-graph all-reduce: each stage's program
+    is checked for it (QAT's quantizer parameters added by clsact), the ranks end equal."""
+    from tests.test_distributed import run_one_pod
+
+    cfg = prune_config(tmp_path, clas_model, small_digits_dir, STEM, qat=True, train_iter=20,
+                       eval_iter=10, glob={"batch_size": 8, "num_workers": 1,
+                                           "collective_timeout": 120, "rank_sync": "gradients"})
+    save = tmp_path / "run"
+    run_one_pod(tmp_path, cfg, save)
+    m = json.loads((save / "metrics.json").read_text())
+    assert [s["train_steps"] for s in m["stages"]] == [20, 2]
+    cover = m["act"]["rank_sync"]["allreduce"]
+    assert cover["covered"] == cover["grads"] and cover["added_by_clsact"] >= 1
+    digests = m["act"]["state_digests_last_eval"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert m["compressed"]["samples"] == 64, "every val sample once"
     assert run_cli("verify", str(save)).returncode == 0
 
 
@@ -176,44 +210,24 @@ def test_a_chain_killed_in_either_stage_resumes_there(tmp_path, clas_model, smal
     in that stage (the second from the first stage's kept model) and trains only what is
     left."""
     cfg = prune_config(tmp_path, clas_model, small_digits_dir, STEM, qat=True, train_iter=600,
-                       eval_iter=300)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["Global"].update(num_workers=1, checkpoint_every_steps=5)
-    cfg.write_text(yaml.safe_dump(raw))
+                       eval_iter=300, glob={"num_workers": 1, "checkpoint_every_steps": 5})
     save = tmp_path / "run"
-    cmd = [sys.executable, "-m", "clsact", "compress", "--config", str(cfg), "--save-dir",
-           str(save), "--run-id", "chain-1"]
-    done = _kill_when(cmd, save / "_checkpoint" / "progress.json", stage, 10)
-    assert not (save / "_SUCCESS").exists()
-    assert (save / "_checkpoint" / "stage-0" / "inference.pdmodel").exists() == (stage == 1)
-    again = run_cli(*cmd[3:])
-    assert again.returncode == 0, again.stderr[-3000:]
-    m = json.loads((save / "metrics.json").read_text())
+    done, m = killed_and_resumed(cfg, save, stage, 10)
     assert (m["resumed"]["stage"], m["resumed"]["from_step"]) == (stage + 1, done)
     steps = [s["train_steps"] for s in m["stages"]]
     assert steps == ([600 - done, 60] if stage == 0 else [600, 60 - done])
     log = (save / "clsact.log").read_text()
     assert ("resuming at stage 2 with the model stage 1 produced" in log) == (stage == 1)
     assert m["compressed"]["quant_ops"] > 0 and m["pruning"]["flops_ratio"] > 1.1
-    assert not (save / "_checkpoint").exists(), "the checkpoint is removed once published"
-    assert run_cli("verify", str(save)).returncode == 0
 
 
 def test_a_killed_gmp_run_resumes_its_schedule(tmp_path, clas_model, small_digits_dir):
     """GMP keeps its position outside the training state: restarted without it, a run with
     fewer than ``pruning_iterations`` steps left would never reach its ratio."""
-    cfg = prune_config(tmp_path, clas_model, small_digits_dir, GMP, train_iter=30, eval_iter=30)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["Global"].update(num_workers=1, checkpoint_every_steps=2)
-    cfg.write_text(yaml.safe_dump(raw))
-    save = tmp_path / "run"
-    cmd = [sys.executable, "-m", "clsact", "compress", "--config", str(cfg), "--save-dir",
-           str(save), "--run-id", "gmp-1"]
-    done = _kill_when(cmd, save / "_checkpoint" / "progress.json", 0, 10)
+    cfg = prune_config(tmp_path, clas_model, small_digits_dir, GMP, train_iter=30, eval_iter=30,
+                       glob={"num_workers": 1, "checkpoint_every_steps": 2})
+    done, m = killed_and_resumed(cfg, tmp_path / "run", 0, 10)
     assert 30 - done < 22, "fewer steps left than the pruning phase"
-    again = run_cli(*cmd[3:])
-    assert again.returncode == 0, again.stderr[-3000:]
-    m = json.loads((save / "metrics.json").read_text())
     assert m["resumed"]["from_step"] == done and m["act"]["train_steps"] == 30 - done
     assert m["pruning"]["compressed"]["pruned_weights"]["zero_fraction"] >= 0.74
 
@@ -229,11 +243,9 @@ def test_a_chain_reads_and_publishes_s3(tmp_path, s3_server, clas_model, small_d
     upload_tree(client, bucket, "data", small_digits_dir,
                 lines + ["small_train.txt", "small_val.txt"])
     cfg = prune_config(tmp_path, Path("/unused"), Path("/unused"), STEM, qat=True,
-                       train_iter=20, eval_iter=10)
-    raw = yaml.safe_load(cfg.read_text())
-    raw["Global"].update(model_dir=f"s3://{bucket}/model", data_dir=f"s3://{bucket}/data",
-                         num_workers=1)
-    cfg.write_text(yaml.safe_dump(raw))
+                       train_iter=20, eval_iter=10,
+                       glob={"model_dir": f"s3://{bucket}/model",
+                             "data_dir": f"s3://{bucket}/data", "num_workers": 1})
     proc = run_cli("compress", "--config", str(cfg), "--save-dir", f"s3://{bucket}/runs/1",
                    "--s3-endpoint", s3_server.endpoint)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -269,21 +281,18 @@ def test_the_report_says_what_sparsity_needs_to_pay(gmp_run):
     assert "UnstructurePrune: 1.00x fewer FLOPs" in text and "Sparse kernels:" in text
 
 
-def test_arm_export_of_a_sparse_run_uses_lites_sparse_convolution(gmp_run, tmp_path):
+def test_arm_export_of_a_sparse_run_uses_lites_sparse_convolution(gmp_run, tmp_path,
+                                                                   lite_python):
     """``clsact export`` turns on Paddle Lite's sparse_conv_detect_pass for a run with
     unstructured sparsity: the .nb then holds sparse_conv2d ops, the dense export none."""
     from clsact.deploy import export
 
-    try:
-        python = export.find_lite_python()
-    except export.ExportRefused as exc:
-        pytest.skip(str(exc))
     proc = run_cli("export", "--target", "arm", str(gmp_run), "--output", str(tmp_path),
-                   "--lite-python", python, timeout=1800)
+                   "--lite-python", lite_python, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "with sparse 1x1 convolutions" in proc.stdout
     dense = export.export_arm(gmp_run / "model" / "inference.pdmodel",
                               gmp_run / "model" / "inference.pdiparams", tmp_path / "dense",
-                              export.lite_optimizer(python))
+                              export.lite_optimizer(lite_python))
     assert b"sparse_conv2d" in (tmp_path / f"{gmp_run.name}.nb").read_bytes()
     assert b"sparse_conv2d" not in dense.read_bytes()
