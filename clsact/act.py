@@ -312,8 +312,8 @@ def _guard_step(run: RunState, sync: _RankSync) -> None:
             run.recent = [*run.recent, (run.batches, run.good_states[run.batches])][
                 -AVERAGED_STATES:]
         if action == CALIBRATE:
-            log.info("step %d: learning-rate guard calibrated, the untrained quantized "
-                     "student's loss is %.4f; training at the configured learning rate",
+            log.info("step %d: learning-rate guard calibrated, the untrained (quantized or "
+                     "pruned) student's loss is %.4f; training at the configured learning rate",
                      run.step, guard.reference)
     run.good_states = {m: run.good_states[m] for m in guard.marks}
     run.lr.set(guard.factor)

@@ -79,9 +79,9 @@ GLOBAL: dict[str, tuple[str, Any]] = {
     "freeze_bn_after": ("int|null", None),
     "final_model": ("str|null", None),
     # the learning-rate guard (clsact.guard): the first 2 x lr_guard_window steps at
-    # learning rate 0 measure the untrained quantized student's loss; then, whenever a
-    # window's median loss exceeds lr_guard_threshold x that, the last good state is
-    # restored and the learning rate quartered
+    # learning rate 0 measure the untrained (quantized or pruned) student's loss; then,
+    # whenever a window's median loss exceeds lr_guard_threshold x that, the last good state
+    # is restored and the learning rate quartered (off for GMP: clsact.strategy.gradual)
     "lr_guard": ("bool", True),
     "lr_guard_window": ("int", 10),
     "lr_guard_threshold": ("float", 1.1),

@@ -146,3 +146,17 @@ def test_clsact_s_own_keys_never_reach_paddleslim():
     from paddleslim.auto_compression.strategy_config import ChannelPrune
 
     ChannelPrune(**c.act_config()["ChannelPrune"])  # what ACT's config helper calls
+
+
+def test_upstream_act_configs_validate_with_their_strategies():
+    """PaddleSlim's own image-classification configs (../shared/reference) are accepted as
+    written, with the stages ACT would run."""
+    from tests.conftest import SHARED
+
+    folder = SHARED / "reference" / "paddleslim"
+    if not folder.is_dir():
+        pytest.skip("../shared/reference is not here (a fresh clone)")
+    stages = {p.name: [s.name for s in strategy.plan(config.load(p).data)]
+              for p in sorted(folder.glob("paddleslim_*.yaml"))}
+    assert stages["paddleslim_MobileNetV3_large_x1_0_prune_dis.yaml"] == ["unstructure_prune_dis"]
+    assert stages["paddleslim_MobileNetV3_large_x1_0_qat_dis.yaml"] == ["qat_dis"]
