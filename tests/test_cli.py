@@ -124,9 +124,9 @@ def test_sigterm_leaves_nothing_published(tmp_path, small_digits_dir, mbv3_model
     proc = subprocess.Popen([sys.executable, "-m", "clsact", "compress", "--config", str(cfg),
                              "--save-dir", str(out)], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(scratch.glob("clsact-work-*/input")):
+    while time.time() < deadline and not list(scratch.glob("clsact-work-*/input-0")):
         time.sleep(0.2)  # wait until the run is inside ACT's graph building
-    assert list(scratch.glob("clsact-work-*/input")), "the run never reached the compression step"
+    assert list(scratch.glob("clsact-work-*/input-0")), "the run never reached the compression step"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
