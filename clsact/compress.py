@@ -449,13 +449,14 @@ def _gmp_overrides(cfg: Config, stages: list[strategy.Stage], planned: list[int]
     Raises:
         ConfigError: the schedule reaches its ratio after the run ends.
     """
+    if not strategy.gradual(cfg.data):
+        return {}
     for i, stage in enumerate(stages):
-        section = cfg.data.get("UnstructurePrune")
-        if stage.prune != "UnstructurePrune" or section.get("prune_strategy") != "gmp":
+        if stage.prune != "UnstructurePrune":
             continue
         done = resume.steps if resume is not None and resume.stage == i else 0
         try:
-            gmp = strategy.gmp_schedule(section, planned[i])
+            gmp = strategy.gmp_schedule(cfg.data["UnstructurePrune"], planned[i])
         except ConfigError as exc:
             raise ConfigError(f"{cfg.source}: {exc}") from None
         gmp["resume_iteration"] = done - 1 if done else -1

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from clsact.errors import ModelError
-from clsact.modelio import model_paths
+from clsact.modelio import load_program, model_paths
 
 log = logging.getLogger(__name__)
 POINTWISE = "conv1x1_only"
@@ -48,6 +48,11 @@ def _load(model_dir: Path, model_filename: str, params_filename: str):
             str(model.parent), exe, model_filename=model.name,
             params_filename=params.name)
     return program, scope, feeds, fetches
+
+
+def _graph(model_dir: Path, g):
+    """The model's program, parsed without its weights (names and shapes are enough)."""
+    return load_program(model_paths(model_dir, g.model_filename, g.params_filename)[0])
 
 
 def _weight_ops(program) -> list[tuple[Any, str]]:
@@ -132,7 +137,7 @@ def resolve(data: dict[str, Any], model_dir: Path, g) -> dict[str, Any]:
     if "ASPPrune" in data:
         return _resolve_asp(data["ASPPrune"], model_dir, g)
     if "UnstructurePrune" in data:
-        program, *_ = _load(model_dir, g.model_filename, g.params_filename)
+        program = _graph(model_dir, g)
         pointwise = data["UnstructurePrune"].get("prune_params_type", POINTWISE) == POINTWISE
         if pointwise and not conv_weights(program, pointwise=True):
             raise ModelError("UnstructurePrune.prune_params_type is conv1x1_only but the model "
@@ -141,7 +146,7 @@ def resolve(data: dict[str, Any], model_dir: Path, g) -> dict[str, Any]:
 
 
 def _resolve_channel(section: dict[str, Any], model_dir: Path, g) -> dict[str, Any]:
-    program, *_ = _load(model_dir, g.model_filename, g.params_filename)
+    program = _graph(model_dir, g)
     kind = section.get("prune_params_type")
     names = section.get("prune_params_name")
     if names:
@@ -178,7 +183,7 @@ def _input_size(shape: tuple[int, ...]) -> int:
 
 
 def _resolve_asp(section: dict[str, Any], model_dir: Path, g) -> dict[str, Any]:
-    program, *_ = _load(model_dir, g.model_filename, g.params_filename)
+    program = _graph(model_dir, g)
     names = section.get("prune_params_name")
     block = program.global_block()
     if names:
@@ -202,7 +207,7 @@ def targets(section: str, settings: dict[str, Any], model_dir: Path, g) -> list[
     the unstructured pruner sparsifies (1x1 convolutions, or every conv/matmul weight)."""
     if settings.get("prune_params_name"):
         return list(settings["prune_params_name"])
-    program, *_ = _load(model_dir, g.model_filename, g.params_filename)
+    program = _graph(model_dir, g)
     if section == "ChannelPrune":
         return conv_weights(program, settings.get("prune_params_type") == POINTWISE)
     if section == "ASPPrune":
