@@ -29,7 +29,9 @@ GOLDEN = Path(__file__).parent / "golden"
 MBV3 = REPO / "configs" / "mbv3_qat_dis.yaml"
 CRDS = {"paddle": SHARED / "reference" / "paddle-operator"
         / "crd-paddlejobs.batch.paddlepaddle.org.yaml",
-        "kubeflow": SHARED / "reference" / "kubeflow" / "crd-paddlejobs.kubeflow.org-v1.9.4.yaml"}
+        "kubeflow": SHARED / "reference" / "kubeflow" / "crd-paddlejobs.kubeflow.org-v1.9.4.yaml",
+        "jobset": SHARED / "reference" / "jobset" / "crd-jobsets.jobset.x-k8s.io-v0.12.0.yaml",
+        "volcano": SHARED / "reference" / "volcano" / "crd-podgroups.scheduling.volcano.sh.yaml"}
 NAMESPACE = "ml"
 IMAGE = "registry.example.com/ml/clsact:0.1.0"
 # labels only Helm sets (render says managed-by clsact)
@@ -128,6 +130,18 @@ VALUE_SETS = {
         "env": [{"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
             "name": "wandb", "key": "key"}}}, {"name": "LOG_LEVEL", "value": 2}],
         "allow": {"serviceAccount": True, "secrets": ["wandb"]}},
+    "jobset-queued": {
+        "name": "js", "operator": "jobset", "workers": 3, "gpusPerWorker": 8,
+        "saveDir": "s3://ml-models/clsact/js", "queueName": "team-a", "backoffLimit": 2,
+        "priorityClassName": "batch-high", "activeDeadlineSeconds": 3600,
+        "ttlSecondsAfterFinished": None},
+    "jobset-gang": {
+        "name": "jsg", "operator": "jobset", "workers": 2, "saveDir": "s3://ml-models/g",
+        "gangScheduling": True, "gangQueue": "gpu", "annotations": {"a": "b"}},
+    "paddle-gang": {"name": "pg", "workers": 4, "saveDir": "s3://ml-models/g",
+                    "gangScheduling": True, "priorityClassName": "batch-low"},
+    "kubeflow-queued": {"name": "kq", "operator": "kubeflow", "workers": 2,
+                        "saveDir": "s3://ml-models/k", "queueName": "team-b"},
     "cpu-volume": {
         "name": "cpu", "workers": 2, "gpusPerWorker": 0, "saveDir": "/results/mbv3",
         "imagePullPolicy": "Never",
@@ -142,11 +156,17 @@ def test_same_objects_as_clsact_render(name, tmp_path):
     cfg = mbv3_config()
     ours = clsact_render(vals, cfg, tmp_path)
     helm = helm_render({**vals, "config": cfg})
-    assert [o["kind"] for o in helm] == ["ConfigMap", "PaddleJob"]
+    kind = "JobSet" if vals.get("operator") == "jobset" else "PaddleJob"
+    group = ["PodGroup"] if vals.get("gangScheduling") and kind == "JobSet" else []
+    assert [o["kind"] for o in helm] == ["ConfigMap", *group, kind]
     assert [normalise(o) for o in helm] == [normalise(o) for o in ours]
     # what was normalised is still there, and Helm's own labels say Helm
-    assert helm[1]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-    assert len(helm[1]["metadata"]["annotations"]["clsact.io/spec-hash"]) == 16
+    assert helm[-1]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert len(helm[-1]["metadata"]["annotations"]["clsact.io/spec-hash"]) == 16
+    crds = [validate.load_crd(p) for p in CRDS.values() if p.is_file()]
+    checked = validate.validate_objects(ours, crds)
+    if len(crds) == len(CRDS):   # the upstream CRDs: every custom object checked by its own
+        assert all("openAPIV3Schema" in line for line in checked if "ConfigMap" not in line)
 
 
 def test_the_comparison_sees_a_difference(tmp_path):
@@ -155,7 +175,8 @@ def test_the_comparison_sees_a_difference(tmp_path):
     vals = {"image": IMAGE, **VALUE_SETS["minimal"]}
     ours = clsact_render(vals, cfg, tmp_path)
     for change in ({"shmSize": "9Gi"}, {"name": "other"}, {"env": {"A": "1"}},
-                   {"gpusPerWorker": 2}, {"gpuCompute": ["8.0"]}, {"gpuProducts": ["X"]}):
+                   {"gpusPerWorker": 2}, {"gpuCompute": ["8.0"]}, {"gpuProducts": ["X"]},
+                   {"gangScheduling": True}):
         helm = helm_render({**vals, **change, "config": cfg})
         assert [normalise(o) for o in helm] != [normalise(o) for o in ours], change
     changed = copy.deepcopy(cfg)
@@ -309,6 +330,8 @@ def test_chart_versions():
 GOLDEN_SETS = {
     "chart-job-minimal": {"saveDir": "s3://ml-models/clsact/mbv3"},
     "chart-job-kubeflow": VALUE_SETS["kubeflow"],
+    "chart-job-jobset": VALUE_SETS["jobset-queued"],
+    "chart-job-jobset-gang": VALUE_SETS["jobset-gang"],
     "chart-nightly": {"mode": "nightly", "saveDir": "s3://ml-models/clsact/nightly",
                       "s3Endpoint": "https://minio.storage.svc:9000", "workers": 2,
                       "gpusPerWorker": 8, "imagePullSecrets": ["registry-pull"],
@@ -330,9 +353,9 @@ def test_golden_and_valid(name):
     crds = [validate.load_crd(p) for p in CRDS.values() if p.is_file()]
     checked = validate.validate_objects(objects, crds, "1.29")
     assert len(checked) == len(objects)
-    if len(crds) == 2 and any(o["kind"] == "PaddleJob" for o in objects):
-        assert any("CRD" in line or "crd" in line.lower() for line in checked
-                   if "PaddleJob" in line), checked
+    if len(crds) == len(CRDS) and any(o["kind"] in ("PaddleJob", "JobSet") for o in objects):
+        assert all("openAPIV3Schema" in line for line in checked
+                   if not line.startswith("ConfigMap")), checked
 
 
 def test_a_broken_object_fails_validation():

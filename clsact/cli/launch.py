@@ -304,8 +304,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         nightly.prune(cluster, rendered.operator, rendered.namespace, args.nightly,
                       args.keep_jobs, _note)
     if not args.wait:
+        key = rendered.operator.key
         print(f"follow it: clsact status {outcome.name} -n {outcome.namespace}"
-              f"{' --operator kubeflow' if rendered.operator.key == 'kubeflow' else ''}")
+              f"{'' if key == 'paddle' else ' --operator ' + key}")
         return 0
     state = jobs.wait(cluster, rendered.operator, outcome.namespace, outcome.name,
                       args.timeout, _print_state(outcome.name), poll=args.poll,

@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from clsact.errors import ClsactError
-from clsact.launch.operators import Operator
+from clsact.launch.operators import OPERATORS, Operator
 
 REQUEST_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -168,7 +168,7 @@ def api_call(cluster: Cluster, what: str, fn: Callable[..., T], *args: Any, **kw
 
 
 def ensure_crd(cluster: Cluster, operator: Operator) -> None:
-    """Check that the cluster serves the operator's PaddleJob kind.
+    """Check that the cluster serves the operator's job kind (or another custom kind).
 
     Raises:
         CrdMissing: the API group or the kind is missing (with how to install the operator).
@@ -177,7 +177,7 @@ def ensure_crd(cluster: Cluster, operator: Operator) -> None:
     missing = CrdMissing(
         f"the cluster at {cluster.host} does not know {operator.kind} "
         f"({operator.api_version}): {operator.install_hint}, or choose the installed operator "
-        "with --operator paddle|kubeflow")
+        f"with --operator {'|'.join(OPERATORS)}")
     try:
         resources = api_call(cluster, f"looking up {operator.api_version}",
                              cluster.custom.get_api_resources, operator.group, operator.version)

@@ -1,10 +1,10 @@
 """Jobs on a cluster: submit (idempotent), wait, status, list, logs and cancel.
 
-A job is the pair rendered by :mod:`clsact.launch.render`: a PaddleJob and its ConfigMap
-(owned by the job, so the cluster's garbage collector removes it with the job; ``cancel``
-deletes both itself). Resubmitting the same spec changes nothing: the job carries the hash of
-its spec (annotation ``clsact.io/spec-hash``); a different spec under the same name is refused
-unless ``replace``.
+A job is what :mod:`clsact.launch.render` renders: a PaddleJob or JobSet and its companions,
+the ConfigMap and (gang-scheduled JobSet) the Volcano PodGroup, owned by the job so that the
+cluster's garbage collector removes them with it (``cancel`` deletes the ConfigMap itself).
+Resubmitting the same spec changes nothing: the job carries the hash of its spec (annotation
+``clsact.io/spec-hash``); a different spec under the same name is refused unless ``replace``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from clsact.launch.cluster import (
     ensure_crd,
 )
 from clsact.launch.names import config_map_name, job_name
-from clsact.launch.operators import JobState, Operator, job_state
+from clsact.launch.operators import PODGROUP, JobState, Operator, job_state
 from clsact.launch.render import RUN_ID_LABEL, SPEC_HASH_ANNOTATION, Rendered
 
 # what both `clsact render` and the Helm chart set (the chart says managed-by: Helm)
@@ -146,20 +146,45 @@ def _config_map_exists(cluster: Cluster, namespace: str, name: str) -> bool:
     return True
 
 
-def _create_config_map(cluster: Cluster, rendered: Rendered, owner: dict[str, Any]) -> None:
-    cm = dict(rendered.config_map)
-    cm["metadata"] = {**cm["metadata"], "ownerReferences": [{
+def _owned(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``owner`` (a created object) as its owner, for the garbage collector."""
+    return {**obj, "metadata": {**obj["metadata"], "ownerReferences": [{
         "apiVersion": owner["apiVersion"], "kind": owner["kind"],
         "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
-        "blockOwnerDeletion": False, "controller": False}]}
-    ns, name = rendered.namespace, cm["metadata"]["name"]
+        "blockOwnerDeletion": False, "controller": False}]}}
+
+
+def _create_companion(cluster: Cluster, ns: str, obj: dict[str, Any]) -> None:
+    """Create a ConfigMap or PodGroup; a leftover of an earlier job of the same name (the job
+    itself is gone) is replaced.
+
+    Raises:
+        ClusterError: the request failed.
+    """
+    name, kind = obj["metadata"]["name"], obj["kind"]
+    if kind == "ConfigMap":
+        create, replace = (lambda: cluster.core.create_namespaced_config_map(ns, obj),
+                           lambda: cluster.core.replace_namespaced_config_map(name, ns, obj))
+    else:
+        k = PODGROUP
+
+        def create() -> Any:
+            return cluster.custom.create_namespaced_custom_object(k.group, k.version, ns,
+                                                                  k.plural, obj)
+
+        def replace() -> Any:
+            cluster.custom.delete_namespaced_custom_object(k.group, k.version, ns, k.plural,
+                                                           name)
+            return create()
     try:
-        api_call(cluster, f"creating ConfigMap {ns}/{name}",
-                 cluster.core.create_namespaced_config_map, ns, cm)
+        api_call(cluster, f"creating {kind} {ns}/{name}", create)
     except Conflict:
-        # a leftover of an earlier job of this name (the job itself is gone): replace it
-        api_call(cluster, f"replacing ConfigMap {ns}/{name}",
-                 cluster.core.replace_namespaced_config_map, name, ns, cm)
+        api_call(cluster, f"replacing {kind} {ns}/{name}", replace)
+
+
+def _create_companions(cluster: Cluster, rendered: Rendered, owner: dict[str, Any]) -> None:
+    for obj in rendered.companions:
+        _create_companion(cluster, rendered.namespace, _owned(obj, owner))
 
 
 def delete_job(cluster: Cluster, operator: Operator, namespace: str, name: str,
@@ -202,13 +227,15 @@ def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
     """
     op, ns, name = rendered.operator, rendered.namespace, rendered.name
     ensure_crd(cluster, op)
+    if any(o["kind"] == PODGROUP.kind for o in rendered.companions):
+        ensure_crd(cluster, PODGROUP)
     existing = get_job(cluster, op, ns, name)
     action = "created"
     if existing is not None:
         old_hash = (existing["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
         if old_hash == rendered.spec_hash:
             if not _config_map_exists(cluster, ns, rendered.config_map["metadata"]["name"]):
-                _create_config_map(cluster, rendered, existing)   # deleted by hand: restore
+                _create_companions(cluster, rendered, existing)   # deleted by hand: restore
             return SubmitOutcome(name, ns, "unchanged", job_state(op, existing))
         if not replace:
             raise ClusterError(
@@ -232,7 +259,7 @@ def submit(cluster: Cluster, rendered: Rendered, replace: bool = False,
         # another submitter created the job since we looked: compare with theirs
         return submit(cluster, rendered, replace=False, warn=warn, _retried=True)
     try:
-        _create_config_map(cluster, rendered, created)
+        _create_companions(cluster, rendered, created)
     except ClusterError:
         delete_job(cluster, op, ns, name)   # nothing half-submitted
         raise
@@ -243,8 +270,10 @@ def wait(cluster: Cluster, operator: Operator, namespace: str, name: str, timeou
          on_change: Callable[[JobState], None], poll: float = 2.0,
          max_outage: float = 300.0, on_outage: Callable[[str], None] = lambda _msg: None
          ) -> JobState | None:
-    """Follow a job until it succeeds or fails; None after ``timeout`` seconds.
+    """Follow a job until it succeeds or fails; None after ``timeout`` seconds not queued.
 
+    Time the job spends queued (suspended until Kueue admits it) does not count against
+    ``timeout``: a run that waits two hours for GPUs still gets its whole budget.
     ``on_change`` is called with every new state (phase or message), the first one included.
     An API server that is unreachable or overloaded (restart, upgrade, network blip) is
     retried for up to ``max_outage`` seconds in a row; ``on_outage`` hears of it once.
@@ -253,7 +282,7 @@ def wait(cluster: Cluster, operator: Operator, namespace: str, name: str, timeou
         ClusterError: the job disappeared (cancelled elsewhere), a request was refused, or the
             server stayed unavailable longer than ``max_outage``.
     """
-    deadline = time.monotonic() + timeout
+    clock = _Budget(timeout)
     last: JobState | None = None
     outage_since: float | None = None
     while True:
@@ -267,7 +296,7 @@ def wait(cluster: Cluster, operator: Operator, namespace: str, name: str, timeou
             if now - outage_since > max_outage:
                 raise ClusterError(f"{exc} (for {now - outage_since:.0f}s, giving up; the job "
                                    "may still be running)") from None
-            if now >= deadline:
+            if clock.spent(last is not None and last.queued):
                 return None
             time.sleep(min(poll, 5.0))
             continue
@@ -281,9 +310,26 @@ def wait(cluster: Cluster, operator: Operator, namespace: str, name: str, timeou
             last = state
         if state.outcome is not None:
             return state
-        if time.monotonic() >= deadline:
+        if clock.spent(state.queued):
             return None
-        time.sleep(min(poll, max(deadline - time.monotonic(), 0.05)))
+        time.sleep(min(poll, max(clock.left, 0.05)))
+
+
+class _Budget:
+    """A timeout that only runs while the job is not queued."""
+
+    def __init__(self, seconds: float):
+        self.left = seconds
+        self._at = time.monotonic()
+
+    def spent(self, queued: bool) -> bool:
+        """Charge the time since the last call (unless the job was queued); True when none
+        is left."""
+        now = time.monotonic()
+        if not queued:
+            self.left -= now - self._at
+        self._at = now
+        return self.left <= 0
 
 
 def list_jobs(cluster: Cluster, operators: Iterable[Operator], namespace: str,
@@ -306,8 +352,9 @@ def list_jobs(cluster: Cluster, operators: Iterable[Operator], namespace: str,
                          namespace, op.plural, label_selector=selector)
         out += [(op, item) for item in items.get("items", [])]
     if not installed:
-        raise ClusterError(f"the cluster at {cluster.host} has no PaddleJob kind: "
-                           "install paddle-operator or the Kubeflow training-operator")
+        raise ClusterError(f"the cluster at {cluster.host} has no job kind clsact runs "
+                           "(PaddleJob or JobSet): install paddle-operator, the Kubeflow "
+                           "training-operator or JobSet")
     return out
 
 

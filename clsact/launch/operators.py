@@ -1,10 +1,14 @@
-"""The two PaddleJob flavours clsact renders: their API coordinates and how to read a status.
+"""The job kinds clsact renders: their API coordinates and how to read a status.
 
 * ``paddle``: paddle-operator's ``batch.paddlepaddle.org/v1`` PaddleJob; ``status.phase`` is
   one of Pending, Starting, Running, Restarting, Completing, Completed, Succeed, Failed,
   Aborting, Aborted, Terminating, Terminated, Scaling, Unknown.
 * ``kubeflow``: the training-operator's ``kubeflow.org/v1`` PaddleJob; ``status.conditions``
-  (Created, Running, Restarting, Suspended, Succeeded, Failed), the last true one wins.
+  (Created, Running, Restarting, Suspended, Succeeded, Failed), the last true one wins;
+  ``spec.runPolicy.suspend`` true is a job Kueue has not admitted yet (queued).
+* ``jobset``: kubernetes-sigs/jobset's ``jobset.x-k8s.io/v1alpha2`` JobSet; ``status``
+  ``terminalState`` (Completed, Failed) or the conditions Completed / Failed; ``spec.suspend``
+  true is queued (Kueue admits a job by setting it false).
 """
 
 from __future__ import annotations
@@ -47,7 +51,19 @@ KUBEFLOW = Operator(
     kind="PaddleJob", template="kubeflow-paddlejob.yaml.j2", container="paddle",
     install_hint="install the Kubeflow training-operator (kubectl apply -k "
     "'github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.2')")
-OPERATORS = {op.key: op for op in (PADDLE, KUBEFLOW)}
+JOBSET = Operator(
+    key="jobset", group="jobset.x-k8s.io", version="v1alpha2", plural="jobsets",
+    kind="JobSet", template="jobset.yaml.j2", container="clsact",
+    install_hint="install JobSet (kubectl apply --server-side -f https://github.com/"
+    "kubernetes-sigs/jobset/releases/download/v0.12.0/manifests.yaml)")
+OPERATORS = {op.key: op for op in (PADDLE, KUBEFLOW, JOBSET)}
+# not an operator, a kind clsact creates beside a gang-scheduled JobSet
+PODGROUP = Operator(
+    key="volcano", group="scheduling.volcano.sh", version="v1beta1", plural="podgroups",
+    kind="PodGroup", template="podgroup.yaml.j2", container="",
+    install_hint="install Volcano (https://volcano.sh/en/docs/installation/) or set "
+    "gangScheduling: false")
+QUEUED = "Queued"
 
 _PADDLE_DONE = {"Completed": SUCCEEDED, "Succeed": SUCCEEDED, "Failed": FAILED,
                 "Aborted": FAILED, "Terminated": FAILED}
@@ -61,20 +77,52 @@ class JobState:
     outcome: str | None = None   # SUCCEEDED, FAILED or None (still going)
     message: str = ""
 
+    @property
+    def queued(self) -> bool:
+        """Suspended until a queue (Kueue) admits it: no pods, and no time spent running."""
+        return self.phase == QUEUED
+
+
+def suspended(operator: Operator, obj: dict[str, Any]) -> bool:
+    """Whether the job is suspended (Kueue holds a job suspended until it admits it)."""
+    spec = obj.get("spec") or {}
+    if operator.key == "jobset":
+        return bool(spec.get("suspend"))
+    if operator.key == "kubeflow":
+        return bool((spec.get("runPolicy") or {}).get("suspend"))
+    return False   # paddle-operator's PaddleJob cannot be suspended
+
+
+def _last_condition(conditions: list[dict[str, Any]], terminal: dict[str, str]
+                    ) -> dict[str, Any] | None:
+    """The last true condition, a terminal one (a key of ``terminal``) winning wherever it is."""
+    true = [c for c in conditions if c.get("status") == "True"]
+    done = [c for c in true if c.get("type") in terminal]
+    return (done or true or [None])[-1]
+
+
+_KUBEFLOW_DONE = {"Succeeded": SUCCEEDED, "Failed": FAILED}
+_JOBSET_DONE = {"Completed": SUCCEEDED, "Failed": FAILED}
+
 
 def job_state(operator: Operator, obj: dict[str, Any]) -> JobState:
-    """Read the state of a PaddleJob object (``Submitted`` before the operator wrote any)."""
+    """Read the state of a job object (``Submitted`` before its controller wrote any,
+    :data:`QUEUED` while suspended and not finished)."""
     status = obj.get("status") or {}
     if operator.key == "paddle":
         phase = status.get("phase") or "Submitted"
         return JobState(phase, _PADDLE_DONE.get(phase))
-    conditions = [c for c in status.get("conditions") or [] if c.get("status") == "True"]
-    if not conditions:
-        return JobState("Submitted")
-    last = conditions[-1]
-    for c in conditions:  # a terminal condition wins whatever its position
-        if c.get("type") in ("Succeeded", "Failed"):
-            last = c
-    phase = last.get("type", "Unknown")
-    outcome = {"Succeeded": SUCCEEDED, "Failed": FAILED}.get(phase)
-    return JobState(phase, outcome, last.get("message") or last.get("reason") or "")
+    terminal = _KUBEFLOW_DONE if operator.key == "kubeflow" else _JOBSET_DONE
+    last = _last_condition(status.get("conditions") or [], terminal)
+    if operator.key == "jobset" and status.get("terminalState") in terminal:
+        last = {"type": status["terminalState"], **({} if last is None or last.get("type") !=
+                                                    status["terminalState"] else last)}
+    phase = (last or {}).get("type", "Submitted")
+    if phase not in terminal and suspended(operator, obj):
+        return JobState(QUEUED, None, (last or {}).get("message") or "waiting for admission")
+    if operator.key == "jobset" and phase == "Submitted" and any(
+            (r.get("active") or 0) + (r.get("ready") or 0) > 0
+            for r in status.get("replicatedJobsStatus") or []):
+        phase = "Running"
+    message = (last or {}).get("message") or (last or {}).get("reason") or ""
+    return JobState(phase, terminal.get(phase), message)

@@ -2,9 +2,15 @@
 
 The templates are package data, ``clsact/launch/templates/*.yaml.j2`` (read one way, through
 :mod:`importlib.resources`); ``k8s/`` holds rendered examples a user applies by hand. The
-result is a :class:`Rendered`: the ConfigMap holding the resolved config, then the PaddleJob
-of the chosen operator, both labelled with ``app.kubernetes.io/*`` and the run id, and the
-job annotated with a hash of the whole spec (how ``submit`` recognises a resubmission).
+result is a :class:`Rendered`: the ConfigMap holding the resolved config, the Volcano
+PodGroup of a gang-scheduled JobSet, then the job of the chosen operator (a PaddleJob or a
+JobSet), all labelled with ``app.kubernetes.io/*`` and the run id, and the job annotated with
+a hash of the whole spec (how ``submit`` recognises a resubmission).
+
+A JobSet has no operator that tells the pods their peers: each pod's command
+(:data:`JOBSET_LAUNCH`) gives ``paddle.distributed.launch`` the master (rank 0's stable name
+``<job>-worker-0-0.<job>`` through the JobSet's headless Service; rank 0 itself serves the
+rendezvous), its node rank (the Indexed Job's ``JOB_COMPLETION_INDEX``) and ``--nnodes``.
 """
 
 from __future__ import annotations
@@ -26,14 +32,25 @@ from clsact.errors import ConfigError
 from clsact.gpuarch import node_affinity_terms
 from clsact.launch.names import config_map_name, job_name, short_hash
 from clsact.launch.operators import OPERATORS, Operator
-from clsact.launch.values import LaunchValues
+from clsact.launch.values import QUEUE_LABEL, LaunchValues
 from clsact.storage import is_uri
 from clsact.storage.s3session import CREDENTIALS_DIR_ENV
 
 CONFIG_MOUNT_DIR = "/etc/clsact"
 CONFIG_FILE_NAME = "config.yaml"
 LAUNCH_LOG_DIR = "/tmp/clsact-launch"
-KUBEFLOW_MASTER_PORT = 37777
+MASTER_PORT = 37777    # the rendezvous port of the Kubeflow operator and of a JobSet
+JOBSET_REPLICATED_JOB = "worker"
+GANG_SCHEDULER = "volcano"
+POD_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+# a JobSet pod's launcher: paddle's HTTP master only serves the rendezvous on a node whose
+# --master is 127.0.0.1 or its own IP, so rank 0 names itself by 127.0.0.1 and the others
+# find it by its DNS name ($0: python, "$@": the launcher's remaining arguments)
+JOBSET_LAUNCH = (
+    'rank="${JOB_COMPLETION_INDEX:?not a pod of an Indexed Job (JobSet)}"; '
+    'if [ "$rank" = 0 ]; then master=127.0.0.1; else master="$CLSACT_MASTER_HOST"; fi; '
+    'exec "$0" -m paddle.distributed.launch --master "$master:$CLSACT_MASTER_PORT" '
+    '--rank "$rank" "$@"')
 # where the pods mount the S3 Secret (its keys as files; see clsact.storage.s3)
 S3_CREDENTIALS_DIR = "/var/run/secrets/clsact/s3"
 RUN_ID_LABEL = "clsact.io/run-id"
@@ -45,7 +62,7 @@ _LOCATION_KEYS = (("Global", "model_dir"), ("Global", "data_dir"), ("Global", "s
 
 @dataclass(frozen=True)
 class Rendered:
-    """The objects of one launch, in creation order: ConfigMap, then the PaddleJob."""
+    """The objects of one launch, in creation order: ConfigMap, (PodGroup), then the job."""
 
     name: str
     namespace: str
@@ -62,6 +79,11 @@ class Rendered:
     @property
     def config_map(self) -> dict[str, Any]:
         return self.objects[0]
+
+    @property
+    def companions(self) -> list[dict[str, Any]]:
+        """The objects that go with the job (owned by it once created): ConfigMap, PodGroup."""
+        return self.objects[:-1]
 
 
 def templates_dir() -> Path:
@@ -147,11 +169,42 @@ def resolve_config(config_path: str | Path, overrides: list[str], values: Launch
 
 
 def container_command(values: LaunchValues, save_dir: str, run_id: str) -> list[str]:
-    """The command of every worker: the launcher of paddle, then ``clsact compress``."""
-    return [values["python"], "-m", "paddle.distributed.launch", "--log_dir", LAUNCH_LOG_DIR,
-            "--nproc_per_node", str(max(values["gpusPerWorker"], 1)), values["clsactBin"],
-            "compress", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_NAME}",
-            "--save-dir", save_dir, "--run-id", run_id]
+    """The command of every worker: the launcher of paddle, then ``clsact compress`` (for a
+    JobSet through :data:`JOBSET_LAUNCH`, which adds the master and the node rank)."""
+    launcher = ["--log_dir", LAUNCH_LOG_DIR, "--nproc_per_node",
+                str(max(values["gpusPerWorker"], 1))]
+    job = [values["clsactBin"], "compress", "--config", f"{CONFIG_MOUNT_DIR}/{CONFIG_FILE_NAME}",
+           "--save-dir", save_dir, "--run-id", run_id]
+    if values["operator"] == "jobset":
+        return ["/bin/sh", "-c", JOBSET_LAUNCH, values["python"], "--nnodes",
+                str(values["workers"]), *launcher, *job]
+    return [values["python"], "-m", "paddle.distributed.launch", *launcher, *job]
+
+
+def master_host(name: str) -> str:
+    """Rank 0's stable DNS name in a JobSet: ``<jobset>-<replicated job>-<job index>-<pod
+    index>.<subdomain>`` (the subdomain is the JobSet's headless Service, its own name)."""
+    return f"{name}-{JOBSET_REPLICATED_JOB}-0-0.{name}"
+
+
+def job_env(values: LaunchValues, name: str) -> list[dict[str, Any]]:
+    """The training container's environment: clsact's, then the user's."""
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
+    if values["s3Secret"]:
+        env.append({"name": CREDENTIALS_DIR_ENV, "value": S3_CREDENTIALS_DIR})
+    if values["operator"] == "jobset":
+        env += [{"name": "CLSACT_MASTER_HOST", "value": master_host(name)},
+                {"name": "CLSACT_MASTER_PORT", "value": str(MASTER_PORT)}]
+    return env + values["env"]
+
+
+def gang(values: LaunchValues, name: str) -> dict[str, Any] | None:
+    """Volcano gang scheduling of the launch (None when off): every pod or none."""
+    if not values["gangScheduling"]:
+        return None
+    return {"scheduler": GANG_SCHEDULER, "minAvailable": values["workers"],
+            "queue": values["gangQueue"], "priorityClass": values["priorityClassName"],
+            "podGroup": name if values["operator"] == "jobset" else None}
 
 
 def pod_affinity(values: LaunchValues) -> dict[str, Any]:
@@ -202,24 +255,34 @@ def render(config_path: str | Path, overrides: list[str], values: LaunchValues,
     operator = OPERATORS[values["operator"]]
     name = job_name(values["name"] or Path(config_path).stem, operator.key)
     cfg, save_dir = resolve_config(config_path, overrides, values, raw)
-    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}]
-    if values["s3Secret"]:
-        env.append({"name": CREDENTIALS_DIR_ENV, "value": S3_CREDENTIALS_DIR})
-    env += values["env"]
+    env = job_env(values, name)
+    labels = standard_labels(name, values["labels"])
+    gang_spec = gang(values, name)
     context = {
-        "v": values.data, "name": name, "labels": standard_labels(name, values["labels"]),
+        "v": values.data, "name": name, "labels": labels,
+        "job_labels": ({**labels, QUEUE_LABEL: values["queueName"]} if values["queueName"]
+                       else labels),
+        "suspend": bool(values["queueName"]), "gang": gang_spec,
+        "gang_policy": ({k: gang_spec[k] for k in ("minAvailable", "queue", "priorityClass")
+                         if gang_spec[k] is not None} if gang_spec else None),
+        "pod_annotations": ({**values["annotations"], POD_GROUP_ANNOTATION: name}
+                            if gang_spec and gang_spec["podGroup"] else values["annotations"]),
+        "restart_policy": "Never" if operator.key == "jobset" else None,
+        "replicated_job": JOBSET_REPLICATED_JOB,
         "user_annotations": values["annotations"], "annotations": dict(values["annotations"]),
         "command": container_command(values, save_dir, name), "env": env,
         "resources": _resources(values), "config_map_name": config_map_name(name),
         "affinity": pod_affinity(values),
         "config_mount_dir": CONFIG_MOUNT_DIR, "config_file_name": CONFIG_FILE_NAME,
         "config_text": cfg.to_yaml(), "s3_credentials_dir": S3_CREDENTIALS_DIR,
-        "ports": ([{"name": "master", "containerPort": KUBEFLOW_MASTER_PORT}]
-                  if operator.key == "kubeflow" else []),
+        "ports": ([{"name": "master", "containerPort": MASTER_PORT}]
+                  if operator.key in ("kubeflow", "jobset") else []),
         "pod_deadline": values["activeDeadlineSeconds"] if operator.key == "paddle" else None,
     }
-    objects = (render_template("configmap.yaml.j2", context)
-               + render_template(operator.template, context))
+    objects = render_template("configmap.yaml.j2", context)
+    if context["gang"] and context["gang"]["podGroup"]:
+        objects += render_template("podgroup.yaml.j2", context)
+    objects += render_template(operator.template, context)
     spec_hash = short_hash(json.dumps(objects, sort_keys=True), 16)
     objects[-1]["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash
     return Rendered(name=name, namespace=values["namespace"], operator=operator,

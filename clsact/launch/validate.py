@@ -2,9 +2,9 @@
 
 * Built-in kinds (ConfigMap, RBAC, ...) against the Kubernetes OpenAPI schemas shipped by
   ``kubernetes-validate`` (strict: unknown fields are errors).
-* The worker pod template of a PaddleJob the same way (as a ``v1`` PodTemplate), so a typo in
-  ``tolerations`` or ``resources`` is caught offline whatever the operator.
-* A PaddleJob against its CRD's ``openAPIV3Schema`` (``--crd FILE``, e.g. the output of
+* The worker pod template of a PaddleJob or JobSet the same way (as a ``v1`` PodTemplate), so
+  a typo in ``tolerations`` or ``resources`` is caught offline whatever the operator.
+* A PaddleJob (JobSet, PodGroup) against its CRD's ``openAPIV3Schema`` (``--crd FILE``, e.g. the output of
   ``kubectl get crd paddlejobs.batch.paddlepaddle.org -o yaml``), with unknown fields refused
   as a strict API server would; ``clsact submit`` also asks the server (dry run).
 """
@@ -54,7 +54,8 @@ def validate_builtin(obj: dict[str, Any], k8s_version: str = DEFAULT_K8S_VERSION
 
 
 def pod_templates(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The pod templates of a PaddleJob of either operator, with their field paths."""
+    """The pod templates of a PaddleJob of either operator or of a JobSet, with their field
+    paths."""
     spec = job.get("spec") or {}
     out = []
     for role in ("worker", "ps", "heter"):  # paddle-operator
@@ -63,6 +64,11 @@ def pod_templates(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for role, rs in (spec.get("paddleReplicaSpecs") or {}).items():  # kubeflow
         if isinstance(rs, dict) and "template" in rs:
             out.append((f"spec.paddleReplicaSpecs.{role}.template", rs["template"]))
+    for i, rj in enumerate(spec.get("replicatedJobs") or []):  # JobSet
+        template = ((rj.get("template") or {}).get("spec") or {}).get("template") \
+            if isinstance(rj, dict) else None
+        if isinstance(template, dict):
+            out.append((f"spec.replicatedJobs[{i}].template.spec.template", template))
     return out
 
 

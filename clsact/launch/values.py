@@ -1,4 +1,5 @@
-"""Launch values: how a compression run becomes a PaddleJob (workers, GPUs, image, pod settings).
+"""Launch values: how a compression run becomes a job (workers, GPUs, image, pod settings,
+queue and gang scheduling).
 
 Values come from an optional YAML file (``--values FILE``, keys named like the Kubernetes
 fields they fill: ``nodeSelector``, ``tolerations``, ...) overridden by command-line flags
@@ -26,7 +27,8 @@ from clsact.launch.operators import OPERATORS
 VALUES: dict[str, tuple[str, Any]] = {
     "name": ("str|null", None),             # job name base (default: the config file's stem)
     "namespace": ("str", "default"),
-    "operator": ("str", "paddle"),          # paddle: paddle-operator; kubeflow: training-operator
+    # paddle: paddle-operator; kubeflow: training-operator v1; jobset: kubernetes-sigs/jobset
+    "operator": ("str", "paddle"),
     "image": ("str|null", None),            # required
     "imagePullPolicy": ("str", "IfNotPresent"),
     "workers": ("int", 1),                  # pods (nodes)
@@ -47,12 +49,16 @@ VALUES: dict[str, tuple[str, Any]] = {
     "imagePullSecrets": ("list", []),       # Secret names
     "serviceAccountName": ("str|null", None),
     "priorityClassName": ("str|null", None),
+    "queueName": ("str|null", None),        # Kueue LocalQueue (jobset, kubeflow): queued
+    # Volcano gang scheduling: all the pods or none (schedulerName volcano, minAvailable)
+    "gangScheduling": ("bool", False),
+    "gangQueue": ("str|null", None),        # the Volcano queue (default: Volcano's default)
     "env": ("dict|list", {}),               # NAME: value, or a list of EnvVar objects
     "labels": ("dict", {}),
     "annotations": ("dict", {}),
     "volumes": ("list", []),
     "volumeMounts": ("list", []),
-    "cleanPodPolicy": ("str|null", None),   # paddle: OnCompletion, kubeflow: Running
+    "cleanPodPolicy": ("str|null", None),   # paddle: OnCompletion, kubeflow: Running, jobset: -
     "ttlSecondsAfterFinished": ("int|null", 259200),
     "activeDeadlineSeconds": ("int|null", None),
     "backoffLimit": ("int", 3),
@@ -74,8 +80,11 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("values", "imagePullPolicy"): ("Always", "IfNotPresent", "Never"),
 }
 CLEAN_POD_POLICIES = {"paddle": ("OnCompletion", "OnFailure", "Always", "Never"),
-                      "kubeflow": ("Running", "All", "None")}
-DEFAULT_CLEAN_POD_POLICY = {"paddle": "OnCompletion", "kubeflow": "Running"}
+                      "kubeflow": ("Running", "All", "None"), "jobset": ()}
+DEFAULT_CLEAN_POD_POLICY = {"paddle": "OnCompletion", "kubeflow": "Running", "jobset": None}
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# operators whose jobs Kueue can hold suspended (paddle-operator's PaddleJob has no suspend)
+QUEUEABLE = ("jobset", "kubeflow")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -188,7 +197,8 @@ def _check_access(v: dict[str, Any], src: str) -> dict[str, Any]:
 
 
 def _check_names(v: dict[str, Any], src: str) -> None:
-    for key in ("namespace", "s3Secret", "serviceAccountName", "priorityClassName"):
+    for key in ("namespace", "s3Secret", "serviceAccountName", "priorityClassName",
+                "queueName", "gangQueue"):
         value = v[key]
         if value is not None and (len(value) > 63 or not _DNS_LABEL.match(value)):
             raise ConfigError(
@@ -277,10 +287,44 @@ def resolve(file_values: dict[str, Any], flags: dict[str, Any],
         raise ConfigError(f"{src}: gpuProducts lists nvidia.com/gpu.product values (strings), "
                           f"got {v['gpuProducts']!r}")
     v["allow"] = _check_access(v, src)
+    v["cleanPodPolicy"] = _clean_pod_policy(v, src)
+    _check_scheduling(v, src)
+    return LaunchValues(v)
+
+
+def _clean_pod_policy(v: dict[str, Any], src: str) -> str | None:
+    """The operator's cleanPodPolicy (its default when unset).
+
+    Raises:
+        ConfigError: a policy the operator does not know (JobSet has none).
+    """
     allowed = CLEAN_POD_POLICIES[v["operator"]]
     if v["cleanPodPolicy"] is None:
-        v["cleanPodPolicy"] = DEFAULT_CLEAN_POD_POLICY[v["operator"]]
-    elif v["cleanPodPolicy"] not in allowed:
+        return DEFAULT_CLEAN_POD_POLICY[v["operator"]]
+    if not allowed:
+        raise ConfigError(f"{src}: cleanPodPolicy: a JobSet has none (its pods go with it: "
+                          "ttlSecondsAfterFinished); remove it")
+    if v["cleanPodPolicy"] not in allowed:
         raise ConfigError(f"{src}: cleanPodPolicy {v['cleanPodPolicy']!r} is not one of "
                           f"{', '.join(allowed)} ({v['operator']} operator)")
-    return LaunchValues(v)
+    return v["cleanPodPolicy"]
+
+
+def _check_scheduling(v: dict[str, Any], src: str) -> None:
+    """Queue and gang settings that the chosen operator can honour.
+
+    Raises:
+        ConfigError: queueName with paddle-operator (Kueue cannot suspend its PaddleJob),
+            gangQueue without gangScheduling, or gang scheduling together with a Kueue queue.
+    """
+    if v["queueName"] and v["operator"] not in QUEUEABLE:
+        raise ConfigError(f"{src}: queueName {v['queueName']!r}: Kueue cannot hold a "
+                          "paddle-operator PaddleJob (it has no suspend); use operator: "
+                          "jobset (or kubeflow), or drop queueName")
+    if v["gangQueue"] and not v["gangScheduling"]:
+        raise ConfigError(f"{src}: gangQueue {v['gangQueue']!r} is a Volcano queue: set "
+                          "gangScheduling: true too (or drop gangQueue)")
+    if v["gangScheduling"] and v["queueName"]:
+        raise ConfigError(f"{src}: gangScheduling (Volcano) and queueName (Kueue) both "
+                          "decide when the pods start: pick one (with Kueue, all-or-nothing "
+                          "comes from its waitForPodsReady setting)")

@@ -280,12 +280,46 @@ values (tests/test_chart.py compares them).
 
 {{/* cleanPodPolicy or the operator's default (clsact.launch.values.resolve). */}}
 {{- define "clsact.cleanPodPolicy" -}}
+{{- if eq .Values.operator "jobset" -}}
+{{- if .Values.cleanPodPolicy -}}
+{{- fail "cleanPodPolicy: a JobSet has none (its pods go with it: ttlSecondsAfterFinished); remove it" -}}
+{{- end -}}
+{{- else -}}
 {{- $allowed := dict "paddle" (list "OnCompletion" "OnFailure" "Always" "Never") "kubeflow" (list "Running" "All" "None") -}}
 {{- $policy := .Values.cleanPodPolicy | default (ternary "OnCompletion" "Running" (eq .Values.operator "paddle")) -}}
 {{- if not (has $policy (get $allowed .Values.operator)) -}}
 {{- fail (printf "cleanPodPolicy %q is not one of %s (%s operator)" $policy (join ", " (get $allowed .Values.operator)) .Values.operator) -}}
 {{- end -}}
 {{- $policy -}}
+{{- end -}}
+{{- end -}}
+
+{{/* clsact.launch.values._check_scheduling: queue and gang settings the operator honours. */}}
+{{- define "clsact.checkScheduling" -}}
+{{- if and .Values.queueName (eq .Values.operator "paddle") -}}
+{{- fail (printf "queueName %q: Kueue cannot hold a paddle-operator PaddleJob (it has no suspend); use operator: jobset (or kubeflow), or drop queueName" .Values.queueName) -}}
+{{- end -}}
+{{- if and .Values.gangQueue (not .Values.gangScheduling) -}}
+{{- fail (printf "gangQueue %q is a Volcano queue: set gangScheduling: true too (or drop gangQueue)" .Values.gangQueue) -}}
+{{- end -}}
+{{- if and .Values.gangScheduling .Values.queueName -}}
+{{- fail "gangScheduling (Volcano) and queueName (Kueue) both decide when the pods start: pick one (with Kueue, all-or-nothing comes from its waitForPodsReady setting)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* clsact.launch.render.gang: the Volcano schedulingPolicy of a PaddleJob. JSON. */}}
+{{- define "clsact.gangPolicy" -}}
+{{- $policy := dict "minAvailable" (int .Values.workers) -}}
+{{- with .Values.gangQueue }}{{ $_ := set $policy "queue" . }}{{ end -}}
+{{- with .Values.priorityClassName }}{{ $_ := set $policy "priorityClass" . }}{{ end -}}
+{{- toJson $policy -}}
+{{- end -}}
+
+{{/* The job object's labels: the run's, plus Kueue's queue label. JSON. */}}
+{{- define "clsact.jobLabels" -}}
+{{- $labels := include "clsact.runLabels" . | fromJson -}}
+{{- with .Values.queueName }}{{ $_ := set $labels "kueue.x-k8s.io/queue-name" . }}{{ end -}}
+{{- toJson $labels -}}
 {{- end -}}
 
 {{- define "clsact.image" -}}
@@ -296,7 +330,7 @@ values (tests/test_chart.py compares them).
      launch key that is set, the namespace the release's. JSON. */}}
 {{- define "clsact.launchValues" -}}
 {{- $out := dict "namespace" .Release.Namespace "name" (.Values.name | default .Release.Name) -}}
-{{- range $key := list "operator" "image" "imagePullPolicy" "workers" "gpusPerWorker" "gpuResource" "saveDir" "s3Endpoint" "resources" "shmSize" "nodeSelector" "tolerations" "affinity" "gpuCompute" "gpuProducts" "imagePullSecrets" "serviceAccountName" "priorityClassName" "env" "labels" "annotations" "volumes" "volumeMounts" "cleanPodPolicy" "ttlSecondsAfterFinished" "activeDeadlineSeconds" "backoffLimit" "clsactBin" "python" "allow" -}}
+{{- range $key := list "operator" "image" "imagePullPolicy" "workers" "gpusPerWorker" "gpuResource" "saveDir" "s3Endpoint" "resources" "shmSize" "nodeSelector" "tolerations" "affinity" "gpuCompute" "gpuProducts" "imagePullSecrets" "serviceAccountName" "priorityClassName" "queueName" "gangScheduling" "gangQueue" "env" "labels" "annotations" "volumes" "volumeMounts" "cleanPodPolicy" "ttlSecondsAfterFinished" "activeDeadlineSeconds" "backoffLimit" "clsactBin" "python" "allow" -}}
 {{- $value := get $.Values $key -}}
 {{- if or $value (kindIs "float64" $value) (kindIs "int64" $value) (kindIs "int" $value) (kindIs "bool" $value) -}}
 {{- $_ := set $out $key $value -}}

@@ -1,4 +1,4 @@
-{{/* The worker pod template of both operators (clsact/launch/templates/_pod.yaml.j2): the training container
+{{/* The worker pod template of every operator (clsact/launch/templates/_pod.yaml.j2): the training container
      comes first (paddle-operator injects its env into containers[0]). Takes
      (dict "root" $ "container" NAME). */}}
 {{- define "clsact.podTemplate" -}}
@@ -6,8 +6,18 @@
 {{- $name := include "clsact.jobName" .root -}}
 metadata:
   labels: {{ include "clsact.runLabels" .root }}
-  annotations: {{ $v.annotations | default dict | toJson }}
+  {{- $annotations := $v.annotations | default dict }}
+  {{- if and $v.gangScheduling (eq $v.operator "jobset") }}
+  {{- $annotations = merge (dict "scheduling.k8s.io/group-name" $name) $annotations }}
+  {{- end }}
+  annotations: {{ $annotations | toJson }}
 spec:
+  {{- if eq $v.operator "jobset" }}
+  restartPolicy: Never
+  {{- end }}
+  {{- if $v.gangScheduling }}
+  schedulerName: volcano
+  {{- end }}
   {{- with $v.serviceAccountName }}
   serviceAccountName: {{ . | toJson }}
   {{- end }}
@@ -41,8 +51,11 @@ spec:
     {{- if $v.s3Secret }}
     {{- $env = append $env (dict "name" "CLSACT_S3_CREDENTIALS_DIR" "value" "/var/run/secrets/clsact/s3") }}
     {{- end }}
+    {{- if eq $v.operator "jobset" }}
+    {{- $env = concat $env (list (dict "name" "CLSACT_MASTER_HOST" "value" (printf "%s-worker-0-0.%s" $name $name)) (dict "name" "CLSACT_MASTER_PORT" "value" "37777")) }}
+    {{- end }}
     env: {{ concat $env (include "clsact.userEnv" .root | fromJsonArray) | toJson }}
-    {{- if eq $v.operator "kubeflow" }}
+    {{- if or (eq $v.operator "kubeflow") (eq $v.operator "jobset") }}
     ports: [{"name": "master", "containerPort": 37777}]
     {{- end }}
     resources: {{ include "clsact.resources" .root }}
@@ -83,7 +96,14 @@ spec:
 {{/* clsact.launch.render.container_command. JSON array. */}}
 {{- define "clsact.command" -}}
 {{- $v := .Values -}}
-{{- $cmd := list $v.python "-m" "paddle.distributed.launch" "--log_dir" "/tmp/clsact-launch" "--nproc_per_node" (toString (max (int $v.gpusPerWorker) 1)) $v.clsactBin "compress" "--config" "/etc/clsact/config.yaml" "--save-dir" (include "clsact.saveDir" .) "--run-id" (include "clsact.jobName" .) -}}
+{{- $launcher := list "--log_dir" "/tmp/clsact-launch" "--nproc_per_node" (toString (max (int $v.gpusPerWorker) 1)) -}}
+{{- $job := list $v.clsactBin "compress" "--config" "/etc/clsact/config.yaml" "--save-dir" (include "clsact.saveDir" .) "--run-id" (include "clsact.jobName" .) -}}
+{{- $cmd := concat (list $v.python "-m" "paddle.distributed.launch") $launcher $job -}}
+{{- if eq $v.operator "jobset" -}}
+{{- /* clsact.launch.render.JOBSET_LAUNCH */ -}}
+{{- $script := "rank=\"${JOB_COMPLETION_INDEX:?not a pod of an Indexed Job (JobSet)}\"; if [ \"$rank\" = 0 ]; then master=127.0.0.1; else master=\"$CLSACT_MASTER_HOST\"; fi; exec \"$0\" -m paddle.distributed.launch --master \"$master:$CLSACT_MASTER_PORT\" --rank \"$rank\" \"$@\"" -}}
+{{- $cmd = concat (list "/bin/sh" "-c" $script $v.python "--nnodes" (toString (int $v.workers))) $launcher $job -}}
+{{- end -}}
 {{- if and $v.existingConfigMap $v.s3Endpoint -}}
 {{- $cmd = concat $cmd (list "--s3-endpoint" $v.s3Endpoint) -}}
 {{- end -}}
