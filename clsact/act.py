@@ -370,10 +370,11 @@ def _guard_finish(run: RunState, sync: _RankSync, average: bool = False) -> None
 
 def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSync,
                      checkpointer: checkpoint.Checkpointer, save, checkpoint_on: bool,
-                     freeze_at: int | None = None):
+                     freeze_at: int | None = None, on_step=None):
     """ACT's training data: one call is one epoch of this rank's batches. From step
     ``freeze_at`` on (of the whole run, so a resumed run freezes again) the student's
-    batch-norm statistics are frozen."""
+    batch-norm statistics are frozen. ``on_step(step, top1, checkpoint_at)`` hears of every
+    step (the last evaluation's top-1, when the last checkpoint was written)."""
     last: dict[str, np.ndarray] = {}
     side = train_loader.spec.img_size
     group = sync.group
@@ -421,6 +422,9 @@ def _train_generator(train_loader, input_name: str, run: RunState, sync: _RankSy
                 started = time.perf_counter()
                 save()
                 run.eval_seconds += time.perf_counter() - started
+            if on_step is not None:
+                on_step(run.step, run.history[-1]["top1"] if run.history else None,
+                        checkpointer.last_at)
             images, weight = batch.images, len(batch.labels)
             if weight == 0:
                 run.stand_ins += 1
@@ -500,7 +504,7 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
             checkpointer: checkpoint.Checkpointer | None = None,
             fingerprint: dict[str, Any] | None = None, mode: str = "state",
             checkpoint_on: bool = False, stage: int = 0,
-            stages_done: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            stages_done: list[dict[str, Any]] | None = None, on_step=None) -> dict[str, Any]:
     """Run paddleslim ACT on the (already copied and fixed) model; returns its bookkeeping.
 
     The compressed model lands in ``act_dir`` (on rank 0: ACT saves there only). ACT's
@@ -510,6 +514,7 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
     run checkpoints (the ranks then agree on the points between evaluations). ``mode`` is how
     the ranks synchronise (:func:`clsact.distributed.sync_mode`). ``stage`` and
     ``stages_done`` place this ACT run in a chain of stages (saved with each checkpoint).
+    ``on_step`` hears of every training step (see :func:`_train_generator`).
 
     Raises:
         ClsactError: the ranks or the checkpoint do not match the training program.
@@ -572,7 +577,7 @@ def run_act(cfg: Config, model_dir: Path, act_dir: Path, train_loader, select_lo
         model_dir=str(model_dir), model_filename=g.model_filename,
         params_filename=g.params_filename, save_dir=str(act_dir), config=act_config,
         train_dataloader=_train_generator(train_loader, input_name, run, sync, checkpointer,
-                                          save, checkpoint_on, g.freeze_bn_after),
+                                          save, checkpoint_on, g.freeze_bn_after, on_step),
         eval_dataloader=lambda: ({input_name: b.images} for b in select_loader.epoch(0)),
         eval_callback=_eval_callback(group, sync, run, select_loader, input_name,
                                      baseline_top1, save),

@@ -36,6 +36,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,7 @@ class Checkpointer:
         self.last_step = 0
         self.last_time = clock()
         self.written = 0
+        self.last_at: str | None = None   # when the last checkpoint was written (UTC, ISO)
         self.failed = 0
         self.skipped = 0
         self.lost = False  # another run took the save dir over: stop checkpointing
@@ -357,6 +359,7 @@ class Checkpointer:
         try:
             save(self.store, ckpt)
             self.written += 1
+            self.last_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint must not end the run
             self.failed += 1
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

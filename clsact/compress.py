@@ -44,6 +44,7 @@ from clsact.distributed import GRADIENTS, Group, aggregate_eval, sync_mode
 from clsact.errors import ConfigError, DataError, DeviceError, ModelError, StorageError
 from clsact.modelio import copy_model, model_paths
 from clsact.process import rank_info, select_device
+from clsact.progress import FAILED, PUBLISHED, Progress
 from clsact.registry.runs import blessed_here
 from clsact.runconfig import Global
 from clsact.storage import S3Settings, publish
@@ -89,6 +90,7 @@ class RunContext:
     fingerprint: dict[str, Any]     # the settings a checkpoint must match
     resume: checkpoint.Checkpoint | None
     checkpointer: checkpoint.Checkpointer
+    progress: Progress              # rank 0 writes <save-dir>/_progress.json
 
 
 def versions() -> dict[str, str]:
@@ -239,6 +241,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
     group.scratch.append(work)
     claimed: list[str] = []
     checkpointer: checkpoint.Checkpointer | None = None
+    progress = Progress(None, run_id)
     try:
         src_model, teachers = fetch_model(cfg, work, s3)
         group.start(static_gloo=group.active and mode == GRADIENTS and device == "cpu")
@@ -256,11 +259,14 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
         checkpointer = checkpoint.Checkpointer(
             dest if g.checkpoint and group.rank == 0 else None,
             g.checkpoint_every_steps, g.checkpoint_every_minutes)
+        progress = Progress(dest if group.rank == 0 else None, run_id)
+        progress.phase("preparing")
         run = RunContext(cfg=cfg, s3=s3, group=group, run_id=run_id, device=device, mode=mode,
                          work=work, staging=work / "publish", timer=timer, src_model=src_model,
                          teachers=teachers, train=train_samples, val=val_samples,
                          selection=select_samples, selection_info=select_info,
-                         fingerprint=fingerprint, resume=resume, checkpointer=checkpointer)
+                         fingerprint=fingerprint, resume=resume, checkpointer=checkpointer,
+                         progress=progress)
         run.staging.mkdir()
         with logs.log_file(run.staging / "clsact.log"):
             log.info("clsact %s: run %s, rank %d of %d, config %s, save dir %s", __version__,
@@ -284,6 +290,7 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             (run.staging / "clsact.log").read_text(encoding="utf-8"), "collecting the rank logs")
 
         def publish_run() -> None:
+            progress.phase("publishing")
             if g.report:
                 _deploy_report(run, metrics)
             for rank, text in enumerate(rank_logs[1:], start=1):
@@ -293,16 +300,22 @@ def compress(cfg: Config, save_dir: str | None = None, overwrite: bool = False,
             (run.staging / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
             publish.publish(run.staging, dest, run_id, overwrite=overwrite)
             checkpoint.clear(dest)
+            progress.phase(PUBLISHED, top1=metrics["compressed"]["top1"])
 
         group.on_rank0(publish_run, "publishing",
                        f"rank 0 could not publish to {dest.describe()}; see its log",
                        timeout=g.collective_timeout + (g.report_timeout if g.report
                                                           else 0))
         return metrics
-    except BaseException:
+    except BaseException as exc:
         # a run that failed before leaving anything to resume gives its save dir back
         if claimed == ["new"] and (checkpointer is None or not checkpointer.written):
+            progress.discard()
             publish.release_claim(dest, run_id)
+        elif claimed:   # a restart resumes it: say why it stopped
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() \
+                else type(exc).__name__
+            progress.phase(FAILED, error=first[:300])
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -557,6 +570,7 @@ def _run(run: RunContext) -> dict[str, Any]:
     prune_overrides.update(_gmp_overrides(cfg, stages, planned, resume))
     try:
         val_loader.record_digests = {}  # the validation set's fingerprint, for the gate
+        run.progress.phase("baseline evaluation")
         baseline = _evaluate(group, src_model, val_loader, g, info.input_name,
                              "the baseline evaluation")
         val_set = val_fingerprint(val_samples, group.gather_object(
@@ -599,12 +613,17 @@ def _run(run: RunContext) -> dict[str, Any]:
             act_dir = work / f"act-{i}"
             run.checkpointer.new_stage()
             in_stage = resume if resume is not None and i == first and resume.steps else None
+            run.progress.stage(i, len(stages), stages[i].name, planned[i],
+                               in_stage.steps if in_stage else 0)
             act_info = run_act(stage_cfgs[i], student, act_dir, train_loader, select_loader,
                                info.input_name, group, overrides, run_id=run.run_id,
                                baseline_top1=select_top1, resume=in_stage,
                                checkpointer=run.checkpointer, fingerprint=run.fingerprint,
                                mode=run.mode, checkpoint_on=bool(g.checkpoint), stage=i,
-                               stages_done=kept)
+                               stages_done=kept, on_step=run.progress.step)
+            run.progress.step((in_stage.steps if in_stage else 0) + act_info["train_steps"],
+                              (act_info["evaluations"] or [None])[-1],
+                              run.checkpointer.last_at)
             out_model = staging / MODEL_SUBDIR if group.rank == 0 and last \
                 else work / f"stage-{i}-model"
             if group.rank == 0:
@@ -622,6 +641,7 @@ def _run(run: RunContext) -> dict[str, Any]:
             kept.append(_keep_stage(run, i, out_model, record, kept))
             stage_model = out_model
         t = timer.phase("compress", t)
+        run.progress.phase("final evaluation")
         compressed = _evaluate(group, out_model, val_loader, g, info.input_name,
                                "the final evaluation")
         compressed["quant_ops"] = count_ops(out_model / g.model_filename)

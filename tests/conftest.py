@@ -230,6 +230,28 @@ def kube(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cluster(tmp_path_factory, cpu_image):
+    """A real single-node cluster (tests/kubecluster.py: API server, controller-manager,
+    scheduler, kubelet on this machine's dockerd, the played cluster DNS) with the PaddleJob,
+    JobSet and PodGroup CRDs installed, shared by the cluster tests of the session."""
+    from tests import kubecluster, kubeserver
+
+    missing = kubecluster.missing_binaries()
+    if missing:
+        pytest.fail(f"{missing} not built: run `bash tests/infra/kubernetes.sh` (make test does)")
+    c = kubecluster.start(tmp_path_factory.mktemp("cluster"))
+    try:
+        api = c.admin_client()
+        crds, _upstream = kubeserver.crd_files(SHARED / "reference",
+                                               tmp_path_factory.mktemp("cluster-crds"))
+        for path in crds:
+            kubeserver.install_crd(api, path)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
 def admin(kube):
     """An admin API client of the session's API server."""
     return kube.admin_client()

@@ -6,9 +6,11 @@ What acts is real: the CronJob, Job, garbage-collector, service-account and toke
 controllers, the scheduler, the kubelet (pods run as containers of the images we build, with
 their ConfigMap volumes, /dev/shm, env, downward API, service-account token). What is played
 (nothing else runs them): the PaddleJob operators (tests create the pods an operator would),
-and kube-proxy for the one Service pods use, ``kubernetes`` (10.0.0.1:443), by an iptables
+kube-proxy for the one Service pods use, ``kubernetes`` (10.0.0.1:443), by an iptables
 DNAT rule to the API server on the docker bridge (172.17.0.1), which is where the API server
-listens: pods on the default bridge reach it there; nothing listens outside this machine.
+listens: pods on the default bridge reach it there; and the cluster DNS (tests/kubedns.py,
+on the bridge address, answering from the real Services and Endpoints), which the kubelet
+gives the pods (``--cluster-dns``). Nothing listens outside this machine.
 
 See ../shared/notes/TEST-INFRA.md for the recipe (the kubelet patch, the node IP, what the
 kubelet changes on the host and this harness restores).
@@ -99,12 +101,15 @@ class Cluster(KubeServer):
 
     kubelet_root: Path = field(default_factory=Path)
     dnat_port: int = 0
+    dns: object = None
     saved_sysctls: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         """Stop every component, remove the pods' containers, the DNAT rules and the
         kubelet's mounts, and restore the sysctls the kubelet changed."""
         self.stop_processes(timeout=30)
+        if self.dns is not None:
+            self.dns.stop()
         names = dockerhost.docker("ps", "-aq", "--filter", "name=^k8s_").stdout.split()
         if names:
             dockerhost.docker("rm", "-f", *names, timeout=300)
@@ -227,6 +232,9 @@ def start(workdir: Path) -> Cluster:
             "--authentication-kubeconfig", ks, "--authorization-kubeconfig", ks,
             "--leader-elect=false", "--bind-address=127.0.0.1", "--port=0",
             "--secure-port=0", "--logtostderr", "--v", "1"], workdir / "scheduler.log"))
+        from tests.kubedns import ClusterDNS
+
+        cluster.dns = ClusterDNS(cluster.admin_client(), BRIDGE_IP)
         cluster.saved_sysctls = {key: Path("/proc/sys", key).read_text()
                                  for key in SYSCTLS if Path("/proc/sys", key).exists()}
         root = cluster.kubelet_root
@@ -238,7 +246,9 @@ def start(workdir: Path) -> Cluster:
             "--fail-swap-on=false", "--oom-score-adj=0", "--root-dir", str(root),
             "--cert-dir", str(workdir / "kubelet-pki"), "--client-ca-file", str(pki / "ca.crt"),
             "--anonymous-auth=false", "--authorization-mode=Webhook",
-            "--resolv-conf=/etc/resolv.conf", f"--node-ip={BRIDGE_IP}", f"--address={BRIDGE_IP}",
+            "--resolv-conf=/etc/resolv.conf", f"--node-ip={BRIDGE_IP}",
+            f"--cluster-dns={BRIDGE_IP}", "--cluster-domain=cluster.local",
+            f"--address={BRIDGE_IP}",
             f"--hostname-override={NODE}", "--read-only-port=0",
             "--healthz-bind-address=127.0.0.1", "--healthz-port=0",
             # a test node shares this machine's disk: no image garbage collection (it deleted

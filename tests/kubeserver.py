@@ -50,13 +50,21 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str,
     return path
 
 
-def strip_validations(schema: Any) -> Any:
-    """Remove ``x-kubernetes-validations`` (CEL rules, unknown to a 1.20 server)."""
+def strip_validations(schema: Any, empty_defaults: bool = False) -> Any:
+    """Remove ``x-kubernetes-validations`` (CEL rules, unknown to a 1.20 server) and, with
+    ``empty_defaults``, ``default: ""`` and the list-map markings that require it (JobSet's
+    CRD has it on the pod template's object names, which a 1.20 server refuses there as null;
+    Kubeflow's CRD is accepted with them)."""
+    drop = {"x-kubernetes-validations"} | ({"x-kubernetes-list-map-keys"} if empty_defaults
+                                           else set())
     if isinstance(schema, dict):
-        return {k: strip_validations(v) for k, v in schema.items()
-                if k != "x-kubernetes-validations"}
+        out = {k: strip_validations(v, empty_defaults) for k, v in schema.items()
+               if k not in drop and not (empty_defaults and k == "default" and v == "")}
+        if empty_defaults and out.get("x-kubernetes-list-type") == "map":
+            out["x-kubernetes-list-type"] = "atomic"
+        return out
     if isinstance(schema, list):
-        return [strip_validations(v) for v in schema]
+        return [strip_validations(v, empty_defaults) for v in schema]
     return schema
 
 
@@ -206,17 +214,19 @@ def minimal_crd(operator) -> dict:
 
 
 def crd_files(reference: Path, folder: Path) -> tuple[list[Path], bool]:
-    """The PaddleJob CRD files to install (paddle-operator's, then Kubeflow's): the upstream
-    ones under ``reference`` when present, else :func:`minimal_crd` ones written to
-    ``folder``; and whether they are the upstream ones."""
-    from clsact.launch.operators import KUBEFLOW, PADDLE
+    """The CRD files to install (paddle-operator's PaddleJob, Kubeflow's, JobSet, Volcano's
+    PodGroup): the upstream ones under ``reference`` when present, else :func:`minimal_crd`
+    ones written to ``folder``; and whether they are the upstream ones."""
+    from clsact.launch.operators import JOBSET, KUBEFLOW, PADDLE, PODGROUP
 
     upstream = [reference / "paddle-operator" / "crd-paddlejobs.batch.paddlepaddle.org.yaml",
-                reference / "kubeflow" / "crd-paddlejobs.kubeflow.org-v1.9.4.yaml"]
+                reference / "kubeflow" / "crd-paddlejobs.kubeflow.org-v1.9.4.yaml",
+                reference / "jobset" / "crd-jobsets.jobset.x-k8s.io-v0.12.0.yaml",
+                reference / "volcano" / "crd-podgroups.scheduling.volcano.sh.yaml"]
     if all(p.is_file() for p in upstream):
         return upstream, True
     files = []
-    for op in (PADDLE, KUBEFLOW):
+    for op in (PADDLE, KUBEFLOW, JOBSET, PODGROUP):
         path = folder / f"{op.crd_name}.yaml"
         path.write_text(yaml.safe_dump(minimal_crd(op)))
         files.append(path)
@@ -229,10 +239,19 @@ def install_crd(api_client, path: Path) -> str:
 
     crd = next(d for d in yaml.safe_load_all(path.read_text())
                if d and d.get("kind") == "CustomResourceDefinition")
-    crd = strip_validations(copy.deepcopy(crd))
+    raw = crd
+    crd = strip_validations(copy.deepcopy(raw))
     crd["metadata"] = {"name": crd["metadata"]["name"]}
     ext = client.ApiextensionsV1Api(api_client)
-    ext.create_custom_resource_definition(crd)
+    try:
+        ext.create_custom_resource_definition(crd)
+    except client.ApiException as exc:
+        body = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
+        if exc.status != 422 or "default: Invalid value" not in body or "null" not in body:
+            raise
+        crd = strip_validations(copy.deepcopy(raw), empty_defaults=True)
+        crd["metadata"] = {"name": crd["metadata"]["name"]}
+        ext.create_custom_resource_definition(crd)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         got = ext.read_custom_resource_definition(crd["metadata"]["name"])

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("clsact.launch",),                            # Kubernetes: render, submit, follow
     ("clsact.compress",),                          # the job
     ("clsact.act", "clsact.guard", "clsact.optim", "clsact.distributed",
-     "clsact.checkpoint", "clsact.evaluate"),      # training under ACT, across ranks
+     "clsact.checkpoint", "clsact.evaluate", "clsact.progress"),  # training, across ranks
     ("clsact.deploy", "clsact.registry"),          # the served model; published runs
     ("clsact.data",),                              # list files, shards, the loader
     ("clsact.compat", "clsact.modelio", "clsact.process", "clsact.doctor",

@@ -20,8 +20,8 @@ import yaml
 from kubernetes import client
 
 from clsact.launch import nightly
-from tests import kubecluster, kubeserver
-from tests.conftest import REPO, SHARED, run_cli
+from tests import kubecluster
+from tests.conftest import REPO, run_cli
 
 helm_python = pytest.importorskip("helm_python")
 
@@ -32,23 +32,6 @@ VALID_CONFIG = {"Global": {"model_dir": "s3://models/fp32", "data_dir": "s3://da
                 "Distillation": {"alpha": 1.0, "loss": "soft_label"},
                 "QuantAware": {"onnx_format": True, "weight_bits": 8, "activation_bits": 8},
                 "TrainConfig": {"train_iter": 4, "eval_iter": 2, "learning_rate": 1e-4}}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, cpu_image):
-    missing = kubecluster.missing_binaries()
-    if missing:
-        pytest.fail(f"{missing} not built: run `bash tests/infra/kubernetes.sh` (make test does)")
-    c = kubecluster.start(tmp_path_factory.mktemp("cluster"))
-    try:
-        api = c.admin_client()
-        crds, _upstream = kubeserver.crd_files(SHARED / "reference",
-                                               tmp_path_factory.mktemp("crds"))
-        for path in crds:
-            kubeserver.install_crd(api, path)
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture

@@ -51,9 +51,12 @@ def test_compress_then_eval(tmp_path, mbv3_model, small_digits_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compressed top1" in proc.stdout
 
-    assert sorted(p.name for p in out.iterdir()) == ["_CLAIM", "_SUCCESS", "clsact.log",
-                                                     "config.yaml", "manifest.json",
-                                                     "metrics.json", "model"]
+    assert sorted(p.name for p in out.iterdir()) == ["_CLAIM", "_SUCCESS", "_progress.json",
+                                                     "clsact.log", "config.yaml",
+                                                     "manifest.json", "metrics.json", "model"]
+    progress = json.loads((out / "_progress.json").read_text())
+    assert progress["phase"] == "published" and progress["stage"]["count"] == 1
+    assert progress["step"] == progress["steps"] == 3, "the last step the run reported"
     verified = run_cli("verify", str(out))
     assert verified.returncode == 0 and "5 files" in verified.stdout
     assert sha(mbv3_model / "inference.pdmodel") == before, "the input model must stay as it was"
@@ -137,8 +140,8 @@ def test_compress_s3_to_s3(tmp_path, s3_server, bucket, clas_model, small_digits
     assert f"results in {save} (run nightly-1)" in proc.stdout
     keys = list_keys(client, bucket, "runs/nightly-1/")
     assert [k.split("nightly-1/")[1] for k in keys] == [
-        "_CLAIM", "_SUCCESS", "clsact.log", "config.yaml", "manifest.json", "metrics.json",
-        "model/inference.pdiparams", "model/inference.pdmodel"]
+        "_CLAIM", "_SUCCESS", "_progress.json", "clsact.log", "config.yaml", "manifest.json",
+        "metrics.json", "model/inference.pdiparams", "model/inference.pdmodel"]
     manifest = json.loads(client.get_object(Bucket=bucket, Key="runs/nightly-1/manifest.json")
                           ["Body"].read())
     assert manifest["run_id"] == "nightly-1" and len(manifest["files"]) == 5

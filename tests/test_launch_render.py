@@ -73,7 +73,7 @@ def pod_spec(rendered: render.Rendered) -> dict:
     ({"namespace": "ML_Team"}, "namespace 'ML_Team' is not a valid Kubernetes name"),
     ({"nodeselector": {"a": "b"}},
      "unknown key values.nodeselector (did you mean 'nodeSelector'?)"),
-    ({"operator": "volcano"}, "choose one of paddle, kubeflow"),
+    ({"operator": "volcano"}, "choose one of paddle, kubeflow, jobset"),
     ({"env": {"AWS_SECRET_ACCESS_KEY": "hunter2"}},
      "env AWS_SECRET_ACCESS_KEY looks like a secret"),
     ({"env": [{"name": "DB_PASSWORD", "value": "x"}]}, "looks like a secret"),
@@ -83,6 +83,11 @@ def pod_spec(rendered: render.Rendered) -> dict:
     ({"workers": "2"}, "values.workers must be int"),
     ({"labels": {"tier": 1}}, "labels must map strings to strings"),
     ({"resources": {"limit": {}}}, "resources takes requests and limits"),
+    ({"queueName": "team-a"}, "Kueue cannot hold a paddle-operator PaddleJob"),
+    ({"gangQueue": "gpu"}, "set gangScheduling: true too"),
+    ({"operator": "jobset", "queueName": "q", "gangScheduling": True}, "pick one"),
+    ({"operator": "jobset", "cleanPodPolicy": "Running"}, "a JobSet has none"),
+    ({"operator": "jobset", "queueName": "Team A"}, "queueName 'Team A' is not a valid"),
 ])
 def test_bad_values_are_named(flags, message):
     with pytest.raises(ConfigError) as err:
@@ -247,6 +252,85 @@ def test_no_secret_value_is_ever_rendered(monkeypatch):
     assert "AWS_SECRET_ACCESS_KEY" not in out and "secretName: clsact-s3" in out
 
 
+def test_a_jobset_gives_the_launcher_master_rank_and_nodes():
+    """No operator injects peers into a JobSet's pods: the command does, from the Indexed
+    Job's completion index and rank 0's stable name through the JobSet's headless Service;
+    run by sh as the pod would (rank 0 serves the rendezvous on 127.0.0.1)."""
+    import subprocess
+
+    r = make({"operator": "jobset", "workers": 3, "gpusPerWorker": 2,
+              "saveDir": "s3://out-bucket/run"})
+    c, spec = container(r), r.job["spec"]
+    job = spec["replicatedJobs"][0]["template"]["spec"]
+    assert (job["completions"], job["parallelism"], job["completionMode"],
+            job["backoffLimit"]) == (3, 3, "Indexed", 0)
+    assert spec["network"] == {"enableDNSHostnames": True, "publishNotReadyAddresses": True}
+    assert spec["failurePolicy"] == {"maxRestarts": 3} and "suspend" not in spec
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["CLSACT_MASTER_HOST"] == f"{r.name}-worker-0-0.{r.name}"
+    for index, master in (("0", "127.0.0.1"), ("2", env["CLSACT_MASTER_HOST"])):
+        shown = subprocess.run([*c["command"][:3], "echo", *c["command"][4:]],
+                               env={**env, "JOB_COMPLETION_INDEX": index},
+                               capture_output=True, text=True).stdout.split()
+        assert shown[:6] == ["-m", "paddle.distributed.launch", "--master",
+                             f"{master}:37777", "--rank", index], shown
+        assert shown[6:10] == ["--nnodes", "3", "--log_dir", "/tmp/clsact-launch"]
+        assert shown[-2:] == ["--run-id", r.name]
+    bad = subprocess.run([*c["command"][:3], "echo", *c["command"][4:]], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "not a pod of an Indexed Job" in bad.stderr
+
+
+@pytest.mark.parametrize("operator", ["jobset", "kubeflow"])
+def test_a_queue_name_labels_the_job_and_creates_it_suspended(operator):
+    r = make({"operator": operator, "queueName": "team-a"})
+    assert r.job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    spec = r.job["spec"]
+    assert (spec if operator == "jobset" else spec["runPolicy"])["suspend"] is True
+    pod_labels = validate.pod_templates(r.job)[0][1]["metadata"]["labels"]
+    assert "kueue.x-k8s.io/queue-name" not in pod_labels, "Kueue admits the job, not pods"
+
+
+@pytest.mark.parametrize("operator", ["paddle", "kubeflow", "jobset"])
+def test_gang_scheduling_fills_each_operators_fields(operator):
+    r = make({"operator": operator, "workers": 4, "gangScheduling": True, "gangQueue": "gpu",
+              "priorityClassName": "batch-high"})
+    assert pod_spec(r)["schedulerName"] == "volcano"
+    policy = {"minAvailable": 4, "queue": "gpu", "priorityClass": "batch-high"}
+    if operator == "paddle":
+        assert r.job["spec"]["schedulingPolicy"] == policy
+    elif operator == "kubeflow":
+        assert r.job["spec"]["runPolicy"]["schedulingPolicy"] == policy
+    else:
+        group = r.objects[1]
+        assert group["kind"] == "PodGroup" and group["metadata"]["name"] == r.name
+        assert group["spec"] == {"minMember": 4, "queue": "gpu",
+                                 "priorityClassName": "batch-high"}
+        assert validate.pod_templates(r.job)[0][1]["metadata"]["annotations"][
+            "scheduling.k8s.io/group-name"] == r.name
+    off = make({"operator": operator, "workers": 4})
+    assert "schedulerName" not in pod_spec(off) and len(off.objects) == 2
+
+
+def test_job_state_reads_each_kind_and_a_suspended_job_is_queued():
+    from clsact.launch.operators import JOBSET, KUBEFLOW, job_state
+
+    js = {"spec": {"suspend": True}, "status": {}}
+    assert job_state(JOBSET, js).queued and job_state(JOBSET, js).outcome is None
+    js = {"spec": {}, "status": {"replicatedJobsStatus": [{"active": 2}]}}
+    assert job_state(JOBSET, js).phase == "Running"
+    js = {"spec": {"suspend": True}, "status": {"terminalState": "Failed"}}
+    assert job_state(JOBSET, js).outcome == "failed", "finished wins over suspended"
+    js = {"spec": {}, "status": {"conditions": [{"type": "Completed", "status": "True"}]}}
+    assert job_state(JOBSET, js).outcome == "succeeded"
+    kf = {"spec": {"runPolicy": {"suspend": True}}, "status": {"conditions": [
+        {"type": "Created", "status": "True"}]}}
+    assert job_state(KUBEFLOW, kf).queued
+    kf["spec"]["runPolicy"]["suspend"] = False
+    assert job_state(KUBEFLOW, kf).phase == "Created"
+
+
 @pytest.mark.parametrize("override, message", [
     ("Global.model_dir=./models/mbv3", "Global.model_dir is the relative path './models/mbv3'"),
     ("Global.data_dir=/data/imagenet", "which no volume mounts in the pod"),
@@ -350,6 +434,10 @@ K8S_EXAMPLES = {
     "paddlejob.example.yaml": ("# What `clsact render` prints for configs/mbv3_qat_dis.yaml "
                                "on paddle-operator: read\n# it to see what a submit "
                                "creates.\n", lambda: make(MINIMAL).objects),
+    "jobset.example.yaml": ("# What `clsact render --operator jobset --workers 2` prints for "
+                            "configs/mbv3_qat_dis.yaml:\n# a JobSet (kubernetes-sigs/jobset) "
+                            "of two indexed pods.\n",
+                            lambda: make({**MINIMAL, "operator": "jobset", "workers": 2}).objects),
 }
 
 

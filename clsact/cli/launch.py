@@ -402,8 +402,10 @@ def _write_history_plot(prefix: str, s3) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """``clsact status``: the job's phase and its pods."""
+    """``clsact status``: the job's phase (queued and for how long), its pods and why they
+    wait, and the run's progress from its save dir."""
     from clsact.launch import jobs
+    from clsact.launch import status as st
     from clsact.launch.operators import job_state
 
     op = OPERATORS[args.operator]
@@ -412,14 +414,55 @@ def cmd_status(args: argparse.Namespace) -> int:
     name = obj["metadata"]["name"]
     state = job_state(op, obj)
     print(f"{op.kind} {args.namespace}/{name} ({op.api_version})")
-    print(f"  phase:    {state.phase}{' (' + state.message + ')' if state.message else ''}")
+    since = st.queued_since(op, obj)
+    if state.queued and since is not None:
+        waited = (datetime.now(timezone.utc) - since).total_seconds()
+        labels = obj["metadata"].get("labels") or {}
+        queue = labels.get("kueue.x-k8s.io/queue-name")
+        print(f"  phase:    Queued for {_duration(waited)} (suspended until "
+              f"{'Kueue admits it from queue ' + queue if queue else 'it is resumed'}; "
+              "queued time is not the run's)")
+    else:
+        print(f"  phase:    {state.phase}{' (' + state.message + ')' if state.message else ''}")
     print(f"  created:  {obj['metadata'].get('creationTimestamp')}")
     print(f"  spec:     {(obj['metadata'].get('annotations') or {}).get('clsact.io/spec-hash')}")
     pods = jobs.job_pods(cluster, args.namespace, name)
     print(f"  pods:     {len(pods)}")
     for pod in pods:
-        print(f"    {pod.metadata.name}  {pod.status.phase if pod.status else '?'}")
+        reason = st.pod_reason(pod, st.pod_events(cluster, args.namespace, pod.metadata.name)
+                               if pod.status and pod.status.phase == "Pending" else [])
+        print(f"    {pod.metadata.name}  {pod.status.phase if pod.status else '?'}"
+              f"{'  ' + reason if reason else ''}")
+    _print_progress(cluster, args.namespace, name, obj)
     return exitcodes.JOB_FAILED if state.outcome == "failed" else 0
+
+
+def _print_progress(cluster, namespace: str, name: str, obj: dict[str, Any]) -> None:
+    """The run's progress from ``<save dir>/_progress.json`` (a failure to read is a note)."""
+    from clsact import progress
+    from clsact.errors import ClsactError
+    from clsact.launch import status as st
+
+    save_dir = st.save_dir_of(obj)
+    if not save_dir:
+        return
+    try:
+        record = st.read_progress(save_dir, st.s3_endpoint_of(cluster, namespace, name))
+    except ClsactError as exc:
+        print(f"  progress: cannot read {save_dir}: {exc}")
+        return
+    if record is None:
+        print(f"  progress: none yet in {save_dir} (the run writes it once it starts)")
+        return
+    print(f"  progress: {save_dir}")
+    for line in progress.describe(record):
+        print(f"    {line}")
+
+
+def _duration(seconds: float) -> str:
+    from clsact.progress import duration
+
+    return duration(seconds)
 
 
 def _age(created: str | None) -> str:

@@ -23,15 +23,16 @@ DEMO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "clsact-demo", "AWS_SECRET_ACCESS_KEY":
 
 
 class LocalS3Server:
-    """A moto S3 server on 127.0.0.1 (a free port) in a child process.
+    """A moto S3 server on 127.0.0.1 (or ``host``; a free port) in a child process.
 
     ``auth_after``: when set, the server enforces IAM authentication after that many
     unauthenticated requests (enough to create users and policies), so tests can see real
     403 / InvalidAccessKeyId answers.
     """
 
-    def __init__(self, auth_after: int | None = None) -> None:
+    def __init__(self, auth_after: int | None = None, host: str = "127.0.0.1") -> None:
         self.auth_after = auth_after
+        self.host = host
         self.endpoint = ""
         self._proc: subprocess.Popen | None = None
 
@@ -44,8 +45,9 @@ class LocalS3Server:
         env = {**os.environ, **DEMO_CREDENTIALS}
         if self.auth_after is not None:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.auth_after)
-        self._proc = subprocess.Popen([sys.executable, "-m", "clsact.demo.s3server"], env=env,
-                                      stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        self._proc = subprocess.Popen([sys.executable, "-m", "clsact.demo.s3server", self.host],
+                                      env=env, stdout=subprocess.PIPE, stdin=subprocess.PIPE,
+                                      text=True)
         line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
         if not line.startswith("http://"):
             self.stop()
@@ -89,11 +91,13 @@ class LocalS3Server:
 
 
 def main() -> None:
-    """Child process: serve on a free loopback port, print the URL, run until stdin closes."""
+    """Child process: serve on a free port of the address in argv (default loopback), print
+    the URL, run until stdin closes."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     print(f"http://{host}:{port}", flush=True)

@@ -162,24 +162,26 @@ def _create_companion(cluster: Cluster, ns: str, obj: dict[str, Any]) -> None:
         ClusterError: the request failed.
     """
     name, kind = obj["metadata"]["name"], obj["kind"]
-    if kind == "ConfigMap":
-        create, replace = (lambda: cluster.core.create_namespaced_config_map(ns, obj),
-                           lambda: cluster.core.replace_namespaced_config_map(name, ns, obj))
-    else:
-        k = PODGROUP
-
-        def create() -> Any:
-            return cluster.custom.create_namespaced_custom_object(k.group, k.version, ns,
-                                                                  k.plural, obj)
-
-        def replace() -> Any:
-            cluster.custom.delete_namespaced_custom_object(k.group, k.version, ns, k.plural,
-                                                           name)
-            return create()
+    k = PODGROUP
     try:
-        api_call(cluster, f"creating {kind} {ns}/{name}", create)
+        if kind == "ConfigMap":
+            api_call(cluster, f"creating ConfigMap {ns}/{name}",
+                     cluster.core.create_namespaced_config_map, ns, obj)
+        else:
+            api_call(cluster, f"creating {kind} {ns}/{name}",
+                     cluster.custom.create_namespaced_custom_object, k.group, k.version, ns,
+                     k.plural, obj)
     except Conflict:
-        api_call(cluster, f"replacing {kind} {ns}/{name}", replace)
+        if kind == "ConfigMap":
+            api_call(cluster, f"replacing ConfigMap {ns}/{name}",
+                     cluster.core.replace_namespaced_config_map, name, ns, obj)
+            return
+        api_call(cluster, f"replacing {kind} {ns}/{name}",
+                 cluster.custom.delete_namespaced_custom_object, k.group, k.version, ns,
+                 k.plural, name)
+        api_call(cluster, f"creating {kind} {ns}/{name}",
+                 cluster.custom.create_namespaced_custom_object, k.group, k.version, ns,
+                 k.plural, obj)
 
 
 def _create_companions(cluster: Cluster, rendered: Rendered, owner: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@
   ``kubernetes-validate`` (strict: unknown fields are errors).
 * The worker pod template of a PaddleJob or JobSet the same way (as a ``v1`` PodTemplate), so
   a typo in ``tolerations`` or ``resources`` is caught offline whatever the operator.
-* A PaddleJob (JobSet, PodGroup) against its CRD's ``openAPIV3Schema`` (``--crd FILE``, e.g. the output of
+* A PaddleJob (JobSet, PodGroup) against its CRD's ``openAPIV3Schema`` (``--crd FILE``, e.g.
   ``kubectl get crd paddlejobs.batch.paddlepaddle.org -o yaml``), with unknown fields refused
   as a strict API server would; ``clsact submit`` also asks the server (dry run).
 """
