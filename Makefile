@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml docker/constraints.txt docker/install.sh | sha256sum | cut -c1-12)
 
-.PHONY: help venv kube demo test test-image-cpu test-image-gpu lint bench study submit image image-cpu push lock clean
+.PHONY: help venv kube demo test test-image-cpu test-image-gpu lint bench study submit image image-cpu push chart-push lock clean
 
 # make submit: each variable maps to a `clsact submit` flag; empty ones fall back to the
 # values file (VALUES) and clsact's defaults. ARGS takes any other flag.
@@ -56,6 +56,9 @@ VARIANTS ?= gpu cpu
 push: ## build (cached) and push the images: make push REGISTRY=registry.example.com/team [VARIANTS=cpu]
 	@test -n "$(REGISTRY)" || { echo "make push: set REGISTRY=host[/path] (the images are tagged with it)" >&2; exit 2; }
 	@for variant in $(VARIANTS); do name=$$(bash docker/build.sh $$variant) && /usr/bin/docker push "$$name" >&2 && echo "pushed $$name" || exit 1; done
+
+chart-push: $(STAMP) ## package the Helm chart and push it as an OCI artifact: make chart-push REGISTRY=registry.example.com/team
+	@$(PY) charts/push.py "$(REGISTRY)"
 
 lock: ## re-resolve docker/constraints.txt (every pinned version the venv and images install)
 	@bash docker/lock.sh

@@ -47,11 +47,13 @@ def mbv3_config(data: str = "s3://datasets/ilsvrc2012") -> dict:
 RELEASE = "mbv3"
 
 
-def helm_render(vals: dict, release: str = RELEASE) -> list[dict]:
-    """Objects the chart renders for ``vals`` (in template order)."""
+def helm_render(vals: dict, release: str = RELEASE, hooks: bool = False) -> list[dict]:
+    """Objects the chart renders for ``vals`` (in template order); with ``hooks``, only the
+    `helm test` hooks (templates/tests/), else everything but them."""
     out = helm_python.Chart.load(str(CHART)).render(vals, name=release, namespace=NAMESPACE,
                                                     is_install=True)
     return [doc for path in sorted(out) if path.endswith(".yaml")
+            and ("/templates/tests/" in path) == hooks
             for doc in yaml.safe_load_all(out[path]) if doc]
 
 
@@ -358,6 +360,32 @@ def test_golden_and_valid(name):
                    if not line.startswith("ConfigMap")), checked
 
 
+@pytest.mark.parametrize("vals, objects", [
+    ({"saveDir": "s3://b/p"}, ["ConfigMap/mbv3-{h}-config", "PaddleJob/mbv3-{h}",
+                               "Secret/clsact-s3"]),
+    ({"saveDir": "s3://b/p", "operator": "jobset", "gangScheduling": True, "s3Secret": ""},
+     ["ConfigMap/mbv3-{h}-config", "JobSet/mbv3-{h}", "PodGroup/mbv3-{h}"]),
+    ({"saveDir": "s3://b/p", "mode": "nightly"},
+     ["CronJob/mbv3", "ConfigMap/mbv3-nightly", "ServiceAccount/mbv3-submitter",
+      "Secret/clsact-s3"]),
+])
+def test_the_helm_test_hook_checks_the_releases_objects_and_may_read_only_them(vals, objects):
+    hooks = helm_render({"image": IMAGE, "config": mbv3_config(), **vals}, hooks=True)
+    assert [o["kind"] for o in hooks] == ["ServiceAccount", "Role", "RoleBinding", "Pod"]
+    validate.validate_objects(hooks)
+    assert all(o["metadata"]["annotations"]["helm.sh/hook"] == "test" for o in hooks)
+    job = next(o for o in helm_render({"image": IMAGE, "config": mbv3_config(), **vals})
+               if o["kind"] in ("PaddleJob", "JobSet", "CronJob"))["metadata"]["name"]
+    h = job.rsplit("-", 1)[1] if vals.get("mode") != "nightly" else ""
+    expected = [o.format(h=h) for o in objects]
+    command = hooks[3]["spec"]["containers"][0]["command"]
+    assert command[1] == "check-release" and command[-len(expected):] == expected
+    rules = hooks[1]["rules"]
+    assert all(r["verbs"] == ["get"] and len(r["resourceNames"]) == 1 for r in rules)
+    assert sorted(r["resourceNames"][0] for r in rules) == sorted(
+        o.split("/")[1] for o in expected), "exactly the checked objects, nothing else"
+
+
 def test_a_broken_object_fails_validation():
     """The validity check can fail: a pod field of the wrong type is caught."""
     objects = helm_render({"image": IMAGE, "config": mbv3_config(), "saveDir": "s3://b/p"})
@@ -448,3 +476,46 @@ def test_shipped_chart_readme_lists_every_value():
     missing += [f"nightly.{k}" for k in defaults["nightly"] if f"`nightly.{k}`" not in readme]
     assert not missing, missing
 
+
+
+def test_make_chart_push_to_a_registry(tmp_path):
+    """`make chart-push` packages the chart and pushes it as an OCI artifact: the loopback
+    registry (the one the image tests use) then serves it, and `helm pull` gets back the
+    same chart. Without REGISTRY, or with the registry gone, it stops with one line."""
+    import subprocess
+
+    from tests import dockerhost
+    from tests.kubeserver import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+
+    def make(*args):
+        return subprocess.run(["make", "--no-print-directory", "chart-push", *args], cwd=REPO,
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    refused = make()
+    assert refused.returncode != 0 and "set REGISTRY=" in refused.stderr, refused.stderr
+    (tmp_path / "registry").mkdir()
+    registry = dockerhost.Registry(tmp_path / "registry", free_port())
+    try:
+        pushed = make(f"REGISTRY={registry.address}/ml")
+        assert pushed.returncode == 0, pushed.stderr[-2000:]
+        version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+        line = pushed.stdout.strip().splitlines()[-1]
+        assert line.startswith(f"pushed oci://{registry.address}/ml/clsact:{version}@sha256:")
+        _, tags = registry.get("ml/clsact/tags/list")
+        assert tags["tags"] == [version]
+        helm_python.pull(f"oci://{registry.address}/ml/clsact", version=version,
+                         destination=str(tmp_path), untar=True, untar_dir=str(tmp_path / "x"),
+                         plain_http=True)
+        got = tmp_path / "x" / "clsact"
+        assert yaml.safe_load((got / "Chart.yaml").read_text()) == yaml.safe_load(
+            (CHART / "Chart.yaml").read_text()), "Chart.yaml (as Helm writes it)"
+        for rel in ("values.yaml", "values.schema.json", "templates/paddlejob.yaml",
+                    "templates/tests/release-check.yaml"):
+            assert (got / rel).read_text() == (CHART / rel).read_text(), rel
+    finally:
+        registry.stop()
+    gone = make(f"REGISTRY={registry.address}/ml")
+    errors = [x for x in gone.stderr.splitlines() if x.startswith("chart-push: error:")]
+    assert gone.returncode != 0 and len(errors) == 1, gone.stderr

@@ -11,6 +11,7 @@ would (the kubelet runs it) and writes the PaddleJob's status.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -282,3 +283,28 @@ def test_nightly_mode_on_a_real_cronjob(cluster, ns, cpu_image, capsys):
                  and not submitter_jobs(api, ns, release), 120, 2)
     finally:
         operator.stop.set()
+
+
+def test_helm_test_checks_the_release_and_names_a_missing_secret(cluster, ns, cpu_image):
+    """`helm test` runs the chart's hook: a pod of the image, as an identity that may only
+    read the release's objects, runs `clsact check-release`; it passes on a whole release
+    and fails, naming the Secret and how to create it, once the S3 Secret is gone."""
+    core = client.CoreV1Api(cluster.admin_client())
+    vals = {"mode": "nightly", "image": cpu_image, "imagePullPolicy": "Never",
+            "saveDir": "s3://results/checked", "config": VALID_CONFIG,
+            "nightly": {"suspend": True, "gate": False}}
+    with helm(cluster, ns) as h:
+        h.install(str(CHART), "chk", vals, namespace=ns, timeout=120)
+        result = h.test("chk", timeout=240, logs=True)
+        logs = json.dumps(result)
+        for obj in ("CronJob", "ConfigMap", "ServiceAccount", "Secret"):
+            assert f"ok: {obj} {ns}/" in logs, logs[-2000:]
+        core.delete_namespaced_secret("clsact-s3", ns)
+        with pytest.raises(helm_python.HelmError):
+            h.test("chk", timeout=240, logs=True)
+        log = core.read_namespaced_pod_log("chk-test", ns)   # a failed test pod is kept
+        errors = [line for line in log.splitlines() if line.startswith("clsact: error:")]
+        assert len(errors) == 1 and "Secret 'clsact-s3' (S3 credentials" in errors[0], log
+        assert f"kubectl -n {ns} create secret generic clsact-s3" in errors[0]
+        assert "Traceback" not in log
+        h.uninstall("chk", timeout=120)

@@ -340,6 +340,37 @@ def test_the_shipped_role_is_enough_and_no_more(kube, admin, ns, kubelet, tmp_pa
         assert err.value.status == 403
 
 
+def test_events_need_the_roles_create_verb_and_never_fail_a_submit(kube, admin, ns, tmp_path):
+    """With the Role `clsact rbac` prints, submit records a Submitted Event on the job; with
+    the same Role minus `create` on events, the API server refuses it: one warning, and the
+    job is submitted all the same."""
+    from tests.test_nightly import events_of
+
+    objects = list(yaml.safe_load_all(run_cli("rbac", "--namespace", ns).stdout))
+    apply(admin, objects)
+    role = objects[1]
+    assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]} in role["rules"]
+    for obj in objects:   # the same identity, Role without the events rule
+        obj = {**obj, "metadata": {**obj["metadata"], "name": "no-events"}}
+        if obj["kind"] == "Role":
+            obj["rules"] = [r for r in obj["rules"] if r["resources"] != ["events"]]
+        if obj["kind"] == "RoleBinding":
+            obj["roleRef"] = {**obj["roleRef"], "name": "no-events"}
+            obj["subjects"] = [{**obj["subjects"][0], "name": "no-events"}]
+        apply(admin, [obj])
+    for account, name in (("clsact-submitter", "with"), ("no-events", "without")):
+        token = kubeserver.service_account_token(admin, ns, account)
+        kc = kubeserver.write_kubeconfig(tmp_path / account, kube.url, kube.ca_file, token, ns)
+        proc = cli(kube, "submit", *SPEC, "-n", ns, "--name", name, kubeconfig=kc)
+        assert proc.returncode == 0, proc.stderr
+        said = events_of(admin, ns, job_name(name))
+        if account == "clsact-submitter":
+            assert said["Submitted"].startswith("clsact ") and "warning" not in proc.stderr
+        else:
+            assert said == {} and "warning: events not recorded" in proc.stderr, proc.stderr
+            assert "forbidden" not in proc.stdout
+
+
 def test_a_user_without_the_role_gets_the_refused_verb_named(kube, admin, ns, tmp_path):
     client.CoreV1Api(admin).create_namespaced_service_account(ns, {"metadata": {"name": "nobody"}})
     token = kubeserver.service_account_token(admin, ns, "nobody")

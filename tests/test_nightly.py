@@ -64,6 +64,48 @@ def night_name(release: str, when: datetime) -> str:
     return job_name(f"{release}-{when.strftime('%Y-%m-%d-%H%M')}")
 
 
+def events_of(admin, ns, name: str) -> dict[str, str]:
+    """reason -> message of the Events recorded on the object ``name``."""
+    from kubernetes import client
+
+    items = client.CoreV1Api(admin).list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={name}").items
+    return {e.reason: e.message for e in items}
+
+
+class Pushgateway:
+    """Plays a Prometheus Pushgateway on loopback: keeps what each push sent (the request
+    line and the text exposition format), answers 200."""
+
+    def __init__(self):
+        import http.server
+
+        self.pushes: list[tuple[str, str, str]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_PUT(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.pushes.append((self.command, self.path, body.decode()))
+                self.send_response(200)
+                self.end_headers()
+
+            do_POST = do_PUT
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def samples(self, i: int) -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return {s.name: s.value for f in text_string_to_metric_families(self.pushes[i][2])
+                for s in f.samples}
+
+
 def test_nights_refuse_overlap_and_keep_the_last(kube, admin, ns):
     start = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     t = [start + timedelta(minutes=i) for i in range(3)]
@@ -84,6 +126,9 @@ def test_nights_refuse_overlap_and_keep_the_last(kube, admin, ns):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("clsact: error:")]
     assert len(errors) == 1 and a in errors[0] and "still Submitted" in errors[0]
     assert get_job(admin, ns, b) is None and get_job(admin, ns, a) is not None
+    said = events_of(admin, ns, a)
+    assert "Submitted" in said and "NightRefused" in said, said
+    assert said["NightRefused"].startswith(f"night {t[1].strftime('%Y-%m-%d-%H%M')} of rel")
 
     # the same night again (a retried submitter) is not refused: it is a's own job
     proc = nightly_cli(kube, ns, "rel", t[0], "--keep-jobs", "1")
@@ -96,6 +141,7 @@ def test_nights_refuse_overlap_and_keep_the_last(kube, admin, ns):
     assert f"deleted PaddleJob {ns}/{a}" in proc.stderr
     assert get_job(admin, ns, a) is None and get_config_map(admin, ns, a) is None
     assert get_job(admin, ns, b) is not None
+    assert a in events_of(admin, ns, b)["Pruned"]
 
     # another release's running job does not block this one, nor is it pruned
     proc = nightly_cli(kube, ns, "other", t[0], "--keep-jobs", "1")
@@ -140,6 +186,7 @@ def test_a_gated_nightly_blesses_or_refuses_the_night(kube, admin, ns, bucket, e
     from clsact import storage
 
     prefix = f"s3://{bucket}/nightly"
+    gateway = Pushgateway()
     start = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     nights = [(start + timedelta(minutes=i), top1) for i, top1 in enumerate((0.95, 0.93))]
     for i, (when, top1) in enumerate(nights):
@@ -156,8 +203,17 @@ def test_a_gated_nightly_blesses_or_refuses_the_night(kube, admin, ns, bucket, e
         operator = threading.Thread(target=play)
         operator.start()
         proc = nightly_cli(kube, ns, "gated", when, "--wait", "--gate", "--save-dir", prefix,
-                           "--s3-endpoint", endpoint, "--keep-jobs", "5")
+                           "--s3-endpoint", endpoint, "--keep-jobs", "5",
+                           "--pushgateway", gateway.url)
         operator.join(60)
+        # the verdict as an Event on the job and as metrics on the Pushgateway
+        said = events_of(admin, ns, name)
+        assert ("Blessed" if i == 0 else "NotBlessed") in said, said
+        method, path, _body = gateway.pushes[i]
+        assert (method, path) == ("PUT", "/metrics/job/clsact_gate/release/gated")
+        got = gateway.samples(i)
+        assert got["clsact_gate_blessed"] == (1.0 if i == 0 else 0.0)
+        assert got["clsact_run_top1"] == top1 and got["clsact_blessed_top1"] == 0.95
         assert proc.returncode in (0, 1), (proc.stdout, proc.stderr)
         latest = storage.open_store(prefix, "p").read_bytes("latest")
         if i == 0:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from clsact import exitcodes
+from clsact import __version__, exitcodes
 from clsact.launch.operators import OPERATORS
 
 if TYPE_CHECKING:  # the launcher's heavier modules load with the command that needs them
@@ -112,6 +112,9 @@ def add_parsers(sub: Any) -> None:
                    "naming the night (default %%Y-%%m-%%d)")
     g.add_argument("--keep-jobs", type=int, default=7, help="finished jobs of the release "
                    "kept (default 7)")
+    g.add_argument("--pushgateway", metavar="URL", help="with --gate: push the verdict and "
+                   "the blessed top-1 to this Prometheus Pushgateway (default "
+                   "$CLSACT_PUSHGATEWAY), grouped by the nightly release")
     g.add_argument("--gate", nargs="?", const="", metavar="PREFIX", help="with --wait: after "
                    "the run succeeded, `clsact gate` it against PREFIX (default: the nightly's "
                    "save dir, else Gate.against) and write PREFIX/history.png; exit 1 when "
@@ -129,6 +132,17 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--follow", "-f", action="store_true", help="stream until the pods end")
     p = sub.add_parser("cancel", help="delete a job and its ConfigMap")
     _add_job_ref(p)
+
+    p = sub.add_parser("check-release", help="check that a release's objects exist (what "
+                       "the chart's `helm test` runs)",
+                       description="Read each object (Kind/name: ConfigMap, Secret, "
+                       "ServiceAccount, CronJob, PaddleJob, JobSet, PodGroup); exit 2 naming "
+                       "every missing one.")
+    p.add_argument("objects", nargs="+", metavar="KIND/NAME")
+    p.add_argument("--namespace", "-n", default="default")
+    p.add_argument("--operator", choices=tuple(OPERATORS), default="paddle",
+                   help="whose PaddleJob kind a PaddleJob/NAME is")
+    _add_cluster_flags(p)
 
     p = sub.add_parser("rbac", help="print the least-privilege Role a submitter needs",
                        description="ServiceAccount + Role + RoleBinding for clsact "
@@ -261,12 +275,17 @@ def _print_state(name: str):
 def cmd_submit(args: argparse.Namespace) -> int:
     """``clsact submit``."""
     from clsact.launch import jobs
+    from clsact.launch.notify import Events
     from clsact.launch.render import to_yaml
 
     if args.gate is not None and not args.wait:
         from clsact.errors import ConfigError
 
         raise ConfigError("--gate needs --wait (the run is gated once it has succeeded)")
+    if args.pushgateway and args.gate is None:
+        from clsact.errors import ConfigError
+
+        raise ConfigError("--pushgateway needs --gate (it pushes the gate's verdict)")
     launch = _spec(args)
     rendered = launch.rendered
     gate_prefix = _gate_prefix(args, launch) if args.gate is not None else None
@@ -277,6 +296,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
               f"{rendered.name})")
         return 0
     cluster = _connect(args)
+    events = Events(cluster, rendered.namespace, warn=lambda m: _note(f"warning: {m}"))
+    op = rendered.operator
     if args.nightly and gate_prefix is not None:
         _gate_earlier_nights(gate_prefix, launch.s3_endpoint)
     if args.nightly:
@@ -285,24 +306,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _note(f"nightly {args.nightly}: night {launch.night.night.stamp} (scheduled "
               f"{launch.night.night.scheduled.isoformat()})")
         try:
-            nightly.check_no_active_night(cluster, rendered.operator, rendered.namespace,
+            nightly.check_no_active_night(cluster, op, rendered.namespace,
                                           launch.night.night, rendered.name)
         except nightly.NightBusy as exc:
             print(f"clsact: error: {exc}", file=sys.stderr)
+            if exc.blocking is not None:
+                events.record(op, exc.blocking, "NightRefused", f"night "
+                              f"{launch.night.night.stamp} of {args.nightly} not started: "
+                              "this earlier night is still running", warning=True)
             return exitcodes.NIGHT_BUSY
     outcome = jobs.submit(cluster, rendered, replace=args.replace, warn=lambda m: _note(
         f"warning: {m}"))
-    ref = f"{rendered.operator.kind} {outcome.namespace}/{outcome.name}"
+    ref = f"{op.kind} {outcome.namespace}/{outcome.name}"
     if outcome.action == "unchanged":
         print(f"{ref} already submitted with this spec; nothing created (phase "
               f"{outcome.state.phase})")
     else:
-        print(f"{ref} {outcome.action} ({rendered.operator.api_version}, spec "
+        print(f"{ref} {outcome.action} ({op.api_version}, spec "
               f"{rendered.spec_hash}) on {cluster.host}")
+        events.record(op, outcome.name, "Submitted", f"clsact {__version__} {outcome.action} "
+                      f"the run (spec {rendered.spec_hash}, {launch.values['workers']} pods"
+                      f"{', night ' + launch.night.night.stamp if launch.night else ''})")
         _note_gpu_nodes(launch)
     if args.nightly:
-        nightly.prune(cluster, rendered.operator, rendered.namespace, args.nightly,
-                      args.keep_jobs, _note)
+        pruned = nightly.prune(cluster, op, rendered.namespace, args.nightly,
+                               args.keep_jobs, _note)
+        if pruned:
+            events.record(op, outcome.name, "Pruned", f"nightly {args.nightly} deleted "
+                          f"{', '.join(pruned)} (it keeps the last {args.keep_jobs} jobs)")
     if not args.wait:
         key = rendered.operator.key
         print(f"follow it: clsact status {outcome.name} -n {outcome.namespace}"
@@ -327,8 +358,38 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"{ref} {state.phase}")
     if gate_prefix is None:
         return 0
-    return _gate_run(launch.values["saveDir"], gate_prefix, launch.s3_endpoint,
-                     plot=bool(args.nightly))
+    verdict = _gate_run(launch.values["saveDir"], gate_prefix, launch.s3_endpoint,
+                        plot=bool(args.nightly))
+    _announce_verdict(args, events, op, outcome.name, verdict)
+    return verdict.exit_code
+
+
+def _announce_verdict(args: argparse.Namespace, events, op, name: str, verdict) -> None:
+    """The gate's verdict as an Event on the job and, with a Pushgateway, as metrics (a
+    failure to push is a warning: the exit code already says it)."""
+    import os
+
+    from clsact.launch.notify import PUSHGATEWAY_ENV, push_gate_metrics
+
+    top1 = verdict.run.metric("compressed", "top1")
+    shown = f"top-1 {top1:.4f}" if top1 is not None else "no top-1"
+    failed = [c.name for c in verdict.checks if c.status == "fail"]
+    events.record(op, name, "Blessed" if verdict.blessed else "NotBlessed",
+                  f"gate against {verdict.against}: {shown}, "
+                  + ("blessed" if verdict.blessed else f"not blessed ({', '.join(failed)})"),
+                  warning=not verdict.blessed)
+    url = args.pushgateway or os.environ.get(PUSHGATEWAY_ENV)
+    if not url:
+        return
+    base = verdict.baseline.metric("compressed", "top1") if verdict.baseline else None
+    shown_url = re.sub(r"//[^/@]*@", "//", url)   # never print credentials in the URL
+    try:
+        push_gate_metrics(url, args.nightly or name, name, verdict.blessed, top1,
+                          top1 if verdict.blessed else base)
+        _note(f"gate metrics pushed to {shown_url}")
+    except OSError as exc:
+        _note(f"warning: gate metrics not pushed to {shown_url}: "
+              f"{str(exc).replace(url, shown_url)}")
 
 
 def _gate_prefix(args: argparse.Namespace, launch: Launch) -> str:
@@ -347,21 +408,21 @@ def _gate_prefix(args: argparse.Namespace, launch: Launch) -> str:
     return prefix
 
 
-def _gate_run(run: str, prefix: str, endpoint: str | None, *, plot: bool) -> int:
+def _gate_run(run: str, prefix: str, endpoint: str | None, *, plot: bool):
     """Gate the finished run, print the verdict; for a nightly also refresh
-    ``PREFIX/history.png``. Returns 0 blessed, 1 not blessed.
+    ``PREFIX/history.png``. Returns the gate's Outcome (``exit_code`` 0 blessed, 1 not).
 
     Raises:
         ClsactError: the gate failed (unreadable store, broken pointer).
     """
-    from clsact.cli.registry import run_gate
+    from clsact.cli.registry import gate_and_print
     from clsact.storage import S3Settings
 
     s3 = S3Settings(endpoint_url=endpoint)
-    code = run_gate(run, prefix, {}, s3=s3)
+    out = gate_and_print(run, prefix, {}, s3=s3)
     if plot:
         _write_history_plot(prefix, s3)
-    return code
+    return out
 
 
 def _gate_earlier_nights(prefix: str, endpoint: str | None) -> None:
@@ -515,6 +576,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_release(args: argparse.Namespace) -> int:
+    """``clsact check-release``: one line per object found; a missing one is an error."""
+    from clsact.launch.release import check
+
+    for line in check(_connect(args), args.namespace, args.objects, args.operator):
+        print(f"ok: {line}")
+    return 0
+
+
 def cmd_rbac(args: argparse.Namespace) -> int:
     """``clsact rbac``: print the submitter's ServiceAccount, Role and RoleBinding."""
     from clsact.launch.render import render_rbac, to_yaml
@@ -527,4 +597,5 @@ def cmd_rbac(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"render": cmd_render, "submit": cmd_submit, "status": cmd_status,
-            "list": cmd_list, "logs": cmd_logs, "cancel": cmd_cancel, "rbac": cmd_rbac}
+            "list": cmd_list, "logs": cmd_logs, "cancel": cmd_cancel, "rbac": cmd_rbac,
+            "check-release": cmd_check_release}

@@ -50,9 +50,9 @@ def _add_history(sub) -> None:
     add_s3_endpoint(p)
 
 
-def run_gate(run: str, against: str | None, flags: dict[str, float | None], *,
-             regate: bool = False, as_json: bool = False, s3: S3Settings | None = None) -> int:
-    """Gate ``run`` and print the report; returns the gate's exit code (0 or 1).
+def gate_and_print(run: str, against: str | None, flags: dict[str, float | None], *,
+                   regate: bool = False, as_json: bool = False, s3: S3Settings | None = None):
+    """Gate ``run``, print the report and return the :class:`clsact.registry.gate.Outcome`.
 
     Raises:
         ClsactError: see :func:`clsact.registry.gate.gate`.
@@ -64,7 +64,18 @@ def run_gate(run: str, against: str | None, flags: dict[str, float | None], *,
         print(json.dumps(blessing_document(out), indent=2))
     else:
         print(format_outcome(out))
-    return out.exit_code
+    return out
+
+
+def run_gate(run: str, against: str | None, flags: dict[str, float | None], *,
+             regate: bool = False, as_json: bool = False, s3: S3Settings | None = None) -> int:
+    """Gate ``run`` and print the report; returns the gate's exit code (0 or 1).
+
+    Raises:
+        ClsactError: see :func:`clsact.registry.gate.gate`.
+    """
+    return gate_and_print(run, against, flags, regate=regate, as_json=as_json,
+                          s3=s3).exit_code
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

@@ -32,7 +32,9 @@ _STAMP_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class NightBusy(ClusterError):
-    """An earlier night of the same release is still running."""
+    """An earlier night of the same release is still running (``blocking``: its job)."""
+
+    blocking: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,11 +159,13 @@ def check_no_active_night(cluster: Cluster, operator: Operator, namespace: str,
         name = obj["metadata"]["name"]
         state = job_state(operator, obj)
         if name != job_name and state.outcome is None:
-            raise NightBusy(
+            busy = NightBusy(
                 f"nightly {this_night.release}: not starting night {this_night.stamp}: the "
                 f"earlier night's {operator.kind} {namespace}/{name} (created "
                 f"{_created(obj)}) is still {state.phase}; it goes on, and the next night "
                 f"starts once it ends (stop it: clsact cancel {name} -n {namespace})")
+            busy.blocking = obj
+            raise busy
 
 
 def prune(cluster: Cluster, operator: Operator, namespace: str, release: str, keep: int,
