@@ -142,6 +142,8 @@ VALUE_SETS = {
         "gangScheduling": True, "gangQueue": "gpu", "annotations": {"a": "b"}},
     "paddle-gang": {"name": "pg", "workers": 4, "saveDir": "s3://ml-models/g",
                     "gangScheduling": True, "priorityClassName": "batch-low"},
+    "kubeflow-gang": {"name": "kg", "operator": "kubeflow", "workers": 3,
+                      "saveDir": "s3://ml-models/k", "gangScheduling": True, "gangQueue": "q1"},
     "kubeflow-queued": {"name": "kq", "operator": "kubeflow", "workers": 2,
                         "saveDir": "s3://ml-models/k", "queueName": "team-b"},
     "cpu-volume": {

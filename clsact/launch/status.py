@@ -115,5 +115,8 @@ def read_progress(save_dir: str, endpoint: str | None) -> dict[str, Any] | None:
     from clsact import progress, storage
     from clsact.storage import S3Settings
 
-    store = storage.open_store(save_dir, "the job's --save-dir", S3Settings(endpoint_url=endpoint))
+    # a status line, not a transfer: two attempts, short timeouts
+    settings = S3Settings(endpoint_url=endpoint, max_attempts=2, connect_timeout=5.0,
+                          read_timeout=15.0)
+    store = storage.open_store(save_dir, "the job's --save-dir", settings)
     return progress.read(store)
