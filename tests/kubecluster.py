@@ -278,3 +278,19 @@ def wait_service_account(api_client, namespace: str, name: str, timeout: float =
             pass
         time.sleep(0.5)
     raise RuntimeError(f"ServiceAccount {namespace}/{name} has no token after {timeout}s")
+
+
+def namespace_with_secret(cluster: Cluster, prefix: str, credentials: dict[str, str]) -> str:
+    """A fresh namespace ``<prefix>-<6 hex>`` holding the S3 Secret ``clsact-s3`` with
+    ``credentials``, once its default ServiceAccount has its token."""
+    import uuid
+
+    from kubernetes import client
+
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(cluster.admin_client())
+    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespaced_secret(name, {"metadata": {"name": "clsact-s3"},
+                                         "stringData": credentials})
+    wait_service_account(cluster.admin_client(), name, "default")
+    return name

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 
 import pytest
 import yaml
@@ -37,13 +36,8 @@ VALID_CONFIG = {"Global": {"model_dir": "s3://models/fp32", "data_dir": "s3://da
 
 @pytest.fixture
 def ns(cluster) -> str:
-    name = f"t-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(cluster.admin_client())
-    core.create_namespace({"metadata": {"name": name}})
-    core.create_namespaced_secret(name, {"metadata": {"name": "clsact-s3"}, "stringData": {
-        "AWS_ACCESS_KEY_ID": "AKIDCLUSTER", "AWS_SECRET_ACCESS_KEY": "never-in-a-manifest"}})
-    kubecluster.wait_service_account(cluster.admin_client(), name, "default")
-    return name
+    return kubecluster.namespace_with_secret(cluster, "t", {
+        "AWS_ACCESS_KEY_ID": "AKIDCLUSTER", "AWS_SECRET_ACCESS_KEY": "never-in-a-manifest"})
 
 
 def helm(cluster, ns) -> helm_python.Config:
@@ -295,14 +289,17 @@ def test_helm_test_checks_the_release_and_names_a_missing_secret(cluster, ns, cp
             "nightly": {"suspend": True, "gate": False}}
     with helm(cluster, ns) as h:
         h.install(str(CHART), "chk", vals, namespace=ns, timeout=120)
-        result = h.test("chk", timeout=240, logs=True)
+        try:
+            result = h.test("chk", timeout=240, logs=True)
+        except helm_python.HelmError:
+            raise AssertionError(pod_log(cluster.admin_client(), ns, "chk-test")) from None
         logs = json.dumps(result)
         for obj in ("CronJob", "ConfigMap", "ServiceAccount", "Secret"):
             assert f"ok: {obj} {ns}/" in logs, logs[-2000:]
         core.delete_namespaced_secret("clsact-s3", ns)
         with pytest.raises(helm_python.HelmError):
             h.test("chk", timeout=240, logs=True)
-        log = core.read_namespaced_pod_log("chk-test", ns)   # a failed test pod is kept
+        log = pod_log(cluster.admin_client(), ns, "chk-test")   # a failed test pod is kept
         errors = [line for line in log.splitlines() if line.startswith("clsact: error:")]
         assert len(errors) == 1 and "Secret 'clsact-s3' (S3 credentials" in errors[0], log
         assert f"kubectl -n {ns} create secret generic clsact-s3" in errors[0]

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -55,13 +54,8 @@ def bridge_s3(clas_model, digits_dir):
 
 @pytest.fixture
 def ns(cluster) -> str:
-    name = f"js-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(cluster.admin_client())
-    core.create_namespace({"metadata": {"name": name}})
-    core.create_namespaced_secret(name, {"metadata": {"name": "clsact-s3"}, "stringData": {
-        k: v for k, v in DEMO_CREDENTIALS.items() if k.startswith("AWS_") and "REGION" not in k}})
-    kubecluster.wait_service_account(cluster.admin_client(), name, "default")
-    return name
+    return kubecluster.namespace_with_secret(cluster, "js", {
+        k: v for k, v in DEMO_CREDENTIALS.items() if k.startswith("AWS_") and "REGION" not in k})
 
 
 def jobsets(api, ns) -> list[dict]:

@@ -542,3 +542,23 @@ def test_a_submitter_racing_another_ends_unchanged(kube, ns, monkeypatch):
     monkeypatch.setattr(jobs, "get_job", stale_first_look)
     assert jobs.submit(cluster, rendered).action == "unchanged"
     assert len(calls) == 2
+
+
+def test_check_release_names_every_missing_object(kube, admin, ns):
+    """`clsact check-release` (the chart's `helm test`): objects found are listed; missing
+    ones are named in one error line, the S3 Secret with how to create it."""
+    core = client.CoreV1Api(admin)
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}})
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "sub"}})
+    found = cli(kube, "check-release", "-n", ns, "ConfigMap/cfg", "Secret/clsact-s3",
+                "ServiceAccount/sub")
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines() == [f"ok: ConfigMap {ns}/cfg", f"ok: Secret {ns}/clsact-s3",
+                                         f"ok: ServiceAccount {ns}/sub"]
+    missing = cli(kube, "check-release", "-n", ns, "ConfigMap/cfg", "JobSet/gone",
+                  "Secret/nope", "CronJob/nightly")
+    one_line_error(missing, f"JobSet {ns}/gone does not exist")
+    assert "Secret 'nope' (S3 credentials" in missing.stderr
+    assert f"CronJob {ns}/nightly does not exist" in missing.stderr
+    bad = cli(kube, "check-release", "-n", ns, "Deployment/x")
+    one_line_error(bad, "cannot check a Deployment")

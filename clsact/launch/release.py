@@ -9,40 +9,55 @@ command).
 
 from __future__ import annotations
 
-from typing import Any
-
 from clsact.launch.cluster import Cluster, ClusterError, NotFound, api_call
 from clsact.launch.jobs import check_secret
 from clsact.launch.operators import JOBSET, OPERATORS, PODGROUP
 
-# kind -> the API path prefixes to try, in order (CronJob: batch/v1, else the v1beta1 of
-# clusters older than 1.21), and the resource
-CORE = {"ConfigMap": "configmaps", "Secret": "secrets", "ServiceAccount": "serviceaccounts"}
+CORE = ("ConfigMap", "Secret", "ServiceAccount")
 
 
-def paths(kind: str, namespace: str, name: str, operator: str = "paddle") -> list[str]:
-    """The API paths an object ``kind/name`` may be read at.
+def locations(kind: str, operator: str = "paddle") -> list[tuple[str, str, str]]:
+    """(group, version, plural) an object of ``kind`` may be read at, in order (CronJob:
+    batch/v1, else the v1beta1 of clusters older than 1.21).
 
     Raises:
         ClusterError: a kind clsact does not check.
     """
-    if kind in CORE:
-        return [f"/api/v1/namespaces/{namespace}/{CORE[kind]}/{name}"]
     if kind == "CronJob":
-        return [f"/apis/batch/{v}/namespaces/{namespace}/cronjobs/{name}"
-                for v in ("v1", "v1beta1")]
+        return [("batch", "v1", "cronjobs"), ("batch", "v1beta1", "cronjobs")]
     kinds = {"PaddleJob": OPERATORS[operator], "JobSet": JOBSET, "PodGroup": PODGROUP}
     if kind not in kinds:
         raise ClusterError(f"check-release: cannot check a {kind}; kinds: "
                            f"{', '.join([*CORE, 'CronJob', *kinds])}")
     k = kinds[kind]
-    return [f"/apis/{k.group}/{k.version}/namespaces/{namespace}/{k.plural}/{name}"]
+    return [(k.group, k.version, k.plural)]
 
 
-def _get(cluster: Cluster, path: str, what: str) -> dict[str, Any]:
-    return api_call(cluster, f"reading {what}", cluster.api.call_api, path, "GET",
-                    auth_settings=["BearerToken"], response_type="object",
-                    _return_http_data_only=True)
+def _exists(cluster: Cluster, namespace: str, kind: str, name: str, operator: str) -> bool:
+    """Whether ``kind/name`` exists (one GET per candidate location).
+
+    Raises:
+        ClusterError: a request failed for another reason than 404.
+    """
+    what = f"reading {kind} {namespace}/{name}"
+    try:
+        if kind == "ConfigMap":
+            api_call(cluster, what, cluster.core.read_namespaced_config_map, name, namespace)
+            return True
+        if kind == "ServiceAccount":
+            api_call(cluster, what, cluster.core.read_namespaced_service_account, name,
+                     namespace)
+            return True
+    except NotFound:
+        return False
+    for group, version, plural in locations(kind, operator):
+        try:
+            api_call(cluster, what, cluster.custom.get_namespaced_custom_object, group,
+                     version, namespace, plural, name)
+            return True
+        except NotFound:
+            continue
+    return False
 
 
 def check(cluster: Cluster, namespace: str, refs: list[str], operator: str = "paddle"
@@ -67,13 +82,8 @@ def check(cluster: Cluster, namespace: str, refs: list[str], operator: str = "pa
                 continue
             found.append(f"{kind} {namespace}/{name}")
             continue
-        for path in paths(kind, namespace, name, operator):
-            try:
-                _get(cluster, path, f"{kind} {namespace}/{name}")
-            except NotFound:
-                continue
+        if _exists(cluster, namespace, kind, name, operator):
             found.append(f"{kind} {namespace}/{name}")
-            break
         else:
             missing.append(f"{kind} {namespace}/{name} does not exist (was the release "
                            "installed, or the object deleted by hand? `helm upgrade` "
