@@ -468,6 +468,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from clsact.launch import jobs
     from clsact.launch import status as st
     from clsact.launch.operators import job_state
+    from clsact.progress import duration
 
     op = OPERATORS[args.operator]
     cluster = _connect(args)
@@ -480,7 +481,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         waited = (datetime.now(timezone.utc) - since).total_seconds()
         labels = obj["metadata"].get("labels") or {}
         queue = labels.get("kueue.x-k8s.io/queue-name")
-        print(f"  phase:    Queued for {_duration(waited)} (suspended until "
+        print(f"  phase:    Queued for {duration(waited)} (suspended until "
               f"{'Kueue admits it from queue ' + queue if queue else 'it is resumed'}; "
               "queued time is not the run's)")
     else:
@@ -518,12 +519,6 @@ def _print_progress(cluster, namespace: str, name: str, obj: dict[str, Any]) -> 
     print(f"  progress: {save_dir}")
     for line in progress.describe(record):
         print(f"    {line}")
-
-
-def _duration(seconds: float) -> str:
-    from clsact.progress import duration
-
-    return duration(seconds)
 
 
 def _age(created: str | None) -> str:

@@ -114,9 +114,9 @@ def job_state(operator: Operator, obj: dict[str, Any]) -> JobState:
         return JobState(phase, _PADDLE_DONE.get(phase))
     terminal = _KUBEFLOW_DONE if operator.key == "kubeflow" else _JOBSET_DONE
     last = _last_condition(status.get("conditions") or [], terminal)
-    if operator.key == "jobset" and status.get("terminalState") in terminal:
-        last = {"type": status["terminalState"], **({} if last is None or last.get("type") !=
-                                                    status["terminalState"] else last)}
+    ended = status.get("terminalState") if operator.key == "jobset" else None
+    if ended in terminal and (last or {}).get("type") != ended:
+        last = {"type": ended}   # the terminal state, its condition not (yet) written
     phase = (last or {}).get("type", "Submitted")
     if phase not in terminal and suspended(operator, obj):
         return JobState(QUEUED, None, (last or {}).get("message") or "waiting for admission")

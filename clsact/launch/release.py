@@ -66,7 +66,8 @@ def check(cluster: Cluster, namespace: str, refs: list[str], operator: str = "pa
 
     Raises:
         ClusterError: a malformed ref, an object that is missing (every missing one named,
-            a missing S3 Secret with how to create it), or a refused request.
+            a missing S3 Secret with how to create it), a Secret we may not read, or a
+            refused request.
     """
     found, missing = [], []
     for ref in refs:
@@ -76,11 +77,14 @@ def check(cluster: Cluster, namespace: str, refs: list[str], operator: str = "pa
                                "ConfigMap/mbv3-config)")
         if kind == "Secret":
             try:
-                check_secret(cluster, namespace, name)
+                unchecked = check_secret(cluster, namespace, name)
             except ClusterError as exc:
                 missing.append(str(exc))
                 continue
-            found.append(f"{kind} {namespace}/{name}")
+            if unchecked:   # never "ok" for what was not looked at
+                missing.append(unchecked)
+            else:
+                found.append(f"{kind} {namespace}/{name}")
             continue
         if _exists(cluster, namespace, kind, name, operator):
             found.append(f"{kind} {namespace}/{name}")

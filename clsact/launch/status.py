@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from clsact.launch.cluster import Cluster, ClusterError, NotFound, api_call
+from clsact.launch.cluster import Cluster, ClusterError, Forbidden, api_call
 from clsact.launch.names import config_map_name
 from clsact.launch.operators import Operator, suspended
 from clsact.launch.validate import pod_templates
@@ -74,10 +74,8 @@ def pod_events(cluster: Cluster, namespace: str, pod: str) -> list[Any]:
         items = api_call(cluster, f"listing the events of pod {namespace}/{pod}",
                          cluster.core.list_namespaced_event, namespace,
                          field_selector=f"involvedObject.name={pod}").items
-    except ClusterError as exc:
-        if "forbidden" in str(exc):
-            return []
-        raise
+    except Forbidden:
+        return []
     return sorted(items, key=lambda e: str(e.last_timestamp or e.event_time or ""))
 
 
@@ -96,7 +94,7 @@ def s3_endpoint_of(cluster: Cluster, namespace: str, name: str) -> str | None:
     try:
         cm = api_call(cluster, f"reading ConfigMap {namespace}/{config_map_name(name)}",
                       cluster.core.read_namespaced_config_map, config_map_name(name), namespace)
-    except (NotFound, ClusterError):
+    except ClusterError:   # missing (NotFound) or not readable: no endpoint known
         return None
     try:
         cfg = yaml.safe_load((cm.data or {}).get("config.yaml") or "") or {}
