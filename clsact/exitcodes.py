@@ -13,7 +13,7 @@ RANK_LOST = 3  # another rank stopped answering within Global.collective_timeout
 JOB_FAILED = 4  # the job submitted with --wait failed on the cluster (see `clsact logs`)
 NIGHT_BUSY = 5  # submit --nightly refused: an earlier night of the release is still running
 TIMEOUT = 124  # --wait reached --timeout (a nightly's job goes on; any other one is cancelled)
-INTERRUPTED = 130  # Ctrl-C / SIGINT
+INTERRUPTED = 130  # SIGINT (Ctrl-C) or SIGTERM
 
 TABLE: dict[int, str] = {
     OK: "done: published, blessed, or verified",
@@ -23,5 +23,5 @@ TABLE: dict[int, str] = {
     JOB_FAILED: "the submitted job failed on the cluster (clsact logs NAME)",
     NIGHT_BUSY: "submit --nightly refused: an earlier night of the release is still running",
     TIMEOUT: "--wait reached --timeout",
-    INTERRUPTED: "interrupted (Ctrl-C)",
+    INTERRUPTED: "interrupted (Ctrl-C, or SIGTERM: eviction, preemption)",
 }

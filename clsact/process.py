@@ -50,15 +50,29 @@ def rank_info(env: dict[str, str] | None = None) -> RankInfo:
     return RankInfo(rank, world)
 
 
-def _terminate(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread so that ``finally`` blocks run.
+
+    A subclass, not ``KeyboardInterrupt`` itself: CPython (3.10 to 3.13) marks the process for
+    a SIGINT death at exit when an exception of exactly that type ends a string
+    ``exec``/``eval`` (dataclasses, namedtuple and paddle build code that way), even when a
+    caller catches it, and ``python -m`` then dies by SIGINT instead of returning our exit
+    code. A signal landing in such an ``exec`` made a stopped run exit -2 instead of 130
+    (``tests/test_process.py`` shows both)."""
+
+
+def _interrupt(signum: int, _frame) -> None:
+    raise Interrupted(f"signal {signum}")
 
 
 def unwind_on_sigterm() -> None:
-    """Make SIGTERM (pod eviction, preemption) unwind like Ctrl-C so ``finally`` blocks clean
-    up staging. Importing paddle installs its own SIGTERM handler (it dumps a C++ stack and
-    dies), so this runs again after paddle is imported (:func:`select_device`)."""
-    signal.signal(signal.SIGTERM, _terminate)
+    """Make SIGTERM (pod eviction, preemption) and SIGINT unwind as :class:`Interrupted` so
+    ``finally`` blocks clean up staging and the CLI exits 130. Importing paddle installs its
+    own SIGTERM handler (it dumps a C++ stack and dies), so this runs again after paddle is
+    imported (:func:`select_device`)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not SIG_IGN (nohup)
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def visible_gpus() -> list[tuple[str, tuple[int, int]]]:

@@ -20,10 +20,12 @@ import yaml
 from kubernetes import client
 
 from clsact.launch import nightly
-from tests import kubecluster
+from tests import helmsdk, kubecluster
 from tests.conftest import REPO, run_cli
 
-helm_python = pytest.importorskip("helm_python")
+if not helmsdk.AVAILABLE:
+    pytest.skip("helm-python-sdk is not installed (make test installs it)",
+                allow_module_level=True)
 
 CHART = REPO / "charts" / "clsact"
 GROUP, VERSION = "batch.paddlepaddle.org", "v1"
@@ -40,8 +42,8 @@ def ns(cluster) -> str:
         "AWS_ACCESS_KEY_ID": "AKIDCLUSTER", "AWS_SECRET_ACCESS_KEY": "never-in-a-manifest"})
 
 
-def helm(cluster, ns) -> helm_python.Config:
-    return helm_python.Config(kubeconfig_path=str(cluster.kubeconfig()), namespace=ns)
+def helm(cluster, ns) -> helmsdk.Release:
+    return helmsdk.Release(cluster.kubeconfig(), ns)
 
 
 def paddlejobs(api, ns, selector=None) -> list[dict]:
@@ -291,13 +293,13 @@ def test_helm_test_checks_the_release_and_names_a_missing_secret(cluster, ns, cp
         h.install(str(CHART), "chk", vals, namespace=ns, timeout=120)
         try:
             result = h.test("chk", timeout=240, logs=True)
-        except helm_python.HelmError:
+        except helmsdk.HelmError:
             raise AssertionError(pod_log(cluster.admin_client(), ns, "chk-test")) from None
         logs = json.dumps(result)
         for obj in ("CronJob", "ConfigMap", "ServiceAccount", "Secret"):
             assert f"ok: {obj} {ns}/" in logs, logs[-2000:]
         core.delete_namespaced_secret("clsact-s3", ns)
-        with pytest.raises(helm_python.HelmError):
+        with pytest.raises(helmsdk.HelmError):
             h.test("chk", timeout=240, logs=True)
         log = pod_log(cluster.admin_client(), ns, "chk-test")   # a failed test pod is kept
         errors = [line for line in log.splitlines() if line.startswith("clsact: error:")]

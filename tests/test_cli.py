@@ -135,6 +135,41 @@ def test_sigterm_leaves_nothing_published(tmp_path, small_digits_dir, mbv3_model
     assert list(scratch.iterdir()) == [], "the scratch copy is removed"
 
 
+SIGNAL_IN_EXEC = """
+import os, signal, sys
+from clsact.process import unwind_on_sigterm
+
+def plain(signum, frame):
+    raise KeyboardInterrupt
+
+if sys.argv[1] == "ours":
+    unwind_on_sigterm()
+else:
+    signal.signal(signal.SIGTERM, plain)
+try:  # the signal lands inside a string exec, as when dataclasses or paddle generate code
+    exec("import os, signal\\nos.kill(os.getpid(), signal.SIGTERM)\\nfor _ in range(999): pass",
+         {})
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("handler, code", [("ours", 130), ("plain", -2)])
+def test_a_signal_inside_a_string_exec_still_exits_130(tmp_path, handler, code):
+    """Under ``python -m`` (the image's entry point) a plain KeyboardInterrupt that ends a
+    string exec makes CPython die by SIGINT at exit although it was caught (the CI flake
+    -2 != 130); clsact's signal exception is a subclass and keeps its exit code."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "sigexec.py").write_text(SIGNAL_IN_EXEC)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    proc = subprocess.run([sys.executable, "-m", "sigexec", handler], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr[-2000:]
+
+
 def test_ranks_without_the_launcher_are_refused_clearly(tmp_path, small_digits_dir,
                                                          mbv3_model, monkeypatch):
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")

@@ -32,7 +32,7 @@ from clsact.demo.s3server import DEMO_CREDENTIALS, LocalS3Server
 from clsact.launch import jobs, render
 from clsact.launch.cluster import connect
 from clsact.launch.operators import JOBSET
-from tests import kubecluster
+from tests import dockerhost, kubecluster
 from tests.conftest import REPO, run_cli, upload_tree
 from tests.test_compress import small_config
 
@@ -77,8 +77,10 @@ class JobSetController(threading.Thread):
     an unsuspended JobSet, the headless Service named after it and, per completion index i,
     the pod ``<js>-worker-0-<i>-<random>`` (hostname ``<js>-worker-0-<i>``, subdomain the
     Service, the index annotation and ``JOB_COMPLETION_INDEX`` env from it, the JobSet's
-    labels), all owned by the JobSet; then its status: Suspended while suspended, Completed
-    (terminalState) when every pod succeeded, Failed when one failed (no restarts played).
+    labels, ``jobset.sigs.k8s.io/restart-attempt``), all owned by the JobSet; then its status:
+    Suspended while suspended, Completed (terminalState) when every pod succeeded; when a pod
+    failed, a restart while ``status.restarts`` < ``failurePolicy.maxRestarts`` (every pod
+    deleted and gone, then all recreated under the next attempt), else Failed.
     ``run_pods`` False: an admitted JobSet completes at once without pods."""
 
     def __init__(self, api, ns: str, run_pods: bool = True):
@@ -86,6 +88,7 @@ class JobSetController(threading.Thread):
         self.api, self.ns, self.run_pods = api, ns, run_pods
         self.stop = threading.Event()
         self.started: set[str] = set()
+        self.restarted: list[str] = []
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -118,9 +121,12 @@ class JobSetController(threading.Thread):
             self.started.add(name)
             if self.run_pods:
                 self.create_objects(js, rj["name"], job_spec)
-        pods = client.CoreV1Api(self.api).list_namespaced_pod(
-            self.ns, label_selector=f"jobset.sigs.k8s.io/jobset-name={name}").items
+        pods = self.pods(name)
         phases = [p.status.phase for p in pods]
+        allowed = (js["spec"].get("failurePolicy") or {}).get("maxRestarts") or 0
+        if "Failed" in phases and status.get("restarts", 0) < allowed:
+            self.restart(js, rj["name"], job_spec, pods, status.get("restarts", 0) + 1)
+            return
         done = "Failed" if "Failed" in phases else (
             "Completed" if not self.run_pods or (
                 len(phases) == job_spec["completions"]
@@ -140,6 +146,25 @@ class JobSetController(threading.Thread):
         if new != {k: status.get(k) for k in new}:
             set_status(self.api, self.ns, name, new)
 
+    def pods(self, name: str) -> list:
+        return client.CoreV1Api(self.api).list_namespaced_pod(
+            self.ns, label_selector=f"jobset.sigs.k8s.io/jobset-name={name}").items
+
+    def restart(self, js: dict, rj: str, job_spec: dict, pods: list, attempt: int) -> None:
+        """What JobSet does on a failed child Job under its failure policy: delete every
+        child (the pods get their SIGTERM and grace period), wait until they are gone, count
+        the restart and create them all again."""
+        name = js["metadata"]["name"]
+        core = client.CoreV1Api(self.api)
+        for pod in pods:
+            core.delete_namespaced_pod(pod.metadata.name, self.ns)
+        deadline = time.monotonic() + 120
+        while self.pods(name) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        set_status(self.api, self.ns, name, {"restarts": attempt})
+        self.restarted.append(name)
+        self.create_pods(js, rj, job_spec, attempt)
+
     def create_objects(self, js: dict, rj: str, job_spec: dict) -> None:
         name = js["metadata"]["name"]
         core = client.CoreV1Api(self.api)
@@ -148,11 +173,17 @@ class JobSetController(threading.Thread):
             "name": name, "ownerReferences": self.owner(js)}, "spec": {
             "clusterIP": "None", "selector": {"jobset.sigs.k8s.io/jobset-name": name},
             "publishNotReadyAddresses": bool(network.get("publishNotReadyAddresses"))}})
+        self.create_pods(js, rj, job_spec, 0)
+
+    def create_pods(self, js: dict, rj: str, job_spec: dict, attempt: int) -> None:
+        name = js["metadata"]["name"]
+        core = client.CoreV1Api(self.api)
         template = job_spec["template"]
         for i in range(job_spec["completions"]):
             labels = {**template["metadata"]["labels"], "jobset.sigs.k8s.io/jobset-name": name,
                       "jobset.sigs.k8s.io/replicatedjob-name": rj,
-                      "jobset.sigs.k8s.io/job-index": "0", INDEX_ANNOTATION: str(i)}
+                      "jobset.sigs.k8s.io/job-index": "0", INDEX_ANNOTATION: str(i),
+                      "jobset.sigs.k8s.io/restart-attempt": str(attempt)}
             annotations = {**(template["metadata"].get("annotations") or {}),
                            INDEX_ANNOTATION: str(i)}
             spec = json.loads(json.dumps(template["spec"]))
@@ -182,11 +213,23 @@ def cli(cluster, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
     return run_cli(*args, "--kubeconfig", str(cluster.kubeconfig()), env=env, timeout=timeout)
 
 
-def test_a_two_pod_jobset_publishes_one_verified_run(cluster, ns, cpu_image, bridge_s3,
-                                                     tmp_path, capsys):
+def kill_container(ns: str, pod: str) -> None:
+    """SIGKILL the pod's container on the node (an OOM kill, a lost process)."""
+    names = dockerhost.docker("ps", "--format", "{{.Names}}", "--filter",
+                              f"name=_{pod}_{ns}_").stdout.split()
+    mine = [n for n in names if not n.startswith("k8s_POD_")]
+    assert len(mine) == 1, names
+    dockerhost.docker("kill", mine[0], check=True)
+
+
+def test_a_two_pod_jobset_survives_a_killed_pod_and_publishes_one_verified_run(
+        cluster, ns, cpu_image, bridge_s3, tmp_path, capsys):
     """`clsact submit --operator jobset` on two CPU pods: rank 1 finds rank 0 through the
-    headless Service's DNS name, they train together and publish one run that verifies;
-    `clsact status` shows the run's progress while it trains, and its end."""
+    headless Service's DNS name and they train together; `clsact status` shows the run's
+    progress. Rank 1's container is killed after the first checkpoint: the JobSet restarts
+    the set (failurePolicy.maxRestarts = backoffLimit 1), the new pods resume the run by its
+    run id from the checkpoint and publish one run that verifies; status counts the
+    restart."""
     api = cluster.admin_client()
     controller = JobSetController(api, ns)
     controller.start()
@@ -194,7 +237,8 @@ def test_a_two_pod_jobset_publishes_one_verified_run(cluster, ns, cpu_image, bri
     values = write(tmp_path / "values.yaml", {
         "operator": "jobset", "workers": 2, "gpusPerWorker": 0, "image": cpu_image,
         "imagePullPolicy": "Never", "shmSize": "256Mi", "namespace": ns,
-        "s3Endpoint": bridge_s3.endpoint, "backoffLimit": 0})
+        "s3Endpoint": bridge_s3.endpoint, "backoffLimit": 1})
+    s3 = bridge_s3.client()
     env = {**os.environ, "AWS_ENDPOINT_URL": bridge_s3.endpoint, **DEMO_CREDENTIALS}
     try:
         sub = cli(cluster, "submit", "--config", s3_run_config(tmp_path, 24), "--values", values,
@@ -211,6 +255,13 @@ def test_a_two_pod_jobset_publishes_one_verified_run(cluster, ns, cpu_image, bri
         running = shown[-1]
         assert "phase:      training" in running, running + str(controller.errors)
         assert "stage:      1 of 1 (qat_dis)" in running and "of 24" in running, running
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and "Contents" not in s3.list_objects_v2(
+                Bucket="inputs", Prefix="runs/jobset/_checkpoint/progress.json"):
+            time.sleep(0.3)
+        first = {p.metadata.labels[INDEX_ANNOTATION]: p.metadata.name
+                 for p in controller.pods(name)}
+        kill_container(ns, first["1"])
         end = jobs.wait(connect(str(cluster.kubeconfig())), JOBSET, ns, name, 600,
                         lambda _s: None, poll=2)
         final = cli(cluster, "status", name, "-n", ns, "--operator", "jobset", env=env).stdout
@@ -222,11 +273,14 @@ def test_a_two_pod_jobset_publishes_one_verified_run(cluster, ns, cpu_image, bri
     finally:
         controller.stop.set()
     assert "phase:      published" in final and "Completed" in final, final
+    assert controller.restarted == [name] and "restarts: 1 of 1" in final, final
+    assert not set(first.values()) & {p.metadata.name for p in controller.pods(name)}
     assert run_cli("verify", save, "--s3-endpoint", bridge_s3.endpoint,
                    env=env).returncode == 0
     m = json.loads(bridge_s3.client().get_object(
         Bucket="inputs", Key="runs/jobset/metrics.json")["Body"].read())
     assert m["distributed"]["world_size"] == 2 and m["run_id"] == name
+    assert m["resumed"] and m["resumed"]["from_step"] >= 4, "the restart resumed the run"
     digests = m["act"]["state_digests_last_eval"]
     assert len(digests) == 2 and digests[0] == digests[1], "ranks ended with equal weights"
     master = render.master_host(name)

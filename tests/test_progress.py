@@ -76,3 +76,20 @@ def test_status_lines():
     assert failed[-1] == "error:      rank 1 lost" and "updated ?" in failed[0]
     assert progress.duration(7300) == "2h01m"
     assert json.dumps(lines)
+
+
+def test_restart_lines():
+    """`clsact status` counts a JobSet's restarts against its failure policy; other kinds
+    show their pods' in-place restarts instead."""
+    from types import SimpleNamespace as NS
+
+    from clsact.launch import status
+    from clsact.launch.operators import JOBSET, OPERATORS
+
+    js = {"spec": {"failurePolicy": {"maxRestarts": 2}}, "status": {"restarts": 1}}
+    assert status.restarts(JOBSET, js).startswith("1 of 2 ")
+    assert status.restarts(JOBSET, {"spec": {}, "status": {}}) is None
+    assert status.restarts(OPERATORS["paddle"], js) is None
+    pod = NS(status=NS(container_statuses=[NS(restart_count=2), NS(restart_count=None)]))
+    assert status.container_restarts(pod) == 2
+    assert status.container_restarts(NS(status=None)) == 0

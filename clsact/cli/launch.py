@@ -488,13 +488,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  phase:    {state.phase}{' (' + state.message + ')' if state.message else ''}")
     print(f"  created:  {obj['metadata'].get('creationTimestamp')}")
     print(f"  spec:     {(obj['metadata'].get('annotations') or {}).get('clsact.io/spec-hash')}")
+    restarted = st.restarts(op, obj)
+    if restarted:
+        print(f"  restarts: {restarted}")
     pods = jobs.job_pods(cluster, args.namespace, name)
     print(f"  pods:     {len(pods)}")
     for pod in pods:
         reason = st.pod_reason(pod, st.pod_events(cluster, args.namespace, pod.metadata.name)
                                if pod.status and pod.status.phase == "Pending" else [])
+        again = st.container_restarts(pod)
         print(f"    {pod.metadata.name}  {pod.status.phase if pod.status else '?'}"
-              f"{'  ' + reason if reason else ''}")
+              f"{'  ' + reason if reason else ''}"
+              f"{f'  (restarted {again}x)' if again else ''}")
     _print_progress(cluster, args.namespace, name, obj)
     return exitcodes.JOB_FAILED if state.outcome == "failed" else 0
 

@@ -1,6 +1,8 @@
 """What ``clsact status`` shows beyond the job's phase: why it waits and how far it got.
 
 * queued: a suspended job (Kueue has not admitted it) and since when;
+* restarts: a JobSet's restarts of the whole set against its ``failurePolicy.maxRestarts``, a
+  pod's container restarts (the operators that restart pods in place);
 * pending pods: the scheduler's reason (``PodScheduled`` false: Unschedulable and its
   message), a container's waiting reason (ImagePullBackOff, CreateContainerConfigError, ...)
   and the pod's last warning Event;
@@ -38,6 +40,25 @@ def queued_since(operator: Operator, obj: dict[str, Any]) -> datetime | None:
         if c.get("type") == "Suspended" and c.get("status") == "True":
             return _since(c.get("lastTransitionTime"))
     return _since(obj["metadata"].get("creationTimestamp"))
+
+
+def restarts(operator: Operator, obj: dict[str, Any]) -> str | None:
+    """A JobSet's restarts of the whole set, "N of M" (None for other kinds, or a JobSet
+    that may not restart and has not)."""
+    if operator.key != "jobset":
+        return None
+    done = int((obj.get("status") or {}).get("restarts") or 0)
+    allowed = int(((obj.get("spec") or {}).get("failurePolicy") or {}).get("maxRestarts") or 0)
+    if not done and not allowed:
+        return None
+    return (f"{done} of {allowed} (a restart recreates every pod; the run resumes from its "
+            "last checkpoint)")
+
+
+def container_restarts(pod: Any) -> int:
+    """How often the pod's containers restarted in place."""
+    statuses = (pod.status.container_statuses or []) if pod.status else []
+    return sum(cs.restart_count or 0 for cs in statuses)
 
 
 def pod_reason(pod: Any, events: list[Any]) -> str:
