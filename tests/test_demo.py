@@ -55,8 +55,12 @@ def test_demo_compresses_without_losing_accuracy(tmp_path):
 
 def openvino_compiles_per_shape(model_dir: Path) -> None:
     """On the demo's QAT MobileNetV3, one OpenVINO model compiled for every batch size
-    (2026.4's CPU plugin) mis-scores images after a batch-size change; the runtime clsact
-    serves with (one compiled model per shape) does not."""
+    (2026.4's CPU plugin) scores images differently after a batch-size change; the runtime
+    clsact serves with (one compiled model per shape) does not. Each is compared with its
+    own batched answers: OpenVINO's int8 arithmetic is not Paddle's (on noise, on an AVX2
+    CPU, a third of the argmaxes differ from Paddle's at every batch size, while the deploy
+    report's paired test on the digits finds nothing). The defect shows on the AVX-512/AMX
+    Xeons it was found on, not on an AVX2-only EPYC: there only the served half is checked."""
     import numpy as np
 
     from clsact.deploy.runtimes import RUNTIMES, ModelFiles
@@ -65,14 +69,24 @@ def openvino_compiles_per_shape(model_dir: Path) -> None:
     files = ModelFiles.of(model_dir)
     x = np.random.default_rng(0).standard_normal((64, 3, 32, 32)).astype(np.float32)
     by = {r.key: r for r in RUNTIMES}
-    want = by["paddle-cpu"].load(files, 1)(x).argmax(1)
-    wrong = {}
+    changed = {}
     for name, predict in (("served", by["openvino"].load(files, 1)), ("one model",
                                                                       _dynamic(files))):
-        predict(x)
+        batched = predict(x).argmax(1)
         singles = np.concatenate([predict(x[i:i + 1]) for i in range(len(x))]).argmax(1)
-        wrong[name] = int((singles != want).sum())
-    assert wrong["served"] <= 1 and wrong["one model"] > 10, wrong
+        changed[name] = int((singles != batched).sum())
+    assert changed["served"] <= 2, changed
+    if not avx512():
+        return
+    assert changed["one model"] > 10, changed
+
+
+def avx512() -> bool:
+    """Whether this CPU has AVX-512 (where OpenVINO's batch-size defect was measured)."""
+    try:
+        return " avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def fingerprint(data: Path) -> str:
