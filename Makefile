@@ -38,7 +38,7 @@ kube: ## build (once, cached in ~/.cache/clsact) Kubernetes 1.20 (API server, co
 test: ## every test (real Paddle + PaddleSlim on CPU, S3 server, Kubernetes cluster + Helm SDK, dockerd + the CPU image)
 	@# the three slow inputs at once: the Go build is CPU-bound, the venv and image mostly I/O
 	@$(MAKE) --no-print-directory -j3 $(STAMP) kube test-image-cpu
-	@$(PY) -m pytest tests; status=$$?; bash tests/infra/stop-dockerd.sh; exit $$status
+	@$(PY) -m pytest --durations=25 tests; status=$$?; bash tests/infra/stop-dockerd.sh; exit $$status
 
 test-image-cpu: # (make test) the CPU image, built ahead of the tests that run it
 	@bash tests/infra/cpu-image.sh
