@@ -31,14 +31,14 @@ class HelmValuesError(HelmError):
     """Values the chart's schema refused."""
 
 
-def _call(fn, *args: Any, **kwargs: Any) -> Any:
+def _call(fn, /, *args: Any, **kwargs: Any) -> Any:
     global _POOL
     if _POOL is None:
         _POOL = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     return _POOL.submit(fn, *args, **kwargs).result()
 
 
-def _in_worker(method: str, *args: Any, **kwargs: Any) -> Any:
+def _in_worker(method: str, /, *args: Any, **kwargs: Any) -> Any:
     """Runs in the worker: ``helm_python.<method>``, its errors turned into ours."""
     import helm_python
 
@@ -50,8 +50,9 @@ def _in_worker(method: str, *args: Any, **kwargs: Any) -> Any:
         raise HelmError(str(exc)) from None
 
 
-def _release(h, kubeconfig: str, namespace: str, action: str, *args, **kwargs):
-    with h.Config(kubeconfig_path=kubeconfig, namespace=namespace) as cfg:
+def _release(h, kubeconfig: str, config_namespace: str, action: str, /, *args, **kwargs):
+    """``Config(...).<action>(*args, **kwargs)`` (an action may take ``namespace=`` too)."""
+    with h.Config(kubeconfig_path=kubeconfig, namespace=config_namespace) as cfg:
         return getattr(cfg, action)(*args, **kwargs)
 
 
@@ -97,7 +98,7 @@ class Release:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def _do(self, action: str, *args: Any, **kwargs: Any) -> Any:
+    def _do(self, action: str, /, *args: Any, **kwargs: Any) -> Any:
         return _call(_in_worker, "release", self.kubeconfig, self.namespace, action, *args,
                      **kwargs)
 
