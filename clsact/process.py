@@ -58,7 +58,7 @@ class Interrupted(KeyboardInterrupt):
     ``exec``/``eval`` (dataclasses, namedtuple and paddle build code that way), even when a
     caller catches it, and ``python -m`` then dies by SIGINT instead of returning our exit
     code. A signal landing in such an ``exec`` made a stopped run exit -2 instead of 130
-    (``tests/test_process.py`` shows both)."""
+    (``tests/test_cli.py`` shows both)."""
 
 
 def _interrupt(signum: int, _frame) -> None:
