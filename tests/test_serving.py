@@ -88,11 +88,15 @@ def test_a_broken_observer_pair_is_refused(files):
         qdq.strip_observers(program)
 
 
-def _ort(model: bytes):
+def _ort(model: bytes, fused: bool = True):
+    """ONNX Runtime on ``model``, one thread (``fused=False``: no graph optimization, each
+    QuantizeLinear/DequantizeLinear and convolution computed as the graph says)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    if not fused:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
@@ -118,10 +122,12 @@ def test_the_uint8_zero_point_rewrite_is_exact_on_real_tensors(files, val):
     rewritten, changed = qdq.uint8_activations(exported)
     assert changed > 0
     x = np.concatenate([b.images for b in val])
-    want = _ort(exported)(x)
-    assert np.array_equal(_ort(rewritten)(x), want)  # bit for bit
+    want = _ort(exported, fused=False)(x)
+    assert np.array_equal(_ort(rewritten, fused=False)(x), want)  # bit for bit
     # a wrong zero point is not: the comparison can fail
-    assert not np.array_equal(_ort(_set_zero_point(rewritten, 120))(x), want)
+    assert not np.array_equal(_ort(_set_zero_point(rewritten, 120), fused=False)(x), want)
+    if machine.has_vnni():  # fused into QLinearConv, still exact where int8 sums are
+        assert np.array_equal(_ort(rewritten)(x), _ort(exported)(x))
     with pytest.raises(ModelError, match="not an ONNX model"):
         qdq.uint8_activations(b"not onnx")
 
@@ -162,8 +168,13 @@ def test_every_runtime_serves_the_compressed_model_as_trained(files, val):
                                                           for m in results]
     for key in keys[1:]:
         assert by[key].paired["images"] == 64 and by[key].flag is None, by[key].paired
-    # OpenVINO on the observer-free copy computes what Paddle computes
+    # OpenVINO on the observer-free copy computes what Paddle computes (its int8 ops split
+    # where their sums would saturate, and the table says so)
     assert by["openvino"].paired["lost"] + by["openvino"].paired["gained"] <= 2
+    from clsact.deploy.runtimes import SPLIT_NOTE, split_int8_here
+
+    assert by["openvino"].note == (SPLIT_NOTE if split_int8_here() else None)
+    assert (SPLIT_NOTE in bench.format_table(results)) == split_int8_here()
     bad = _ServesThis(**{**BY_KEY["onnxruntime"].__dict__, "key": "wrong-scale",
                          "drift": None})
     object.__setattr__(bad, "model", _wrong_scale(serving_onnx(files)))
@@ -176,6 +187,57 @@ def test_every_runtime_serves_the_compressed_model_as_trained(files, val):
     flagged = bench.bench_model("compressed", files, 32, runtimes=[BY_KEY["paddle-cpu"], bad],
                                 batches=(1,), budget_s=0.3, val_batches=lambda: val)[1]
     assert "why: paddle2onnx's ONNX Runtime export" in flagged.flag
+
+
+SATURATION_CHILD = """
+import sys
+import numpy as np
+import openvino as ov
+from clsact.deploy import saturation
+from clsact.deploy.runtimes import ModelFiles, openvino_config, openvino_read, split_int8_here
+files, x = ModelFiles.of(sys.argv[1]), np.load(sys.argv[2])
+out = {"split_here": split_int8_here()}
+for split in (False, True):
+    model = openvino_read(files, split=False)
+    if split:
+        out["split"] = saturation.split_int8_convolutions(model)
+    compiled = ov.Core().compile_model(model, "CPU", openvino_config(1))
+    np.save(f"{sys.argv[3]}/{split}.npy", compiled.create_infer_request().infer({0: x})[0])
+print(out)
+"""
+
+
+def test_int8_sums_saturate_without_vnni_and_the_split_is_exact(files, val, tmp_path):
+    """OpenVINO's int8 kernels without VNNI (oneDNN capped to AVX2 in a child: this CPU's own
+    kernels on an AVX2-only CPU, the older ones on a newer CPU) part from Paddle's arithmetic
+    by far with their weights whole, and compute it with every int8 op split (to float
+    rounding); the served form splits there and only there."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    from clsact.deploy.runtimes import int8_op_indices, split_int8_here
+    from tests.conftest import REPO
+
+    x = np.concatenate([b.images for b in val])
+    want = _executor_outputs(files.model_file.parent, x)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    proc = subprocess.run([sys.executable, "-c", SATURATION_CHILD, str(files.model_file.parent),
+                           str(tmp_path / "x.npy"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    child = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    ops = int8_op_indices(load_program(files.model_file).global_block())
+    assert child == {"split_here": True, "split": len(ops)}  # every quantized op found
+    whole, split = (np.load(tmp_path / f"{s}.npy") for s in (False, True))
+    assert np.abs(split - want).max() < 1e-5, np.abs(split - want).max()
+    assert np.abs(whole - want).max() > 1e-2  # saturated: the split is what makes it exact
+    assert split_int8_here() == (not machine.int8_dot_product())
+    assert machine.int8_dot_product(frozenset({"avx512_vnni"}), "")
+    assert not machine.int8_dot_product(frozenset({"avx512_vnni"}), "avx512_core")
+    assert not machine.int8_dot_product(frozenset({"avx2"}), "")
 
 
 def test_diff_finds_where_a_runtime_parts_from_paddle(files, val):
@@ -204,6 +266,9 @@ def test_bench_diff_from_the_command_line(compressed_run, tmp_path):
     assert "measured on " in proc.stdout
     got = json.loads(out.read_text())
     assert got["diff"]["run"]["openvino"]["first_parting"] is None
+    from clsact.deploy.runtimes import SPLIT_NOTE, split_int8_here
+
+    assert (SPLIT_NOTE in proc.stdout) == split_int8_here()  # says how it was served
     assert got["machine"]["isa"] == machine.isa()
 
 

@@ -185,7 +185,8 @@ def _diff(target: dict, count: int) -> tuple[str, dict]:
     pick = (np.concatenate(images)[:count] if images else
             np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32))
     result = diff.run_diff(target["files"], pick)
-    return diff.format_report(target["name"], result, 0), diff.to_json(result)
+    return (diff.format_report(target["name"], result, 0, target["files"].quantized),
+            diff.to_json(result))
 
 
 def _bench_target(args: argparse.Namespace, location: str, scratch: Path) -> dict:

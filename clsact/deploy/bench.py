@@ -57,6 +57,7 @@ class Measurement:
     flag: str | None = None
     form: str | None = None  # the file the runtime served the model from
     paired: dict[str, Any] | None = None  # against the reference runtime's hits
+    note: str | None = None  # what the runtime did to the model here (Runtime.note)
 
     def best(self, batch: int) -> dict[str, Any] | None:
         """The fastest latency entry at ``batch`` (any thread count)."""
@@ -144,6 +145,7 @@ def bench_model(name: str, files: ModelFiles, img_size: int, *,
             m.status, m.reason = "skipped", reason
             log.info("%s on %s: skipped: %s", name, rt.key, reason)
             continue
+        m.note = rt.note(files)
         try:
             predict = _measure(m, rt, files, img_size, batches, threads, budget_s, rng)
             if val_batches is not None:
@@ -241,6 +243,8 @@ def format_table(results: list[Measurement]) -> str:
                          f"{100 * acc['top1']:.2f}" if acc and i == 0 else "",
                          f"{100 * acc['top5']:.2f}" if acc and i == 0 else "",
                          _paired_cell(m) if i == 0 else ""))
+        if m.note:
+            notes.append(f"{m.model} / {m.runtime}: {m.note}")
         if m.flag:
             notes.append(f"{m.model} / {m.runtime}: FLAGGED: {m.flag}")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]

@@ -269,8 +269,10 @@ def ort_probe(onnx_bytes: bytes, images: np.ndarray) -> tuple[Probe, set[str]]:
 
 
 def openvino_probe(source: bytes | tuple[Path, Path], images: np.ndarray,
-                   precision: str = "f32") -> tuple[Probe, set[str]]:
-    """OpenVINO CPU (1 thread) on ONNX bytes or a (``.pdmodel``, ``.pdiparams``) pair, each
+                   precision: str = "f32", split: bool | None = None
+                   ) -> tuple[Probe, set[str]]:
+    """OpenVINO CPU (1 thread) on ONNX bytes or a (``.pdmodel``, ``.pdiparams``) pair, its
+    int8 ops split as served here (``split``: None, :func:`split_int8_here`), each
     tensor read from a model cut after it
     (its only output: a tensor that is both an output and an input of later ops makes
     OpenVINO 2026.4's low-precision passes compute the later ops wrongly), and the names
@@ -281,7 +283,8 @@ def openvino_probe(source: bytes | tuple[Path, Path], images: np.ndarray,
     """
     import openvino as ov
 
-    from clsact.deploy.runtimes import openvino_config
+    from clsact.deploy.runtimes import openvino_config, split_int8_here
+    from clsact.deploy.saturation import split_int8_convolutions
 
     core = ov.Core()
     try:
@@ -289,6 +292,8 @@ def openvino_probe(source: bytes | tuple[Path, Path], images: np.ndarray,
                  else core.read_model(source, ov.Tensor(np.empty(0, np.uint8))))
     except Exception as exc:
         raise ModelError(f"OpenVINO cannot read the probed model: {exc}") from None
+    if split_int8_here() if split is None else split:
+        split_int8_convolutions(model)
     ports = {}
     for op in model.get_ordered_ops():
         if op.get_type_name() not in ("Result", "Constant", "Parameter"):
@@ -358,16 +363,21 @@ def run_diff(files, images: np.ndarray, runtimes: tuple[str, ...] = DIFF_RUNTIME
     return out
 
 
-def format_report(model: str, result: dict[str, list[TensorDiff] | str], tensors: int = 0
-                  ) -> str:
-    """The ``--diff`` section of one model."""
+def format_report(model: str, result: dict[str, list[TensorDiff] | str], tensors: int = 0,
+                  quantized: bool = True) -> str:
+    """The ``--diff`` section of one model (``quantized``: it has int8 ops)."""
     lines = [f"{model}: intermediate tensors against Paddle's executor (the QAT evaluation's "
              f"arithmetic); a tensor parts beyond a mean "
              f"error of {STEPS} quantization steps, or {100 * RELATIVE:.1f}% of its largest "
              "magnitude where no quantizer reads it"]
+    from clsact.deploy.runtimes import SPLIT_NOTE, split_int8_here
+
     for key, diffs in result.items():
         lines.append("  " + (f"{key}: {diffs}" if isinstance(diffs, str) else
                              format_diff(key, diffs, tensors).replace("\n", "\n  ")))
+        if (key == "openvino" and quantized and not isinstance(diffs, str)
+                and split_int8_here()):
+            lines.append(f"    ({SPLIT_NOTE})")
     return "\n".join(lines)
 
 

@@ -62,6 +62,22 @@ def has_vnni(flags: frozenset[str] | None = None) -> bool:
     return any(f in _flags(flags) for f in VNNI)
 
 
+# ONEDNN_MAX_CPU_ISA values (oneDNN's names) that leave out every int8 dot product
+_CAPS_WITHOUT_VNNI = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
+def int8_dot_product(flags: frozenset[str] | None = None,
+                     cap: str | None = None) -> bool:
+    """Whether oneDNN's int8 kernels (Paddle's and OpenVINO's) use a VNNI dot product here:
+    the CPU has one (:func:`has_vnni`) and ``ONEDNN_MAX_CPU_ISA`` (``cap``; default: this
+    process's environment) does not cap oneDNN below it, as ``make bench`` does to measure
+    older CPUs."""
+    import os
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "") if cap is None else cap
+    return has_vnni(flags) and cap.strip().upper() not in _CAPS_WITHOUT_VNNI
+
+
 def versions() -> dict[str, str]:
     """The installed version of each runtime package (absent ones left out)."""
     out = {}

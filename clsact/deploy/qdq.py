@@ -18,7 +18,9 @@ convolution into an int8 ``QLinearConv`` on x86 only with uint8 activations, con
 pairs itself only where the quantize has one consumer: :func:`uint8_activations` rewrites the
 activation pairs from int8 (zero point 0) to uint8 (zero point 128), which is exact; ``make
 bench`` measures whether it pays on the CPU at hand (a lever, not the served form: on an
-AVX-512 VNNI + AMX Xeon it made 62 ``QLinearConv`` of 47 and ran 0.89x as fast).
+AVX-512 VNNI + AMX Xeon it made 62 ``QLinearConv`` of 47 and ran 0.89x as fast). On a CPU
+without VNNI ONNX Runtime's fused uint8 kernels sum in saturating 16-bit pairs (see
+:mod:`clsact.deploy.saturation`), so there the fused result is not the QDQ model's.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ scores) with a number of CPU threads.
   the export of paddle2onnx 1.x with ``deploy_backend="onnxruntime"``; paddle2onnx 2.x
   dropped quantized export);
 * ``openvino``: OpenVINO's CPU plugin on the model without its observer pairs
-  (:func:`openvino_model`), with an f32 precision hint;
+  (:func:`openvino_model`), with an f32 precision hint; on a CPU without VNNI its int8 ops
+  split so that no sum saturates (:mod:`clsact.deploy.saturation`);
 * ``openvino-bf16``: OpenVINO with a bf16 hint, for an fp32 model on a CPU with bf16 (AVX512_BF16
   or AMX): the baseline deployment a user of such a CPU would pick;
 * ``paddle-gpu`` and ``paddle-gpu-trt-int8``: Paddle Inference on a GPU (TensorRT int8 for a
@@ -335,12 +336,51 @@ def openvino_config(threads: int, precision: str = "f32", **extra: object) -> di
             "INFERENCE_PRECISION_HINT": precision, **extra}
 
 
+SPLIT_NOTE = ("int8 convolutions and matmuls each split into two with 7-bit weights (exact): "
+              "without VNNI (this CPU's, or oneDNN capped below it) whole ones sum products "
+              "in saturating 16-bit pairs (clsact.deploy.saturation)")
+
+
+def split_int8_here() -> bool:
+    """Whether OpenVINO's int8 ops are split here (:mod:`clsact.deploy.saturation`): on a
+    CPU without VNNI (or with oneDNN capped below it), where whole ones sum in saturating
+    16-bit pairs."""
+    from clsact.deploy.machine import int8_dot_product
+
+    return not int8_dot_product()
+
+
+def openvino_read(files: ModelFiles, model: bytes | Path | None = None,
+                  split: bool | None = None):
+    """The OpenVINO model of :func:`openvino_model` with the model's parameters, or of
+    ``model`` (ONNX bytes, or a ``.pdmodel`` path with its own parameters), its int8 ops
+    split where ``split`` (None: :func:`split_int8_here`).
+
+    Raises:
+        ModelError: the observer-free copy cannot be made.
+        Exception: OpenVINO's own, where it cannot read the model.
+    """
+    import openvino as ov
+
+    from clsact.deploy.saturation import split_int8_convolutions
+
+    core = ov.Core()
+    if model is None:
+        read = core.read_model(str(openvino_model(files)), str(files.params_file))
+    elif isinstance(model, Path):
+        read = core.read_model(str(model))
+    else:
+        read = core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
+    if split_int8_here() if split is None else split:
+        split_int8_convolutions(read)
+    return read
+
+
 def openvino_compiled(files: ModelFiles, threads: int, precision: str = "f32",
                       model: bytes | Path | None = None, shape: tuple[int, ...] | None = None,
-                      **extra: object):
-    """The model compiled by OpenVINO for the CPU: :func:`openvino_model` with the model's
-    parameters, or ``model`` (ONNX bytes, or a ``.pdmodel`` path with its own parameters);
-    with ``shape``, for that input shape only.
+                      split: bool | None = None, **extra: object):
+    """The model compiled by OpenVINO for the CPU (:func:`openvino_read`); with ``shape``,
+    for that input shape only.
 
     Raises:
         RuntimeSkip: OpenVINO cannot read or compile the model.
@@ -350,33 +390,31 @@ def openvino_compiled(files: ModelFiles, threads: int, precision: str = "f32",
 
     core = ov.Core()
     try:
-        if model is None:
-            read = core.read_model(str(openvino_model(files)), str(files.params_file))
-        elif isinstance(model, Path):
-            read = core.read_model(str(model))
-        else:
-            read = core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
+        read = openvino_read(files, model, split)
         if shape is not None:
             read.reshape({read.inputs[0]: ov.PartialShape(list(shape))})
         return core.compile_model(read, "CPU", openvino_config(threads, precision, **extra))
+    except ModelError:
+        raise
     except Exception as exc:
         raise RuntimeSkip(f"OpenVINO cannot read the model: {first_line(exc)}") from None
 
 
 def _openvino_predictor(files: ModelFiles, threads: int, precision: str = "f32",
-                        model: bytes | Path | None = None) -> Predictor:
+                        model: bytes | Path | None = None, split: bool | None = None
+                        ) -> Predictor:
     """OpenVINO compiled once per input shape: one compiled model fed batches of changing
     sizes (2026.4, CPU plugin, a QAT model) returns wrong scores after the shape changes
     (323 of the demo's 359 images wrong at batch 1 after one call at batch 359, none from a
     model compiled for batch 1; ``tests/test_serving.py``)."""
-    openvino_compiled(files, threads, precision, model)  # a model it cannot read: fail here
+    openvino_compiled(files, threads, precision, model, split=split)  # unreadable: fail here
     requests: dict[tuple[int, ...], object] = {}
 
     def run(batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         if x.shape not in requests:
-            requests[x.shape] = openvino_compiled(files, threads, precision, model,
-                                                  x.shape).create_infer_request()
+            requests[x.shape] = openvino_compiled(files, threads, precision, model, x.shape,
+                                                  split).create_infer_request()
         request = requests[x.shape]
         request.infer({0: x})
         return np.array(request.get_output_tensor(0).data, copy=True)
@@ -427,6 +465,13 @@ class Runtime:
                 return f"no usable GPU ({type(exc).__name__})"
             if gpus == 0:
                 return "no GPU visible to this process (or a CPU-only Paddle build)"
+        return None
+
+    def note(self, files: ModelFiles) -> str | None:
+        """What this runtime does to ``files`` here that a reader of its figures should
+        know, or None."""
+        if self.engine == "openvino" and files.quantized and split_int8_here():
+            return SPLIT_NOTE
         return None
 
     def load(self, files: ModelFiles, threads: int) -> Predictor:

@@ -270,10 +270,15 @@ def lever_predictors(files) -> dict[str, tuple[str, object]]:
         _openvino_predictor,
         _ort_predictor,
         serving_onnx,
+        split_int8_here,
     )
 
     uint8 = qdq.uint8_activations(serving_onnx(files))[0]
+    split = split_int8_here()
     return {
+        ("OpenVINO: int8 ops whole (their sums saturate here)" if split else
+         "OpenVINO: int8 ops split (what a CPU without VNNI is served)"):
+            ("openvino", _openvino_predictor(files, 1, split=not split)),
         "ORT: uint8 activation zero points (more QLinearConv)":
             ("onnxruntime", _ort_predictor(files, 1, model=uint8)),
         "ORT: observer pairs removed": ("onnxruntime", _ort_predictor(
