@@ -261,6 +261,8 @@ def test_the_recipe_converges_where_upstream_diverges(tmp_path):
     point on the Intel AVX-512 machines of docs/convergence.md; seed 0 ended -1.11 on an AVX2
     EPYC, whose kernels round differently: the bound checks convergence against collapse,
     not a CPU's rounding.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tests.bench import study
 
     cache = Path.home() / ".cache" / "clsact" / "study"
@@ -269,14 +271,18 @@ def test_the_recipe_converges_where_upstream_diverges(tmp_path):
              for variant, seeds in (("shipped", (0, 1)), ("upstream", (0,))) for seed in seeds]
     model, fp32 = study.baseline(cache, "mobilenet_v1", 32)
     assert fp32 > 0.8, f"the baseline did not train ({fp32})"
+    data = study.dataset(cache, 32)
+
+    def run(case: study.Case) -> dict:
+        return study.compress_run(case, model, data, 80, 10, tmp_path / case.name, threads=1)
+
     rows = {}
-    for case in cases:
-        # as make study runs them (two at a time, a thread each)
-        metrics = study.compress_run(case, model, study.dataset(cache, 32), 80, 10,
-                                     tmp_path / case.name, threads=1)
-        assert "error" not in metrics, metrics.get("error")
-        rows[(case.variant, case.seed)] = study.summarize_run(case, metrics) | {
-            "guard": metrics["act"]["lr_guard"]}
+    # as make study runs them: two at a time, a thread each
+    with ThreadPoolExecutor(2) as pool:
+        for case, metrics in zip(cases, pool.map(run, cases), strict=True):
+            assert "error" not in metrics, metrics.get("error")
+            rows[(case.variant, case.seed)] = study.summarize_run(case, metrics) | {
+                "guard": metrics["act"]["lr_guard"]}
     shown = {k: (round(r["final"], 4), r["evaluations"]) for k, r in rows.items()}
     for seed in (0, 1):
         row = rows[("shipped", seed)]

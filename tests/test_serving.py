@@ -195,14 +195,39 @@ import numpy as np
 import openvino as ov
 from clsact.deploy import saturation
 from clsact.deploy.runtimes import ModelFiles, openvino_config, openvino_read, split_int8_here
+import openvino.opset13 as ops
+
+def run(model, x):
+    compiled = ov.Core().compile_model(model, "CPU", openvino_config(1))
+    return compiled.create_infer_request().infer({0: x})[0]
+
+def one_conv(groups):
+    # 16 channels of signed inputs, int8 weights of +-120..127 (per-channel scale)
+    x = ops.parameter([1, 16, 12, 12], np.float32)
+    q = ops.fake_quantize(x, np.float32(-2), np.float32(2), np.float32(-2), np.float32(2), 255)
+    w = np.random.default_rng(0).choice([-127, -120, 120, 127], (16, 16 // groups, 3, 3))
+    deq = ops.multiply(ops.convert(ops.constant(w.astype(np.int8)), "f32"),
+                       ops.constant(np.full((16, 1, 1, 1), 0.01, np.float32)))
+    if groups == 1:
+        y = ops.convolution(q, deq, [1, 1], [1, 1], [1, 1], [1, 1])
+    else:
+        deq = ops.reshape(deq, ops.constant(np.array([16, 1, 1, 3, 3])), False)
+        y = ops.group_convolution(q, deq, [1, 1], [1, 1], [1, 1], [1, 1])
+    return ov.Model([y], [x])
+
 files, x = ModelFiles.of(sys.argv[1]), np.load(sys.argv[2])
 out = {"split_here": split_int8_here()}
 for split in (False, True):
     model = openvino_read(files, split=False)
     if split:
         out["split"] = saturation.split_int8_convolutions(model)
-    compiled = ov.Core().compile_model(model, "CPU", openvino_config(1))
-    np.save(f"{sys.argv[3]}/{split}.npy", compiled.create_infer_request().infer({0: x})[0])
+    np.save(f"{sys.argv[3]}/{split}.npy", run(model, x))
+signed = np.random.default_rng(1).uniform(-2, 2, (1, 16, 12, 12)).astype(np.float32)
+for groups in (1, 16):  # a plain convolution saturates whole, a depthwise one does not
+    model = one_conv(groups)
+    whole = run(model, signed)
+    out[f"split{groups}"] = saturation.split_int8_convolutions(model, depthwise=True)
+    out[f"parts{groups}"] = float(np.abs(whole - run(model, signed)).max())
 print(out)
 """
 
@@ -229,8 +254,11 @@ def test_int8_sums_saturate_without_vnni_and_the_split_is_exact(files, val, tmp_
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     child = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
-    ops = int8_op_indices(load_program(files.model_file).global_block())
-    assert child == {"split_here": True, "split": len(ops)}  # every quantized op found
+    block = load_program(files.model_file).global_block()
+    ops = [i for i in int8_op_indices(block) if block.ops[i].type != "depthwise_conv2d"]
+    assert {k: child[k] for k in ("split_here", "split", "split1", "split16")} == {
+        "split_here": True, "split": len(ops), "split1": 1, "split16": 1}  # all but depthwise
+    assert child["parts1"] > 1.0 and child["parts16"] < 1e-3, child  # why the depthwise stay
     whole, split = (np.load(tmp_path / f"{s}.npy") for s in (False, True))
     assert np.abs(split - want).max() < 1e-5, np.abs(split - want).max()
     assert np.abs(whole - want).max() > 1e-2  # saturated: the split is what makes it exact

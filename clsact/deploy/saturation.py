@@ -8,16 +8,19 @@ kernel shifted by 128 (a compensation term restores the zero point), so an int8
 convolution whose input can be negative — an image, a residual stream, a hardswish output —
 clips sums on these CPUs and parts from the arithmetic QAT trained (measured on an AMD EPYC
 with AVX2 only: the small test net's first convolution off by up to 36 quantization steps,
-the same model exact on AVX-512 VNNI). oneDNN's own int8 primitives (Paddle's
-``paddle-cpu-int8``) halve the weights' scale there instead, a different rounding.
+the same model within a tenth of a step on AVX-512 VNNI). oneDNN's own int8 primitives
+(Paddle's ``paddle-cpu-int8``) halve the weights' scale for a signed input there instead, a
+different rounding.
 
 :func:`split_int8_convolutions` rewrites an OpenVINO model so that no sum can saturate and
 nothing else changes: each int8 convolution ``conv(x, q * s)`` becomes
 ``conv(x, a * s) + conv(x, b * s)`` with ``a = floor(q / 2)`` and ``b = q - a``, both within
 ``[-64, 64]``, where ``255 * 64 * 2 = 32640`` fits; integer sums of integer products are the
-same. It costs a second convolution each; ``clsact bench --diff`` uses it to tell this
-saturation from a wrong scale (the split copy computes what Paddle computes), and ``make
-bench`` measures what exactness would cost as a lever.
+same. Depthwise convolutions are left whole: oneDNN's int8 depthwise kernels multiply in 32
+bits (measured: a depthwise convolution with ±127 weights on signed inputs is as exact whole
+as split, a plain one is off by tens of quantization steps, after a ReLU too). It costs a
+second convolution each (``docs/deploy.md`` has what it cost MobileNetV3_large on the AMD
+EPYC); ``make bench`` measures the whole form as a lever.
 """
 
 from __future__ import annotations
@@ -67,6 +70,15 @@ def _rebuild(chain: list, values: np.ndarray):
     return out
 
 
+def _depthwise(op) -> bool:
+    """Whether ``op`` is a depthwise convolution (one input and one output channel per
+    group): oneDNN's int8 depthwise kernels multiply in 32 bits and do not saturate."""
+    if op.get_type_name() != "GroupConvolution":
+        return False
+    shape = op.input(1).get_partial_shape()  # [groups, out per group, in per group, ...]
+    return shape.rank.is_static and shape[1] == 1 and shape[2] == 1
+
+
 def _like(op, x, weights):
     """A copy of the convolution or matmul ``op`` reading ``x`` and ``weights``."""
     import openvino.opset13 as ops
@@ -80,15 +92,18 @@ def _like(op, x, weights):
                 op.get_dilations())
 
 
-def split_int8_convolutions(model) -> int:
-    """Split each int8 convolution of an OpenVINO ``model`` (in place) whose weights reach
-    beyond ±64 into two whose weights do not, summed: exact in integer arithmetic, and no
-    longer saturating on a CPU without VNNI. Returns how many were split.
+def split_int8_convolutions(model, depthwise: bool = False) -> int:
+    """Split each int8 convolution and matmul of an OpenVINO ``model`` (in place) whose
+    weights reach beyond ±64 into two whose weights do not, summed: exact in integer
+    arithmetic, and no longer saturating on a CPU without VNNI. Depthwise convolutions are
+    left whole (they do not saturate) unless ``depthwise``. Returns how many were split.
     """
     import openvino.opset13 as ops
 
     split = 0
     for conv in [op for op in model.get_ordered_ops() if op.get_type_name() in INT8_OPS]:
+        if _depthwise(conv) and not depthwise:
+            continue
         chain = _weight_chain(conv)
         if chain is None:
             continue
