@@ -268,6 +268,26 @@ def test_int8_sums_saturate_without_vnni_and_the_split_is_exact(files, val, tmp_
     assert not machine.int8_dot_product(frozenset({"avx2"}), "")
 
 
+def test_weights_with_a_zero_point_are_left_whole():
+    """The split sums two halves through the same dequantization: a nonzero zero point
+    would be subtracted twice, so such weights stay whole (QAT's are symmetric)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from clsact.deploy import saturation
+
+    def model(zero_point: int):
+        x = ops.parameter([1, 4, 6, 6], np.float32)
+        q = ops.constant(np.full((4, 4, 3, 3), 100, np.int8))
+        w = ops.multiply(ops.subtract(ops.convert(q, "f32"),
+                                      ops.constant(np.float32(zero_point))),
+                         ops.constant(np.float32(0.01)))
+        return ov.Model([ops.convolution(x, w, [1, 1], [0, 0], [0, 0], [1, 1])], [x])
+
+    assert saturation.split_int8_convolutions(model(0)) == 1
+    assert saturation.split_int8_convolutions(model(3)) == 0
+
+
 def test_diff_finds_where_a_runtime_parts_from_paddle(files, val):
     images = val[0].images[:8]
     good = diff.run_diff(files, images)

@@ -36,7 +36,8 @@ HALF = 64  # |a|, |b| <= 64: 255 * 64 * 2 fits in a signed 16-bit lane
 
 def _weight_chain(conv) -> list | None:
     """The nodes from ``conv``'s weight input down to its int8 constant (constant last), or
-    None where the weights are not an int8 constant dequantized by :data:`_CHAIN` ops."""
+    None where the weights are not an int8 constant dequantized by :data:`_CHAIN` ops with
+    a zero point of 0 (QAT's weights are symmetric)."""
     chain = []
     node = conv.input(1).get_source_output().get_node()
     while node.get_type_name() in _CHAIN:
@@ -44,7 +45,18 @@ def _weight_chain(conv) -> list | None:
         node = node.input(0).get_source_output().get_node()
     if node.get_type_name() != "Constant" or str(node.get_element_type()) != "<Type: 'int8_t'>":
         return None
+    for sub in (n for n in chain if n.get_type_name() == "Subtract"):
+        zero_point = _constant(sub.input(1).get_source_output().get_node())
+        if zero_point is None or np.any(zero_point):  # a + b would subtract it twice
+            return None
     return [*chain, node]
+
+
+def _constant(node) -> np.ndarray | None:
+    """The value of a constant seen through converts and reshapes, or None."""
+    while node.get_type_name() in ("Convert", "Reshape", "Unsqueeze"):
+        node = node.input(0).get_source_output().get_node()
+    return node.get_data() if node.get_type_name() == "Constant" else None
 
 
 def _rebuild(chain: list, values: np.ndarray):
