@@ -174,6 +174,7 @@ def _diff(target: dict, count: int) -> tuple[str, dict]:
     import numpy as np
 
     from clsact.deploy import diff
+    from clsact.deploy.runtimes import RUNTIMES
 
     loader, size = target["loader"], target["img_size"]
     images = []
@@ -185,8 +186,8 @@ def _diff(target: dict, count: int) -> tuple[str, dict]:
     pick = (np.concatenate(images)[:count] if images else
             np.random.default_rng(0).random((count, 3, size, size), dtype=np.float32))
     result = diff.run_diff(target["files"], pick)
-    return (diff.format_report(target["name"], result, 0, target["files"].quantized),
-            diff.to_json(result))
+    notes = {r.key: r.note(target["files"]) for r in RUNTIMES}
+    return diff.format_report(target["name"], result, 0, notes), diff.to_json(result)
 
 
 def _bench_target(args: argparse.Namespace, location: str, scratch: Path) -> dict:

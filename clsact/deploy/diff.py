@@ -268,32 +268,29 @@ def ort_probe(onnx_bytes: bytes, images: np.ndarray) -> tuple[Probe, set[str]]:
     return (lambda names: {n: values[n] for n in names if n in values}), produced
 
 
-def openvino_probe(source: bytes | tuple[Path, Path], images: np.ndarray,
-                   precision: str = "f32", split: bool | None = None
+def openvino_probe(files, images: np.ndarray, precision: str = "f32"
                    ) -> tuple[Probe, set[str]]:
-    """OpenVINO CPU (1 thread) on ONNX bytes or a (``.pdmodel``, ``.pdiparams``) pair, its
-    int8 ops split as served here (``split``: None, :func:`split_int8_here`), each
+    """OpenVINO CPU (1 thread) on the program it serves (:func:`openvino_read`: without
+    the observer pairs, its int8 ops split where their sums would saturate), each
     tensor read from a model cut after it
     (its only output: a tensor that is both an output and an input of later ops makes
     OpenVINO 2026.4's low-precision passes compute the later ops wrongly), and the names
     the model has.
 
     Raises:
-        ModelError: OpenVINO cannot read the model.
+        ModelError: OpenVINO cannot read the model, or its pairs are malformed.
     """
     import openvino as ov
 
-    from clsact.deploy.runtimes import openvino_config, split_int8_here
-    from clsact.deploy.saturation import split_int8_convolutions
+    from clsact.deploy.runtimes import openvino_config, openvino_read
 
     core = ov.Core()
     try:
-        model = (core.read_model(str(source[0]), str(source[1])) if isinstance(source, tuple)
-                 else core.read_model(source, ov.Tensor(np.empty(0, np.uint8))))
+        model = openvino_read(files)
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"OpenVINO cannot read the probed model: {exc}") from None
-    if split_int8_here() if split is None else split:
-        split_int8_convolutions(model)
     ports = {}
     for op in model.get_ordered_ops():
         if op.get_type_name() not in ("Result", "Constant", "Parameter"):
@@ -331,7 +328,7 @@ def run_diff(files, images: np.ndarray, runtimes: tuple[str, ...] = DIFF_RUNTIME
     Raises:
         ModelError: Paddle cannot run the model.
     """
-    from clsact.deploy.runtimes import RUNTIMES, RuntimeSkip, openvino_model, serving_onnx
+    from clsact.deploy.runtimes import RUNTIMES, RuntimeSkip, serving_onnx
     from clsact.modelio import load_program
 
     images = np.ascontiguousarray(images, dtype=np.float32)
@@ -356,28 +353,26 @@ def run_diff(files, images: np.ndarray, runtimes: tuple[str, ...] = DIFF_RUNTIME
             out[key] = compare(program, ref, probe(list(produced)), steps,
                                folded_aliases(program, produced))
         else:
-            probe, produced = openvino_probe((openvino_model(files), files.params_file),
-                                             images, rt.precision)
+            probe, produced = openvino_probe(files, images, rt.precision)
             out[key] = search(program, ref, probe, names, steps,
                               folded_aliases(program, produced))
     return out
 
 
 def format_report(model: str, result: dict[str, list[TensorDiff] | str], tensors: int = 0,
-                  quantized: bool = True) -> str:
-    """The ``--diff`` section of one model (``quantized``: it has int8 ops)."""
+                  notes: dict[str, str | None] | None = None) -> str:
+    """The ``--diff`` section of one model (``notes``: per runtime, what it did to the
+    model here, :meth:`Runtime.note`)."""
     lines = [f"{model}: intermediate tensors against Paddle's executor (the QAT evaluation's "
              f"arithmetic); a tensor parts beyond a mean "
              f"error of {STEPS} quantization steps, or {100 * RELATIVE:.1f}% of its largest "
              "magnitude where no quantizer reads it"]
-    from clsact.deploy.runtimes import SPLIT_NOTE, split_int8_here
-
     for key, diffs in result.items():
         lines.append("  " + (f"{key}: {diffs}" if isinstance(diffs, str) else
                              format_diff(key, diffs, tensors).replace("\n", "\n  ")))
-        if (key == "openvino" and quantized and not isinstance(diffs, str)
-                and split_int8_here()):
-            lines.append(f"    ({SPLIT_NOTE})")
+        note = (notes or {}).get(key)
+        if note and not isinstance(diffs, str):
+            lines.append(f"    ({note})")
     return "\n".join(lines)
 
 
